@@ -1,0 +1,38 @@
+"""laion-hf: LAION image-text data as first-class Hugging Face datasets.
+
+The public surface is small and imported lazily, so ``import laion_hf`` does not import
+torch or open_clip.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "load_laion": "laion_hf.builder",
+    "LaionBuilder": "laion_hf.builder",
+    "LaionConfig": "laion_hf.builder",
+    "CANONICAL_FEATURES": "laion_hf.schema",
+    "normalize_table": "laion_hf.schema",
+    "PRESETS": "laion_hf.filters",
+    "parse_filter": "laion_hf.filters",
+    "Blocklist": "laion_hf.blocklist",
+    "synthesize": "laion_hf.synth",
+    "compute_stats": "laion_hf.stats",
+    "filter_to_parquet": "laion_hf.filters",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'laion_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

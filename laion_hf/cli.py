@@ -1,0 +1,61 @@
+"""The ``laion-hf`` command line. Each pipeline stage registers its own verbs.
+
+A registrar is ``"module:function"``; the function receives argparse's sub-parsers
+object, adds its verb(s) and sets ``func`` (called with the parsed namespace, returns an
+exit code). Registrar modules import heavy libraries (torch, open_clip) lazily, so
+``laion-hf --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from laion_hf.errors import LaionHFError
+
+_REGISTRARS = [
+    "laion_hf.synth:register_cli",
+    "laion_hf.stats:register_cli",
+    "laion_hf.filters:register_cli",
+    "laion_hf.demo:register_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``laion-hf`` argument parser with every registered verb."""
+    from laion_hf import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="laion-hf",
+        description="LAION image-text data as streaming Hugging Face datasets: "
+        "filter metadata, fetch images, compute CLIP features, publish to the Hub.",
+    )
+    parser.add_argument("--version", action="version", version=f"laion-hf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for spec in _REGISTRARS:
+        module_name, func_name = spec.split(":")
+        getattr(importlib.import_module(module_name), func_name)(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``laion-hf`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LaionHFError as e:
+        print(f"laion-hf {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

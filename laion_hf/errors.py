@@ -1,0 +1,40 @@
+"""laion-hf's exception classes. Every error names its culprit (file, column, URL, repo) and
+says what to do about it."""
+
+from __future__ import annotations
+
+
+class LaionHFError(Exception):
+    """Base class of every error raised by laion-hf."""
+
+
+class SourceError(LaionHFError):
+    """A metadata source cannot be read: missing, empty, corrupt or not parquet."""
+
+
+class SchemaError(LaionHFError):
+    """A column is missing or has a type that cannot be cast to the canonical schema."""
+
+
+class FilterError(LaionHFError):
+    """A filter expression, preset or keyword filter is invalid."""
+
+
+class BlocklistError(LaionHFError):
+    """A blocklist file cannot be read or holds something that is not a hex digest."""
+
+
+class FetchError(LaionHFError):
+    """Image fetching was misconfigured (per-row fetch failures are statuses, not raised)."""
+
+
+class ModelError(LaionHFError):
+    """A CLIP model or score head cannot be built or loaded."""
+
+
+class ShardError(LaionHFError):
+    """Shards cannot be written or read back."""
+
+
+class HubError(LaionHFError):
+    """Publishing to the Hub failed; the message never contains a token."""

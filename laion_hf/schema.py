@@ -1,0 +1,213 @@
+"""One canonical schema for every LAION release.
+
+Each release names its columns differently (``URL``/``TEXT`` upper-case in LAION-400M and
+laion2B, lower-case ``url``/``caption`` in Re-LAION-5B copies, ``uid``/``text``/
+``clip_b32_similarity_score`` in DataComp pools) and stores sizes as int32 in some copies
+and float64 in others. :func:`normalize_table` maps all of them onto
+:data:`CANONICAL_FEATURES`; columns it does not know pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from laion_hf.errors import SchemaError
+
+#: The canonical columns, their order and Arrow types.
+CANONICAL_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("similarity", pa.float64()),
+        ("punsafe", pa.float64()),
+        ("pwatermark", pa.float64()),
+        ("aesthetic", pa.float64()),
+        ("language", pa.string()),
+        ("license", pa.string()),
+        ("nsfw", pa.string()),
+        ("hash", pa.int64()),
+    ]
+)
+CANONICAL_COLUMNS = tuple(CANONICAL_SCHEMA.names)
+CANONICAL_FEATURES = datasets.Features.from_arrow_schema(CANONICAL_SCHEMA)
+
+#: Source column names recognised for each canonical column, in order of preference.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "key": ("key", "SAMPLE_ID", "sample_id", "uid", "id"),
+    "url": ("url", "URL", "image_url"),
+    "caption": ("caption", "TEXT", "text", "top_caption"),
+    "width": ("width", "WIDTH", "original_width"),
+    "height": ("height", "HEIGHT", "original_height"),
+    "similarity": ("similarity", "clip_b32_similarity_score", "SIMILARITY"),
+    "punsafe": ("punsafe", "PUNSAFE"),
+    "pwatermark": ("pwatermark", "PWATERMARK"),
+    "aesthetic": ("aesthetic", "AESTHETIC_SCORE", "aesthetic_score"),
+    "language": ("language", "LANGUAGE", "lang"),
+    "license": ("license", "LICENSE"),
+    "nsfw": ("nsfw", "NSFW"),
+    "hash": ("hash", "HASH"),
+}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A LAION release: its name, the columns that identify it, and where it is documented."""
+
+    name: str
+    signature: frozenset[str]
+    description: str
+
+
+#: Known releases, most specific first. Detection picks the first whose signature columns
+#: are all present.
+RELEASES: tuple[Release, ...] = (
+    Release("datacomp", frozenset({"uid", "text", "clip_b32_similarity_score"}),
+            "DataComp pools (uid, url, text, original_width/height, clip_*_similarity_score)"),
+    Release("laion-aesthetics", frozenset({"URL", "TEXT", "aesthetic"}),
+            "LAION-Aesthetics: laion2B-en-joined columns + aesthetic"),
+    Release("laion2b-multi-joined", frozenset({"URL", "TEXT", "punsafe", "pwatermark", "LANGUAGE"}),
+            "laion2B-multi-joined: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark, LANGUAGE"),
+    Release("laion-joined", frozenset({"URL", "TEXT", "punsafe", "pwatermark"}),
+            "laion2B-en-joined / laion1B-nolang-joined: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark"),
+    Release("laion2b-multi", frozenset({"SAMPLE_ID", "URL", "TEXT", "LANGUAGE"}),
+            "laion2B-multi original parts (LAION-400M columns + LANGUAGE)"),
+    Release("laion-original", frozenset({"SAMPLE_ID", "URL", "TEXT", "NSFW"}),
+            "LAION-400M / laion2B-en / laion1B-nolang originals: SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW, similarity"),
+    Release("relaion", frozenset({"url", "caption"}),
+            "Re-LAION-5B and other lower-case copies (url, caption, ...)"),
+    Release("url-text", frozenset({"URL", "TEXT"}), "any URL/TEXT table (img2dataset input)"),
+)
+_RELEASES_BY_NAME = {r.name: r for r in RELEASES}
+
+
+def detect_release(column_names: list[str] | tuple[str, ...]) -> str:
+    """Name the LAION release whose columns match ``column_names`` ("unknown" if none)."""
+    present = set(column_names)
+    for release in RELEASES:
+        if release.signature <= present:
+            return release.name
+    return "unknown"
+
+
+def resolve_columns(column_names: list[str] | tuple[str, ...], *, where: str = "input") -> dict[str, str | None]:
+    """Map each canonical column to the source column that provides it (or None).
+
+    Raises :class:`SchemaError` when no URL column exists, listing the columns seen.
+    """
+    present = list(column_names)
+    mapping: dict[str, str | None] = {}
+    for canonical, aliases in ALIASES.items():
+        mapping[canonical] = next((a for a in aliases if a in present), None)
+    if mapping["url"] is None:
+        raise SchemaError(
+            f"{where}: no URL column found (looked for {', '.join(ALIASES['url'])}); "
+            f"columns present: {', '.join(present) or '(none)'}"
+        )
+    return mapping
+
+
+def passthrough_columns(column_names: list[str] | tuple[str, ...], mapping: dict[str, str | None]) -> list[str]:
+    """Source columns that are not mapped to a canonical column (kept as they are)."""
+    used = {v for v in mapping.values() if v is not None}
+    return [c for c in column_names if c not in used and c not in CANONICAL_COLUMNS]
+
+
+def _to_string(col: pa.ChunkedArray | pa.Array, name: str, where: str) -> pa.Array:
+    """Cast to UTF-8 strings; invalid UTF-8 bytes become U+FFFD instead of failing the batch."""
+    if pa.types.is_string(col.type):
+        return col
+    if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):
+        return pc.cast(col, pa.string())
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        try:
+            return pc.cast(col, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = [None if v is None else v.decode("utf-8", errors="replace") for v in col.to_pylist()]
+            return pa.array(values, pa.string())
+    if pa.types.is_null(col.type):
+        return pa.nulls(len(col), pa.string())
+    try:
+        return pc.cast(col, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SchemaError(f"{where}: column {name!r} of type {col.type} cannot be read as text: {e}") from None
+
+
+def _to_number(col: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str, where: str) -> pa.Array:
+    """Cast sizes/scores to ``target``: float sizes are rounded, NaN becomes null, strings parse."""
+    if col.type == target:
+        return col
+    if pa.types.is_null(col.type):
+        return pa.nulls(len(col), target)
+    try:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            col = pc.cast(pc.utf8_trim_whitespace(col), pa.float64())
+        if pa.types.is_integer(target) and pa.types.is_floating(col.type):
+            nan = pc.is_nan(col)
+            col = pc.if_else(nan, pa.scalar(None, col.type), col)
+            col = pc.round(col)
+        return pc.cast(col, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SchemaError(
+            f"{where}: column {name!r} of type {col.type} cannot be cast to {target}: {e}"
+        ) from None
+
+
+def normalize_table(
+    table: pa.Table,
+    *,
+    mapping: dict[str, str | None] | None = None,
+    where: str = "input",
+    key_prefix: str | None = None,
+    row_offset: int = 0,
+) -> pa.Table:
+    """Return ``table`` in the canonical schema, followed by its passthrough columns.
+
+    ``mapping`` (from :func:`resolve_columns`) is computed from the table when omitted.
+    Rows with no key column get ``f"{key_prefix}{row_offset + i:09d}"`` (deterministic per
+    file and position) when ``key_prefix`` is given, else null.
+    """
+    if mapping is None:
+        mapping = resolve_columns(table.column_names, where=where)
+    n = table.num_rows
+    arrays: list[pa.Array] = []
+    for field in CANONICAL_SCHEMA:
+        source = mapping.get(field.name)
+        if source is None or source not in table.column_names:
+            if field.name == "key" and key_prefix is not None:
+                arrays.append(pa.array([f"{key_prefix}{row_offset + i:09d}" for i in range(n)], pa.string()))
+            else:
+                arrays.append(pa.nulls(n, field.type))
+            continue
+        col = table.column(source)
+        if pa.types.is_string(field.type):
+            arrays.append(_to_string(col, source, where))
+        else:
+            arrays.append(_to_number(col, field.type, source, where))
+    names = list(CANONICAL_COLUMNS)
+    for extra in passthrough_columns(table.column_names, mapping):
+        arrays.append(table.column(extra))
+        names.append(extra)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def output_schema(source_schema: pa.Schema, mapping: dict[str, str | None]) -> pa.Schema:
+    """The schema :func:`normalize_table` produces for a source with ``source_schema``."""
+    fields = list(CANONICAL_SCHEMA)
+    for extra in passthrough_columns(source_schema.names, mapping):
+        fields.append(source_schema.field(extra))
+    return pa.schema(fields)
+
+
+def release_info(name: str) -> Release:
+    """Look up a release by name (raises :class:`SchemaError` listing the known names)."""
+    try:
+        return _RELEASES_BY_NAME[name]
+    except KeyError:
+        raise SchemaError(f"unknown release {name!r}; known: {', '.join(_RELEASES_BY_NAME)}") from None

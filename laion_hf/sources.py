@@ -1,0 +1,89 @@
+"""Resolve a metadata source (file, folder, glob, or fsspec URL) into a sorted file list."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Sequence
+
+from laion_hf.errors import SourceError
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+_GLOB_CHARS = set("*?[")
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source and not os.path.exists(source)
+
+
+def _resolve_local(source: str) -> list[str]:
+    if os.path.isdir(source):
+        files = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(source)
+            for name in names
+            if name.endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))
+        )
+        if not files:
+            raise SourceError(f"folder {source} holds no parquet files (*.parquet, *.pq, *.parq)")
+        return files
+    if _GLOB_CHARS & set(source):
+        files = sorted(f for f in glob.glob(source, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise SourceError(f"glob {source} matches no file")
+        return files
+    if os.path.isfile(source):
+        return [source]
+    raise SourceError(f"metadata source not found: {source} (give a parquet file, a folder, a glob or a URL)")
+
+
+def _resolve_url(source: str, storage_options: dict | None) -> list[str]:
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise SourceError(f"cannot open {source}: {e} (install the fsspec backend for this protocol)") from None
+    protocol = source.split("://", 1)[0]
+
+    def full(p: str) -> str:
+        return p if "://" in p else f"{protocol}://{p}"
+
+    if protocol in ("http", "https"):
+        return [source]
+    try:
+        if _GLOB_CHARS & set(path):
+            files = sorted(full(p) for p in fs.glob(path) if p.endswith(PARQUET_SUFFIXES))
+            if not files:
+                raise SourceError(f"glob {source} matches no parquet file")
+            return files
+        if fs.isdir(path):
+            files = sorted(full(p) for p in fs.find(path) if p.endswith(PARQUET_SUFFIXES))
+            if not files:
+                raise SourceError(f"{source} holds no parquet files")
+            return files
+        if fs.exists(path):
+            return [source]
+    except SourceError:
+        raise
+    except Exception as e:  # fsspec backends raise their own types
+        raise SourceError(f"cannot list {source}: {type(e).__name__}: {e}") from None
+    raise SourceError(f"metadata source not found: {source}")
+
+
+def resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike],
+                   storage_options: dict | None = None) -> list[str]:
+    """Expand ``source`` into a sorted list of parquet files (local paths or URLs).
+
+    Accepts a file, a folder (searched recursively), a glob, an fsspec URL (``hf://``,
+    ``https://``, ``s3://``, ...) or a list of any of those.
+    """
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise SourceError("empty list of metadata sources")
+        out: list[str] = []
+        for s in source:
+            out.extend(resolve_source(s, storage_options))
+        return out
+    source = os.fspath(source)
+    return _resolve_url(source, storage_options) if _is_url(source) else _resolve_local(source)

@@ -38,3 +38,7 @@ class ShardError(LaionHFError):
 
 class HubError(LaionHFError):
     """Publishing to the Hub failed; the message never contains a token."""
+
+
+class LoaderError(LaionHFError):
+    """A training data loader is misconfigured, or a saved loader state does not fit it."""

@@ -493,3 +493,145 @@ def apply_filter(table: pa.Table, expression: Any | None) -> pa.Table:
         return table.filter(expression)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         raise FilterError(f"filter {expression} cannot be applied to columns {table.column_names}: {e}") from None
+
+
+# --------------------------------------------------------------------------- filter command
+
+def filter_to_parquet(
+    source: Any,
+    out_dir: str,
+    *,
+    rows_per_file: int = 1_000_000,
+    progress: bool = True,
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """Filter ``source`` (see :func:`laion_hf.load_laion` for the options) into parquet parts
+    ``out_dir/part-{i:05d}.parquet`` (canonical schema), written atomically, plus
+    ``out_dir/stats.json`` with the scan counts. Returns the stats dict.
+    """
+    import json
+    import os
+    import time
+
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from laion_hf.builder import make_builder
+
+    builder = make_builder(source, **load_kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    files: list[str] = []
+    writer = None
+    written_in_file = 0
+    tmp = ""
+    start = time.time()
+
+    def close() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.close()
+            os.replace(tmp, tmp[: -len(".tmp")])
+            writer = None
+
+    bar = tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="filter")
+    try:
+        for table in builder.iter_tables():
+            stats = builder.stats
+            bar.n = stats.rows_in
+            bar.set_postfix(kept=f"{stats.rows_kept / max(stats.rows_in, 1):.1%}", refresh=False)
+            bar.update(0)
+            while table.num_rows:
+                if writer is None:
+                    path = os.path.join(out_dir, f"part-{len(files):05d}.parquet")
+                    tmp = path + ".tmp"
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    files.append(path)
+                    written_in_file = 0
+                take = min(table.num_rows, rows_per_file - written_in_file)
+                writer.write_table(table.slice(0, take))
+                written_in_file += take
+                table = table.slice(take)
+                if written_in_file >= rows_per_file:
+                    close()
+        if writer is None and not files:  # nothing kept: still write an empty part with the schema
+            path = os.path.join(out_dir, "part-00000.parquet")
+            tmp = path + ".tmp"
+            writer = pq.ParquetWriter(tmp, builder.out_schema, compression="zstd")
+            files.append(path)
+        close()
+    finally:
+        if writer is not None:
+            writer.close()
+            os.remove(tmp)
+        bar.close()
+    result = builder.stats.as_dict()
+    result.update(
+        filters=builder.filter_spec.descriptions,
+        release=builder.release,
+        output_files=[os.path.basename(f) for f in files],
+        duration_s=round(time.time() - start, 3),
+    )
+    with open(os.path.join(out_dir, "stats.json.tmp"), "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(os.path.join(out_dir, "stats.json.tmp"), os.path.join(out_dir, "stats.json"))
+    return result
+
+
+def add_load_arguments(p) -> None:
+    """The metadata-selection options shared by every command that reads LAION metadata."""
+    p.add_argument("--where", action="append", metavar="EXPR",
+                   help="filter expression, e.g. \"similarity >= 0.28 and punsafe < 0.1\" (repeatable, ANDed)")
+    p.add_argument("--preset", action="append", metavar="NAME",
+                   help=f"LAION subset preset (repeatable): {', '.join(PRESETS)}")
+    p.add_argument("--blocklist", action="append", metavar="FILE",
+                   help="text file of MD5/SHA-256 hex digests to remove (repeatable)")
+    p.add_argument("--blocklist-column", default="url", help="column whose digest is matched (default url)")
+    p.add_argument("--sample", type=float, help="keep this fraction of rows, chosen by a hash of the key")
+    p.add_argument("--columns", help="comma-separated output columns (default: all)")
+    p.add_argument("--release", help="release name (default: detected from the columns)")
+    p.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise",
+                   help="what to do with an unreadable file (default raise)")
+
+
+def load_kwargs_from_args(args) -> dict[str, Any]:
+    """Turn :func:`add_load_arguments` options into :func:`laion_hf.load_laion` keyword arguments."""
+    return {
+        "where": args.where, "preset": args.preset, "blocklist": args.blocklist,
+        "blocklist_column": args.blocklist_column, "sample": args.sample,
+        "columns": args.columns.split(",") if args.columns else None, "release": args.release,
+        "on_error": args.on_error,
+    }
+
+
+def register_cli(sub) -> None:
+    """``laion-hf filter`` and ``laion-hf presets``."""
+    p = sub.add_parser("filter", help="filter LAION metadata into parquet shards",
+                       description="Read SOURCE in the canonical schema, keep rows matching --where/--preset, "
+                       "drop blocklisted rows, and write parquet parts + stats.json to --out.")
+    p.add_argument("source", help="parquet file, folder, glob or fsspec URL")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--rows-per-file", type=int, default=1_000_000)
+    p.add_argument("--no-progress", action="store_true")
+    add_load_arguments(p)
+    p.set_defaults(func=_run_filter)
+    q = sub.add_parser("presets", help="list the LAION subset presets and their sources")
+    q.set_defaults(func=_run_presets)
+
+
+def _run_filter(args) -> int:
+    stats = filter_to_parquet(args.source, args.out, rows_per_file=args.rows_per_file,
+                              progress=not args.no_progress, **load_kwargs_from_args(args))
+    print(
+        f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows "
+        f"(filter removed {stats['removed_by_filter']:,}, blocklist {stats['removed_by_blocklist']:,}, "
+        f"sample {stats['removed_by_sample']:,}) -> {args.out} ({len(stats['output_files'])} file(s))"
+    )
+    for s in stats["files_skipped"]:
+        print(f"skipped {s['file']}: {s['error']}")
+    return 0
+
+
+def _run_presets(args) -> int:
+    for p in PRESETS.values():
+        print(f"{p.name:24} {p.where}\n{'':24} {p.description} [{p.source}]")
+    return 0

@@ -1,0 +1,139 @@
+import os
+
+import datasets
+from datasets.distributed import split_dataset_by_node
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from laion_hf import load_laion
+from laion_hf.builder import make_builder
+from laion_hf.errors import SchemaError, SourceError
+from laion_hf.schema import normalize_table
+
+
+def _all_rows(synth_dir):
+    return pa.concat_tables([normalize_table(pq.read_table(os.path.join(synth_dir, f)))
+                             for f in sorted(os.listdir(synth_dir))])
+
+
+def test_stream_equals_reference_filter(synth_dir):
+    ds = load_laion(synth_dir, preset="laion2b-en", where="punsafe < 0.1")
+    assert isinstance(ds, datasets.IterableDataset)
+    got = pa.concat_tables(list(ds.with_format("arrow").iter(batch_size=1000)))
+    ref = _all_rows(synth_dir)
+    want = ref.filter(pc.and_(pc.greater_equal(ref["similarity"], 0.28), pc.less(ref["punsafe"], 0.1)))
+    assert got.column("url").to_pylist() == want.column("url").to_pylist()
+    assert got.num_rows > 100
+
+
+def test_non_streaming_returns_dataset(synth_dir, tmp_path):
+    ds = load_laion(synth_dir, streaming=False, where="similarity >= 0.3", cache_dir=str(tmp_path))
+    assert isinstance(ds, datasets.Dataset)
+    ref = _all_rows(synth_dir)
+    assert ds.num_rows == pc.sum(pc.greater_equal(ref["similarity"], 0.3)).as_py()
+
+
+def test_shards_are_files_times_row_groups_and_split_by_node(synth_dir):
+    ds = load_laion(synth_dir)
+    assert ds.num_shards == 3 * 4  # 3 files x 4 row groups of 500 rows
+    parts = [split_dataset_by_node(ds, rank=r, world_size=4) for r in range(4)]
+    keys = [set(r["key"] for r in p) for p in parts]
+    assert all(len(k) == 1500 for k in keys)
+    assert len(set().union(*keys)) == 6000
+
+
+def test_keys_are_deterministic_and_independent_of_filters(synth_dir):
+    all_keys = {r["url"]: r["key"] for r in load_laion(synth_dir, columns=["key", "url"])}
+    some = {r["url"]: r["key"] for r in load_laion(synth_dir, columns=["key", "url"], where="similarity > 0.33")}
+    assert some and all(all_keys[u] == k for u, k in some.items())
+    assert len(set(all_keys.values())) == 6000
+
+
+def test_row_groups_pruned_by_statistics_and_counted(tmp_path):
+    t = pa.table({"URL": [f"u{i}" for i in range(1000)], "similarity": np.linspace(0, 1, 1000)})
+    pq.write_table(t, tmp_path / "sorted.parquet", row_group_size=100)
+    b = make_builder(str(tmp_path), where="similarity >= 0.75")
+    got = sum(x.num_rows for x in b.iter_tables())
+    assert got == int(np.sum(np.linspace(0, 1, 1000) >= 0.75))
+    assert b.stats.row_groups_pruned >= 7
+    s = b.stats
+    assert s.rows_in == 1000 == s.rows_kept + s.removed_by_filter + s.removed_by_blocklist + s.removed_by_sample
+
+
+def test_column_projection(synth_dir):
+    ds = load_laion(synth_dir, columns=["url", "similarity"], where="aesthetic > 6")
+    row = next(iter(ds))
+    assert list(row) == ["url", "similarity"]
+    with pytest.raises(SchemaError, match="unknown column.*'nope'.*known columns"):
+        load_laion(synth_dir, columns=["url", "nope"])
+
+
+def test_sampling_is_deterministic_and_close_to_fraction(synth_dir):
+    a = [r["key"] for r in load_laion(synth_dir, sample=0.1, columns=["key"])]
+    b = [r["key"] for r in load_laion(synth_dir, sample=0.1, columns=["key"])]
+    c = [r["key"] for r in load_laion(synth_dir, sample=0.1, sample_seed=7, columns=["key"])]
+    assert a == b and a != c
+    assert 450 <= len(a) <= 750
+    # sampling after a filter keeps the same rows as filtering the sample
+    d = {r["key"] for r in load_laion(synth_dir, sample=0.1, where="similarity > 0.3", columns=["key"])}
+    e = {r["key"] for r in load_laion(synth_dir, sample=0.1, columns=["key", "similarity"]) if r["similarity"] > 0.3}
+    assert d == e
+
+
+def test_glob_list_and_missing_sources(synth_dir, tmp_path):
+    one = list(load_laion(os.path.join(synth_dir, "part-0000[01].parquet"), columns=["key"]))
+    assert len(one) == 4000
+    assert len(list(load_laion([os.path.join(synth_dir, "part-00000.parquet")], columns=["key"]))) == 2000
+    with pytest.raises(SourceError, match="holds no parquet files"):
+        load_laion(str(tmp_path))
+    with pytest.raises(SourceError, match="matches no file"):
+        load_laion(str(tmp_path / "*.parquet"))
+    with pytest.raises(SourceError, match="not found"):
+        load_laion(str(tmp_path / "missing.parquet"))
+
+
+def _bad_files(tmp_path, good_dir):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    good = open(os.path.join(good_dir, "part-00000.parquet"), "rb").read()
+    (d / "a_good.parquet").write_bytes(good)
+    (d / "b_truncated.parquet").write_bytes(good[: len(good) // 2])
+    (d / "c_not_parquet.parquet").write_text("<html>this is not parquet</html>")
+    (d / "d_good.parquet").write_bytes(good)
+    return d
+
+
+def test_corrupt_files_name_the_file_or_are_skipped_and_counted(tmp_path, synth_dir):
+    d = _bad_files(tmp_path, synth_dir)
+    with pytest.raises(SourceError, match="b_truncated.parquet"):
+        list(load_laion(str(d), columns=["key"]))
+    b = make_builder(str(d), on_error="skip", columns=["key"])
+    rows = sum(t.num_rows for t in b.iter_tables())
+    assert rows == 4000
+    skipped = sorted(os.path.basename(s["file"]) for s in b.stats.files_skipped)
+    assert skipped == ["b_truncated.parquet", "c_not_parquet.parquet"]
+    assert b.stats.files == 4 and b.stats.rows_in == b.stats.rows_kept == 4000
+
+
+def test_wrong_type_in_a_later_file_names_file_and_column(tmp_path):
+    pq.write_table(pa.table({"URL": ["a"], "WIDTH": [10]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"URL": ["b"], "WIDTH": ["huge"]}), tmp_path / "b.parquet")
+    with pytest.raises(SchemaError, match=r"b.parquet: column 'WIDTH'"):
+        list(load_laion(str(tmp_path)))
+    b = make_builder(str(tmp_path), on_error="skip")
+    assert [t.num_rows for t in b.iter_tables()] == [1]
+    assert b.stats.files_skipped[0]["file"].endswith("b.parquet")
+
+
+def test_mixed_size_dtypes_across_files_cast_to_one_type(tmp_path):
+    pq.write_table(pa.table({"URL": ["a"], "WIDTH": pa.array([10], pa.int32())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"URL": ["b"], "WIDTH": [20.0]}), tmp_path / "b.parquet")
+    assert [r["width"] for r in load_laion(str(tmp_path))] == [10, 20]
+
+
+def test_fsspec_url_source(synth_dir):
+    url = "file://" + os.path.join(synth_dir, "part-00001.parquet")
+    assert len(list(load_laion(url, columns=["key"]))) == 2000

@@ -42,3 +42,7 @@ class HubError(LaionHFError):
 
 class LoaderError(LaionHFError):
     """A training data loader is misconfigured, or a saved loader state does not fit it."""
+
+
+class CardError(HubError):
+    """A dataset card cannot be rendered (template error, missing stats) or would be invalid."""

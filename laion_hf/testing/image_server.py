@@ -45,7 +45,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 import numpy as np
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 from PIL import Image
 
 __all__ = ["ImageServer", "FAULTS", "make_image", "bomb_png"]
@@ -69,7 +69,7 @@ FAULTS = {
     "redirect-loop": "redirects to itself forever",
     "redirect-private": "redirects to a private address (`to`, default http://10.0.0.1/x.jpg)",
     "huge-no-length": "streams `mb` MB (default 64) with no Content-Length",
-    "bomb-png": "a small PNG that declares 12,000 x 12,000 pixels (a decompression bomb)",
+    "bomb-png": "a small PNG that declares 16,000 x 16,000 pixels (a decompression bomb)",
     "robots": "an image with X-Robots-Tag set to `tag` (default noai)",
     "gzip": "an image sent with Content-Encoding: gzip",
     "set-cookie": "sets a cookie and redirects to no-cookie",
@@ -124,7 +124,7 @@ def make_image(
 
 
 @lru_cache(maxsize=4)
-def bomb_png(width: int = 12_000, height: int = 12_000) -> bytes:
+def bomb_png(width: int = 16_000, height: int = 16_000) -> bytes:
     """A valid 1-bit PNG of ``width`` x ``height`` zeros: a few KB that decode to ~width*height pixels."""
 
     def chunk(tag: bytes, data: bytes) -> bytes:
@@ -329,7 +329,11 @@ class ImageServer:
         lo, hi = self.latency
         if hi > 0:
             await asyncio.sleep(lo if hi <= lo else self._rng.uniform(lo, hi))
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (ConnectionError, ClientConnectionResetError):
+            # the client went away mid-answer (a fetcher cutting off a huge body): nothing to log
+            raise asyncio.CancelledError() from None
 
     def _count(self, key: str) -> int:
         n = self._counters.get(key, 0)

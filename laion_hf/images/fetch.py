@@ -1,0 +1,502 @@
+"""The image fetcher: aiohttp with limits, retries, etiquette and an SSRF guard.
+
+:class:`HttpFetcher` gets the bytes of one URL (redirects, retries, timeouts, body cap,
+X-Robots-Tag, address policy); :class:`ImageFetcher` turns a URL into an
+:class:`~laion_hf.images.resize.ImageResult` (cache, fetch, decode/resize in a thread pool).
+
+Security model
+--------------
+* Only ``http``/``https``; user-info in a URL is stripped; no cookie jar, no ``.netrc``,
+  no proxy from the environment: nothing but the URL reaches an image host.
+* Every host name is resolved by :class:`GuardedResolver`, which refuses the whole answer
+  when any address is loopback, private, link-local, multicast, reserved or otherwise not
+  global. aiohttp connects to the addresses that resolver returned, so the address that was
+  checked is the address that is connected to (no DNS rebinding between check and use).
+  IP-literal hosts are checked before the request; non-canonical numeric hosts
+  (``2130706433``, ``0x7f.1``) are refused as ``invalid_url``.
+* Redirects are followed by hand (``max_redirects``), and every hop goes through the same
+  checks, so a public URL that redirects to ``10.0.0.1`` is ``ssrf_blocked``.
+* ``allow_private_networks=True`` (tests, local mirrors) turns the address policy off;
+  a list of CIDR networks (``["127.0.0.0/8"]``) allows only those beside public addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import os
+import random
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from laion_hf.errors import FetchError
+from laion_hf.images import status as st
+from laion_hf.images.cache import ImageCache
+from laion_hf.images.resize import ImageResult, ResizeConfig, process_image
+
+PROJECT_URL = "https://github.com/laion-hf/laion-hf"
+DEFAULT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+RETRY_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Network settings of image fetching (img2dataset's options where they exist).
+
+    Attributes:
+        concurrency: rows in flight at once (fetch + decode), per process.
+        per_host: connections at once to one host (0 = no per-host limit).
+        connect_timeout / read_timeout: seconds to connect / between two reads.
+        timeout: seconds for one whole attempt (connect, redirects, body).
+        retries: extra attempts on 408/429/5xx and connection errors (and timeouts
+            when ``retry_on_timeout``), with exponential backoff and jitter.
+        backoff_base / backoff_max: backoff is ``min(max, base * 2**attempt)`` with jitter.
+        max_retry_after: a ``Retry-After`` longer than this is not waited for (``http_429``).
+        max_redirects: redirects followed per attempt.
+        max_body_bytes: the body is cut off (``too_large``) beyond this many bytes.
+        user_agent_token: your token, added to the User-Agent and matched against
+            ``X-Robots-Tag: token: directive``.
+        disallowed_header_directives: X-Robots-Tag directives that opt an image out
+            (empty to ignore the header).
+        allow_private_networks: False (default), True, or CIDR networks to allow.
+        resize_threads: threads decoding/resizing (0 = one per core).
+    """
+
+    concurrency: int = 64
+    per_host: int = 16
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    timeout: float = 20.0
+    retries: int = 2
+    retry_on_timeout: bool = False
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+    max_retry_after: float = 30.0
+    max_redirects: int = 5
+    max_body_bytes: int = 32 * 2**20
+    user_agent_token: Optional[str] = None
+    disallowed_header_directives: tuple = DEFAULT_DIRECTIVES
+    allow_private_networks: Union[bool, tuple] = False
+    resize_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise FetchError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.per_host < 0:
+            raise FetchError(f"per_host must be >= 0 (0 = unlimited), got {self.per_host}")
+        for name in ("connect_timeout", "read_timeout", "timeout"):
+            if not getattr(self, name) > 0:
+                raise FetchError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.retries < 0 or self.max_redirects < 0 or self.max_body_bytes <= 0:
+            raise FetchError("retries and max_redirects must be >= 0 and max_body_bytes > 0")
+        object.__setattr__(self, "disallowed_header_directives",
+                           tuple(d.strip().lower() for d in (self.disallowed_header_directives or ())))
+        apn = self.allow_private_networks
+        if not isinstance(apn, bool):
+            if isinstance(apn, str):
+                apn = (apn,)
+            try:
+                nets = tuple(str(ipaddress.ip_network(n, strict=False)) for n in apn)
+            except (TypeError, ValueError) as e:
+                raise FetchError(f"allow_private_networks must be a bool or CIDR networks, got {apn!r}: {e}") from e
+            object.__setattr__(self, "allow_private_networks", nets)
+        if self.user_agent_token is not None and not re.fullmatch(r"[A-Za-z0-9._\-]+", self.user_agent_token):
+            raise FetchError(f"user_agent_token must be letters, digits, '.', '_' or '-', got {self.user_agent_token!r}")
+
+    @property
+    def user_agent(self) -> str:
+        """The User-Agent sent to image hosts: names laion-hf, its URL and your token."""
+        from laion_hf import __version__
+
+        ua = f"laion-hf/{__version__} (+{PROJECT_URL})"
+        return ua + (f" {self.user_agent_token}" if self.user_agent_token else "")
+
+    def fingerprint(self) -> str:
+        """Settings that change a row's outcome for good (part of the cache key)."""
+        return f"robots={','.join(sorted(self.disallowed_header_directives))};token={self.user_agent_token}"
+
+
+# ---------------------------------------------------------------------- address policy
+class AddressPolicy:
+    """Decides whether an IP address may be connected to."""
+
+    def __init__(self, allow: Union[bool, Sequence[str]] = False) -> None:
+        self.allow_all = allow is True
+        self.networks = [] if isinstance(allow, bool) else [ipaddress.ip_network(n, strict=False) for n in allow]
+
+    def blocked_reason(self, address: str) -> Optional[str]:
+        """None when ``address`` may be used, else why not."""
+        if self.allow_all:
+            return None
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return f"{address!r} is not an IP address"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in n for n in self.networks):
+            return None
+        for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved", "is_unspecified"):
+            if getattr(ip, attr):
+                return f"{ip} is {attr[3:].replace('_', '-')}"
+        if not ip.is_global:
+            return f"{ip} is not a global address"
+        return None
+
+
+class BlockedAddressError(OSError):
+    """A host resolved to an address the policy refuses (raised inside the resolver)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with ``inner`` and refuses answers containing a non-allowed address.
+
+    aiohttp connects only to what this returns, which pins the connection to checked
+    addresses: a second, different DNS answer cannot slip in between check and connect.
+    """
+
+    def __init__(self, policy: AddressPolicy, inner: Optional[AbstractResolver] = None) -> None:
+        self.policy = policy
+        self.inner = inner or ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
+        infos = await self.inner.resolve(host, port, family)
+        for info in infos:
+            reason = self.policy.blocked_reason(info["host"])
+            if reason:
+                raise BlockedAddressError(f"{host.rstrip('.')} resolves to {info['host']}: {reason}")
+        if not infos:
+            raise OSError(f"{host} has no address")
+        return infos
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+class _Fail(Exception):
+    def __init__(self, status: str, error: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.retry_after = status, error, retry_after
+
+
+def check_url(url: Any, policy: AddressPolicy) -> URL:
+    """Parse and vet ``url`` (scheme, host, literal addresses); raise ``_Fail`` if refused."""
+    if not isinstance(url, str) or not url.strip():
+        raise _Fail(st.INVALID_URL, f"URL is empty or not a string: {url!r}")
+    try:
+        u = URL(url.strip())
+    except (ValueError, TypeError) as e:
+        raise _Fail(st.INVALID_URL, f"cannot parse URL {url!r}: {e}") from None
+    scheme = (u.scheme or "").lower()
+    if not scheme:
+        raise _Fail(st.INVALID_URL, f"URL has no scheme: {url!r}")
+    if scheme not in ("http", "https"):
+        raise _Fail(st.UNSUPPORTED_SCHEME, f"only http and https are fetched, not {scheme}: {url!r}")
+    host = u.raw_host
+    if not host:
+        raise _Fail(st.INVALID_URL, f"URL has no host: {url!r}")
+    if u.user is not None or u.password is not None:
+        u = u.with_user(None)  # never send credentials to image hosts
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        ip = None
+        labels = host.rstrip(".").split(".")
+        if all(_NUMERIC_LABEL.match(lb) for lb in labels):
+            raise _Fail(st.INVALID_URL, f"non-canonical numeric host {host!r} in {url!r}")
+    if ip is not None:
+        reason = policy.blocked_reason(str(ip))
+        if reason:
+            raise _Fail(st.SSRF_BLOCKED, f"refused {url!r}: {reason} (allow_private_networks to opt in)")
+    return u
+
+
+def robots_optout(values: Sequence[str], directives: Sequence[str], tokens: Sequence[str]) -> Optional[str]:
+    """The X-Robots-Tag directive that opts out, or None.
+
+    Handles ``noai, noimageai`` and the ``token: directive`` form, where a directive counts
+    only when the token is one of ``tokens`` (laion-hf's, img2dataset's, the user's).
+    """
+    if not directives:
+        return None
+    for value in values:
+        v = value.strip().lower()
+        if ":" in v:  # "token: directive, directive" applies to that token only
+            token, v = (x.strip() for x in v.split(":", 1))
+            if token not in tokens:
+                continue
+        for d in v.replace(",", " ").split():
+            if d in directives:
+                return f"X-Robots-Tag: {value.strip()}"
+    return None
+
+
+def _retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class FetchResult:
+    """The bytes of one URL, or why there are none."""
+
+    __slots__ = ("status", "error", "body", "final_url")
+
+    def __init__(self, status: str, error: Optional[str] = None, body: Optional[bytes] = None,
+                 final_url: Optional[str] = None) -> None:
+        self.status, self.error, self.body, self.final_url = status, error, body, final_url
+
+
+class HttpFetcher:
+    """Fetches URLs with aiohttp under :class:`FetchConfig` (use as an async context manager)."""
+
+    def __init__(self, config: FetchConfig, resolver: Optional[AbstractResolver] = None) -> None:
+        self.config = config
+        self.policy = AddressPolicy(config.allow_private_networks)
+        self._inner_resolver = resolver
+        self._session: Optional[aiohttp.ClientSession] = None
+        self._host_pause: dict[str, float] = {}
+        tokens = {"laion-hf", "img2dataset"}
+        if config.user_agent_token:
+            tokens.add(config.user_agent_token.lower())
+        self._tokens = tuple(tokens)
+        self.requests = 0
+
+    async def __aenter__(self) -> "HttpFetcher":
+        cfg = self.config
+        connector = aiohttp.TCPConnector(
+            limit=cfg.concurrency,
+            limit_per_host=cfg.per_host,
+            resolver=GuardedResolver(self.policy, self._inner_resolver),
+            ttl_dns_cache=60,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout, sock_read=cfg.read_timeout),
+            headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"},
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(self, url: Any) -> FetchResult:
+        """Fetch ``url``: never raises for network trouble, the status says what happened."""
+        cfg = self.config
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.wait_for(self._fetch_once(url), cfg.timeout)
+            except _Fail as f:
+                fail = f
+            except (asyncio.TimeoutError, TimeoutError):
+                fail = _Fail(st.TIMEOUT, f"no complete answer within {cfg.timeout:g} s (timeout) for {url!r}")
+            except Exception as e:  # pragma: no cover - a bug, but a row must not crash the run
+                return FetchResult(st.INTERNAL_ERROR, f"{type(e).__name__}: {e} while fetching {url!r}")
+            retryable = (
+                fail.status in (st.CONNECTION_ERROR, st.TRUNCATED)
+                or (fail.status == st.TIMEOUT and cfg.retry_on_timeout)
+                or (fail.status.startswith("http_") and int(fail.status[5:]) in RETRY_HTTP)
+            )
+            if not retryable or attempt >= cfg.retries:
+                return FetchResult(fail.status, fail.error)
+            delay = min(cfg.backoff_max, cfg.backoff_base * 2**attempt)
+            delay = delay / 2 + random.uniform(0, delay / 2)
+            if fail.retry_after is not None:
+                if fail.retry_after > cfg.max_retry_after:
+                    return FetchResult(fail.status, f"{fail.error}; Retry-After {fail.retry_after:g} s is longer "
+                                                    f"than max_retry_after={cfg.max_retry_after:g} s")
+                delay = max(delay, fail.retry_after)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _fetch_once(self, url: Any) -> FetchResult:
+        assert self._session is not None, "use HttpFetcher as an async context manager"
+        cfg = self.config
+        current = check_url(url, self.policy)
+        seen = {str(current)}
+        for hop in range(cfg.max_redirects + 1):
+            host = current.raw_host or ""
+            pause = self._host_pause.get(host, 0.0) - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            self.requests += 1
+            try:
+                async with self._session.get(current, allow_redirects=False) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        location = resp.headers["Location"]
+                        try:
+                            nxt = current.join(URL(location))
+                        except (ValueError, TypeError):
+                            raise _Fail(st.INVALID_URL, f"redirect from {current} to an unparsable {location!r}")
+                        current = check_url(str(nxt), self.policy)
+                        if str(current) in seen:
+                            raise _Fail(st.REDIRECT_LOOP, f"redirect loop: {current} was already visited")
+                        seen.add(str(current))
+                        continue
+                    if not 200 <= resp.status < 300:
+                        ra = _retry_after_seconds(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
+                        if resp.status == 429 and ra is not None and ra <= cfg.max_retry_after:
+                            self._host_pause[host] = time.monotonic() + ra
+                        raise _Fail(st.http_status(resp.status), f"HTTP {resp.status} {resp.reason or ''} for {current}".replace("  ", " "), ra)
+                    optout = robots_optout(resp.headers.getall("X-Robots-Tag", []), cfg.disallowed_header_directives, self._tokens)
+                    if optout:
+                        raise _Fail(st.ROBOTS_OPTOUT, f"{optout} opts {current} out")
+                    cl = resp.content_length
+                    if cl is not None and cl > cfg.max_body_bytes and not resp.headers.get("Content-Encoding"):
+                        raise _Fail(st.TOO_LARGE, f"Content-Length {cl} is above max_body_bytes={cfg.max_body_bytes}")
+                    buf = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        buf += chunk
+                        if len(buf) > cfg.max_body_bytes:
+                            raise _Fail(st.TOO_LARGE, f"body of {current} passed max_body_bytes={cfg.max_body_bytes} "
+                                                      "while streaming")
+                    return FetchResult(st.SUCCESS, None, bytes(buf), str(current))
+            except _Fail:
+                raise
+            except aiohttp.ClientConnectorDNSError as e:
+                if isinstance(e.os_error, BlockedAddressError):
+                    raise _Fail(st.SSRF_BLOCKED, f"refused {current}: {e.os_error} (allow_private_networks to opt in)")
+                raise _Fail(st.DNS_ERROR, f"cannot resolve {current.raw_host}: {e.os_error}")
+            except (aiohttp.ClientPayloadError,) as e:
+                raise _Fail(st.TRUNCATED, f"body of {current} ended early: {e}")
+            except (aiohttp.InvalidURL, ValueError) as e:
+                raise _Fail(st.INVALID_URL, f"invalid URL {current}: {e}")
+            except (asyncio.TimeoutError, TimeoutError):
+                raise
+            except (aiohttp.ClientError, OSError) as e:
+                raise _Fail(st.CONNECTION_ERROR, f"{type(e).__name__} for {current}: {e}")
+        raise _Fail(st.TOO_MANY_REDIRECTS, f"more than max_redirects={cfg.max_redirects} redirects from {url!r}")
+
+
+# ---------------------------------------------------------------------- rows
+class ImageFetcher:
+    """URL -> :class:`ImageResult`: cache lookup, fetch, decode/resize (threads), cache store.
+
+    Use as an async context manager inside one event loop (one per process or thread).
+    ``concurrency`` bounds rows in flight including their decode, so memory stays flat.
+    """
+
+    def __init__(self, fetch: FetchConfig, resize: ResizeConfig, cache: Optional[ImageCache] = None,
+                 resolver: Optional[AbstractResolver] = None) -> None:
+        self.fetch_config, self.resize_config, self.cache = fetch, resize, cache
+        self.http = HttpFetcher(fetch, resolver)
+        self.settings = resize.fingerprint() + ";" + fetch.fingerprint()
+        self._sem: Optional[asyncio.Semaphore] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    async def __aenter__(self) -> "ImageFetcher":
+        await self.http.__aenter__()
+        self._sem = asyncio.Semaphore(self.fetch_config.concurrency)
+        n = self.fetch_config.resize_threads or (os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="laion-hf-resize")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.http.__aexit__(*exc)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def cache_key(self, url: Any, expected_hash: Optional[str] = None) -> Optional[str]:
+        if self.cache is None or not isinstance(url, str):
+            return None
+        return ImageCache.key(url, self.settings + (f";hash={expected_hash}" if expected_hash else ""))
+
+    async def process(self, url: Any, expected_hash: Optional[str] = None, hash_type: str = "sha256") -> ImageResult:
+        """Fetch and process one URL; never raises (the result's status says what happened)."""
+        key = self.cache_key(url, expected_hash)
+        if key is not None:
+            hit = self.cache.get(key)  # type: ignore[union-attr]
+            if hit is not None:
+                return hit
+        assert self._sem is not None and self._pool is not None, "use ImageFetcher as an async context manager"
+        async with self._sem:
+            res = await self.http.fetch(url)
+            if res.status != st.SUCCESS:
+                out = ImageResult(res.status, res.error)
+            else:
+                body = res.body or b""
+                if expected_hash:
+                    import hashlib
+
+                    got = hashlib.new(hash_type, body).hexdigest()
+                    if got.lower() != str(expected_hash).strip().lower():
+                        out = ImageResult(st.HASH_MISMATCH, f"{hash_type} of the body is {got}, expected {expected_hash}")
+                        return out
+                loop = asyncio.get_running_loop()
+                try:
+                    out = await loop.run_in_executor(self._pool, process_image, body, self.resize_config)
+                except Exception as e:  # pragma: no cover - process_image maps its own errors
+                    out = ImageResult(st.INTERNAL_ERROR, f"{type(e).__name__}: {e} while decoding {url!r}")
+        if key is not None and self.cache.cacheable(out):  # type: ignore[union-attr]
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.cache.put, key, out)  # type: ignore[union-attr]
+        return out
+
+    async def process_many(self, urls: Sequence[Any], hashes: Optional[Sequence[Optional[str]]] = None,
+                           hash_type: str = "sha256") -> list[ImageResult]:
+        """Process ``urls`` concurrently; results are in input order."""
+        hs = hashes if hashes is not None else [None] * len(urls)
+        return list(await asyncio.gather(*(self.process(u, h, hash_type) for u, h in zip(urls, hs))))
+
+
+def split_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """Split keyword options into FetchConfig and ResizeConfig fields; unknown names raise FetchError."""
+    from dataclasses import fields
+
+    f_names = {f.name for f in fields(FetchConfig)}
+    r_names = {f.name for f in fields(ResizeConfig)}
+    fk, rk = {}, {}
+    for k, v in kwargs.items():
+        if k in f_names:
+            fk[k] = v
+        elif k in r_names:
+            rk[k] = v
+        else:
+            raise FetchError(f"unknown image option {k!r}; FetchConfig takes {sorted(f_names)}, "
+                             f"ResizeConfig takes {sorted(r_names)}")
+    return fk, rk
+
+
+def make_configs(fetch: Optional[FetchConfig] = None, resize: Optional[ResizeConfig] = None,
+                 **options: Any) -> tuple[FetchConfig, ResizeConfig]:
+    """Build both configs from optional bases plus keyword overrides."""
+    from dataclasses import replace
+
+    fk, rk = split_kwargs(options)
+    fetch = replace(fetch or FetchConfig(), **fk) if fk or fetch is None else fetch
+    resize = replace(resize or ResizeConfig(), **rk) if rk or resize is None else resize
+    return fetch, resize
+
+
+__all__ = [
+    "FetchConfig", "AddressPolicy", "GuardedResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
+    "FetchResult", "check_url", "robots_optout", "make_configs", "split_kwargs"
+]

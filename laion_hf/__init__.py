@@ -24,6 +24,8 @@ _EXPORTS = {
     "synthesize": "laion_hf.synth",
     "compute_stats": "laion_hf.stats",
     "filter_to_parquet": "laion_hf.filters",
+    "with_clip": "laion_hf.clip.stream",
+    "ClipEmbedder": "laion_hf.clip.model",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -20,6 +20,7 @@ _REGISTRARS = [
     "laion_hf.stats:register_cli",
     "laion_hf.filters:register_cli",
     "laion_hf.demo:register_cli",
+    "laion_hf.clip.embed:register_cli",
 ]
 
 

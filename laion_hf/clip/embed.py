@@ -1,0 +1,367 @@
+"""``laion-hf embed``: CLIP embeddings of existing image shards in clip-retrieval's layout.
+
+Inputs are img2dataset / webdataset tars (``{key}.jpg`` + ``{key}.txt`` + ``{key}.json``) or
+parquet shards with an ``image`` column (``struct<bytes, path>``, as laion-hf and ``datasets``
+write them). Input shard ``N`` (in sorted order) becomes output part ``N``::
+
+    OUT/img_emb/img_emb_{N}.npy          (rows, dim) float16|float32, L2-normalized
+    OUT/text_emb/text_emb_{N}.npy        same rows; a zero vector where the caption is missing
+    OUT/metadata/metadata_{N}.parquet    same rows: key, caption, url, ..., clip_similarity, heads
+    OUT/stats/stats_{N}.json             every input row counted: embedded + failed by status
+    OUT/embed_config.json                model, weights, dtype, inputs (a resumed run must match)
+
+so autofaiss and embedding-reader can index them. Rows whose image does not decode are left out
+of the three row-aligned files and counted in the stats file. A part is written atomically
+(metadata last); a re-run skips finished parts (resume after a kill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import pyarrow as pa
+
+from laion_hf.errors import LaionHFError, ShardError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from laion_hf.clip.model import ClipEmbedder
+
+__all__ = ["embed_shards", "read_shards", "resolve_inputs", "register_cli"]
+
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
+_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def resolve_inputs(sources: Sequence[str]) -> list[str]:
+    """Expand files, folders and globs into a sorted list of ``.tar`` / ``.parquet`` shards.
+
+    A folder contributes its tars when it has any (img2dataset writes metadata-only
+    parquet files beside them), else its parquet files.
+    """
+    found: list[str] = []
+    for src in sources:
+        if os.path.isdir(src):
+            tars = sorted(glob.glob(os.path.join(src, "*.tar")))
+            found += tars or sorted(glob.glob(os.path.join(src, "*.parquet")))
+        elif os.path.isfile(src):
+            found.append(src)
+        else:
+            matches = sorted(glob.glob(src))
+            if not matches:
+                raise ShardError(f"{src}: no such file, folder or glob match")
+            found += [m for m in matches if os.path.isfile(m)]
+    bad = [f for f in found if not f.endswith((".tar", ".parquet"))]
+    if bad:
+        raise ShardError(f"{bad[0]}: not a .tar or .parquet shard")
+    if not found:
+        raise ShardError(f"no .tar or .parquet shards in {', '.join(sources)}")
+    return sorted(dict.fromkeys(os.path.abspath(f) for f in found))
+
+
+def _tar_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> pa.Table:
+        metas = [r.pop("_json") for r in rows]
+        table = pa.table(
+            {
+                "key": pa.array([r["key"] for r in rows], pa.string()),
+                "caption": pa.array([r["caption"] for r in rows], pa.string()),
+                "image": pa.array([{"bytes": r["image"], "path": None} for r in rows], _IMAGE_TYPE),
+                "status": pa.array(["success"] * len(rows), pa.string()),
+            }
+        )
+        extra = _json_columns(metas, exclude=set(table.column_names))
+        for name in extra.column_names:
+            table = table.append_column(name, extra[name])
+        rows.clear()
+        return table
+
+    try:
+        with open(path, "rb") as f:
+            files = (dict(fs, __url__=path) for fs in tar_file_iterator(f))
+            for sample in group_by_keys(files):
+                ext = next((e for e in _IMAGE_EXTS if e in sample), None)
+                meta: dict[str, Any] = {}
+                if "json" in sample:
+                    try:
+                        meta = json.loads(sample["json"])
+                    except ValueError:
+                        meta = {}
+                caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
+                rows.append(
+                    {
+                        "key": os.path.basename(sample["__key__"]),
+                        "caption": caption,
+                        "image": sample[ext] if ext else None,
+                        "_json": meta if isinstance(meta, dict) else {},
+                    }
+                )
+                if len(rows) >= batch_rows:
+                    yield flush()
+    except (OSError, ValueError, EOFError, tarfile.TarError) as e:
+        raise ShardError(f"{path}: cannot read the tar shard: {type(e).__name__}: {e}") from e
+    if rows:
+        yield flush()
+
+
+def _json_columns(metas: list[dict[str, Any]], exclude: set[str]) -> pa.Table:
+    """Scalar fields of the img2dataset ``.json`` sidecars as columns (what fits one type)."""
+    names: dict[str, None] = {}
+    for m in metas:
+        for k, v in m.items():
+            if k not in exclude and (v is None or isinstance(v, (str, int, float, bool))):
+                names.setdefault(k)
+    cols = {}
+    for k in names:
+        try:
+            cols[k] = pa.array([m.get(k) for m in metas])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            cols[k] = pa.array([None if m.get(k) is None else str(m.get(k)) for m in metas], pa.string())
+    return pa.table(cols) if cols else pa.table({})
+
+
+def _parquet_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise ShardError(f"{path}: cannot read the parquet shard: {type(e).__name__}: {e}") from e
+    names = pf.schema_arrow.names
+    if "image" not in names:
+        raise ShardError(
+            f"{path}: no 'image' column (have {names[:12]}); img2dataset's per-shard parquet holds metadata only, "
+            "point `laion-hf embed` at the .tar files (or at parquet shards written with embedded images)"
+        )
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        yield pa.Table.from_batches([batch])
+
+
+def read_shards(path: str, batch_rows: int = 1024) -> Iterator[pa.Table]:
+    """Arrow tables (``key``, ``caption``, ``image`` struct, ``status``, sidecar fields) of one shard."""
+    if path.endswith(".tar"):
+        return _tar_tables(path, batch_rows)
+    return _parquet_tables(path, batch_rows)
+
+
+def _count_rows(path: str) -> int | None:
+    """Rows of a shard when cheap to know: parquet footer, or img2dataset's ``{shard}_stats.json``."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:
+            return None
+    stats = path[: -len(".tar")] + "_stats.json"
+    try:
+        with open(stats) as f:
+            return int(json.load(f)["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _part_done(out: Path, n: int) -> bool:
+    return (out / "metadata" / f"metadata_{n}.parquet").exists() and (out / "stats" / f"stats_{n}.json").exists()
+
+
+def embed_shards(
+    sources: Sequence[str] | str,
+    out_dir: str | os.PathLike,
+    embedder: "ClipEmbedder | None" = None,
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    heads: Sequence[str] = (),
+    dtype: str = "float16",
+    num_workers: int | None = None,
+    allow_download: bool = False,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed every shard of ``sources`` into ``out_dir`` (clip-retrieval layout, see module docs).
+
+    Resumable: finished parts are skipped; the run config must match the one in
+    ``embed_config.json``. Returns totals: ``parts``, ``parts_skipped``, ``count``, ``embedded``,
+    ``failed``, ``status_dict``, ``seconds``, ``images_per_second``.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
+    from laion_hf.clip.stream import CLIP_SIMILARITY, IMAGE_EMBEDDING, TEXT_EMBEDDING, ClipPipeline
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [str(sources)]
+    if dtype not in ("float16", "float32"):
+        raise ShardError(f"dtype={dtype!r}: use float16 (clip-retrieval's default) or float32")
+    inputs = resolve_inputs(list(sources))
+    out = Path(out_dir)
+    if embedder is None:
+        embedder = ClipEmbedder(
+            model or TINY_MODEL, pretrained, device=device, precision=precision, batch_size=batch_size,
+            allow_download=allow_download, cache_dir=cache_dir,
+        )  # fmt: skip
+    elif batch_size:
+        embedder.batch_size = int(batch_size)
+    pipe = ClipPipeline(embedder, heads, embedding_dtype="float32", num_workers=num_workers)
+    config = {
+        "model": embedder.model_name,
+        "pretrained": embedder.pretrained,
+        "embed_dim": embedder.embed_dim,
+        "dtype": dtype,
+        "heads": [h.name for h in pipe.heads],
+        "inputs": inputs,
+    }
+    for sub in ("img_emb", "text_emb", "metadata", "stats"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "embed_config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        diff = [k for k in config if old.get(k) != config[k]]
+        if diff:
+            raise ShardError(
+                f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
+                f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
+            )
+    else:
+        _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+
+    todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
+    counts = [_count_rows(p) for _, p in todo]
+    total = sum(counts) if all(c is not None for c in counts) else None
+    totals: dict[str, Any] = {"parts": len(inputs), "parts_skipped": len(inputs) - len(todo), "count": 0,
+                              "embedded": 0, "failed": 0, "status_dict": {}}  # fmt: skip
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, unit="img", unit_scale=True, desc="embed", disable=not progress, dynamic_ncols=True)
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    try:
+        for n, path in todo:
+            img_parts, txt_parts, meta_parts = [], [], []
+            status_dict: dict[str, int] = {}
+            count = 0
+            for table in pipe.run(read_shards(path, batch_rows=max(embedder.batch_size, 256))):
+                count += table.num_rows
+                for vc in pc.value_counts(table["status"]).to_pylist():
+                    status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
+                ok = table[IMAGE_EMBEDDING].is_valid()
+                good = table.filter(ok)
+                d = embedder.embed_dim
+                if good.num_rows:
+                    img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, d)
+                    txt_col = good[TEXT_EMBEDDING].combine_chunks()
+                    txt = np.zeros((good.num_rows, d), dtype=np.float32)
+                    has = txt_col.is_valid().to_numpy(zero_copy_only=False)
+                    if has.any():
+                        txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, d)
+                    img_parts.append(img.astype(np_dtype))
+                    txt_parts.append(txt.astype(np_dtype))
+                    meta_parts.append(good.drop_columns(["image", IMAGE_EMBEDDING, TEXT_EMBEDDING]))
+                bar.update(table.num_rows)
+            d = embedder.embed_dim
+            img_all = np.concatenate(img_parts) if img_parts else np.zeros((0, d), np_dtype)
+            txt_all = np.concatenate(txt_parts) if txt_parts else np.zeros((0, d), np_dtype)
+            if meta_parts:
+                meta = pa.concat_tables(meta_parts, promote_options="permissive")
+            else:
+                meta = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string()),
+                                 CLIP_SIMILARITY: pa.array([], pa.float64())})  # fmt: skip
+            embedded = int(img_all.shape[0])
+            stats = {"input": path, "part": n, "count": count, "embedded": embedded, "failed": count - embedded,
+                     "status_dict": status_dict, "model": embedder.model_name, "pretrained": embedder.pretrained}  # fmt: skip
+            _atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
+            _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
+            _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
+            _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
+            totals["count"] += count
+            totals["embedded"] += embedded
+            totals["failed"] += count - embedded
+            for s, c in status_dict.items():
+                totals["status_dict"][s] = totals["status_dict"].get(s, 0) + c
+    finally:
+        bar.close()
+    secs = time.perf_counter() - t0
+    totals["seconds"] = secs
+    totals["images_per_second"] = totals["count"] / secs if secs > 0 else 0.0
+    return totals
+
+
+def _save_npy(path: Path, arr: Any) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def register_cli(sub: Any) -> None:
+    """Add the ``embed`` verb to ``laion-hf``."""
+    p = sub.add_parser(
+        "embed",
+        help="CLIP embeddings of image shards (img2dataset tars or parquet) in clip-retrieval's layout",
+        description="Embed images and captions of existing shards with an open_clip model and write "
+        "OUT/img_emb/img_emb_{N}.npy, OUT/text_emb/text_emb_{N}.npy and OUT/metadata/metadata_{N}.parquet "
+        "(row-aligned, one part per input shard; autofaiss / embedding-reader read them). Re-running "
+        "resumes: finished parts are skipped. Weights are resolved offline (HF cache, a file, local-dir:).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", metavar="SHARDS_OR_SOURCE",
+                   help="tar/parquet shards, folders holding them, or globs")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default="laion-hf-tiny",
+                   help="open_clip model name, hf-hub:org/name or local-dir:/folder (laion-hf-tiny: random-init test model)")  # fmt: skip
+    p.add_argument("--pretrained", default=None,
+                   help="weights: a tag (e.g. laion2b_s34b_b79k, openai) found in the HF cache, or a checkpoint file")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (256 on GPU, 32 on CPU)")
+    p.add_argument("--head", action="append", default=[], metavar="SPEC",
+                   help="score head: aesthetic_v1[:vit_b_32|vit_b_16|vit_l_14], aesthetic_v2:PATH, nsfw:PATH (repeatable)")  # fmt: skip
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="embedding dtype in the .npy files")
+    p.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
+    p.add_argument("--allow-download", action="store_true", help="let open_clip download missing weights")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder to find weights in")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    try:
+        totals = embed_shards(
+            args.sources, args.out, model=args.model, pretrained=args.pretrained, device=args.device,
+            precision=args.precision, batch_size=args.batch_size, heads=args.head, dtype=args.dtype,
+            num_workers=args.num_workers, allow_download=args.allow_download, cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except ImportError as e:
+        raise LaionHFError(f"`laion-hf embed` needs the clip extra: pip install 'laion-hf[clip]' ({e})") from e
+    print(
+        f"embedded {totals['embedded']}/{totals['count']} rows in {totals['parts'] - totals['parts_skipped']} part(s) "
+        f"({totals['parts_skipped']} already done) -> {args.out}; failed {totals['failed']}; "
+        f"{totals['images_per_second']:.1f} images/s; statuses {totals['status_dict']}"
+    )
+    return 0

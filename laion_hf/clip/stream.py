@@ -1,0 +1,558 @@
+"""``with_clip``: CLIP embeddings, similarity and LAION score heads computed inside the stream.
+
+Input rows carry ``image`` (``struct<bytes: binary, path: string>``, the ``datasets`` ``Image()``
+storage; null when the fetch failed), ``caption`` and ``status`` (``"success"`` when the image
+is good). Output rows gain:
+
+``image_embedding``  fixed-size list (float32 or float16), L2-normalized; null without a usable image
+``text_embedding``   fixed-size list, L2-normalized; null when the caption is null
+``clip_similarity``  float64 cosine of the two (LAION's ``similarity`` quantity); null if either is null
+one float64 column per score head (``aesthetic_score_v1``, ``aesthetic_score_v2``, ``punsafe_recomputed``)
+
+A row whose status is ``success`` but whose image cannot be decoded gets nulls, ``status =
+"decode_error"`` and the reason in ``error_message``; rows that failed earlier keep their status.
+Nothing raises per row.
+
+Pipelining: a producer thread pulls Arrow batches from the upstream stream and hands every
+image to a thread pool that decodes (JPEG ``draft``) and preprocesses it straight into a
+reusable (pinned, on CUDA) uint8 batch buffer, ``prefetch`` batches ahead; the calling thread
+only copies finished batches to the device (``non_blocking``) and runs the model, so the model
+never waits for decoding unless decoding is the slower side.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from laion_hf.clip.decode import decode_into
+from laion_hf.clip.heads import ScoreHead, check_heads, load_head
+from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
+from laion_hf.errors import ModelError, SchemaError
+
+__all__ = [
+    "ClipPipeline",
+    "with_clip",
+    "embed_table",
+    "summarize_similarity",
+    "format_similarity_summary",
+    "clip_stage",
+    "IMAGE_EMBEDDING",
+    "TEXT_EMBEDDING",
+    "CLIP_SIMILARITY",
+    "DECODE_ERROR",
+]
+
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
+CLIP_SIMILARITY = "clip_similarity"
+SUCCESS = "success"
+try:  # the images stage's status vocabulary
+    from laion_hf.images.status import DECODE_ERROR
+except Exception:  # pragma: no cover - images stage absent
+    DECODE_ERROR = "decode_error"
+
+_END = object()
+
+
+@dataclass
+class _Prepared:
+    """One model batch on its way: decode jobs running into ``buffer``, tokenization running."""
+
+    table: pa.Table
+    cand_rows: np.ndarray  # row index of each decode slot
+    pre_errors: dict[int, str]  # row -> error found before decoding (success status, no image)
+    buffer: torch.Tensor | None
+    buffer_id: int
+    decode_jobs: list[tuple[Future, range]] = field(default_factory=list)
+    tokens: Future | None = None
+    text_valid: np.ndarray | None = None
+
+
+class ClipPipeline:
+    """Embeds Arrow tables with a :class:`ClipEmbedder` and score heads (see module docs).
+
+    Args:
+        embedder: the model.
+        heads: score heads or specs (``"aesthetic_v1"``, ``"aesthetic_v2:PATH"``, ``"nsfw:PATH"``).
+        image_column / text_column / status_column / error_column: input column names.
+        embedding_dtype: ``"float32"`` or ``"float16"`` for the embedding columns.
+        num_workers: decode threads (default: CPU count, at most 16).
+        prefetch: batches decoded ahead of the model.
+        draft: JPEG draft decoding (DCT down-scaling to the smallest scale covering the input size).
+    """
+
+    def __init__(
+        self,
+        embedder: ClipEmbedder,
+        heads: Sequence[ScoreHead | str] = (),
+        *,
+        image_column: str = "image",
+        text_column: str = "caption",
+        status_column: str = "status",
+        error_column: str = "error_message",
+        embedding_dtype: str = "float32",
+        num_workers: int | None = None,
+        prefetch: int = 2,
+        draft: bool = True,
+    ) -> None:
+        self.embedder = embedder
+        self.heads = [load_head(h, embedder.embed_dim, embedder.model_name) for h in heads]
+        check_heads(self.heads, embedder.embed_dim, embedder.model_name)
+        for h in self.heads:
+            h.to(embedder.device)
+        if embedding_dtype not in ("float32", "float16"):
+            raise ModelError(f"embedding_dtype={embedding_dtype!r}: use 'float32' or 'float16'")
+        self.embedding_dtype = embedding_dtype
+        self.image_column = image_column
+        self.text_column = text_column
+        self.status_column = status_column
+        self.error_column = error_column
+        self.num_workers = int(num_workers or min(16, os.cpu_count() or 2))
+        self.prefetch = max(1, int(prefetch))
+        self.draft = draft
+        self.batch_size = embedder.batch_size
+        self._buffers: list[torch.Tensor] = []
+
+    # ---- schema
+    @property
+    def output_columns(self) -> list[str]:
+        """The columns this pipeline adds (or replaces)."""
+        return [IMAGE_EMBEDDING, TEXT_EMBEDDING, CLIP_SIMILARITY] + [h.column for h in self.heads]
+
+    def output_features(self, features: Any) -> Any:
+        """``datasets.Features`` of the output given the input's (None stays None)."""
+        if features is None:
+            return None
+        from datasets import Features, List, Value
+
+        out = {k: v for k, v in features.items() if k not in self.output_columns}
+        if self.status_column not in out:
+            out[self.status_column] = Value("string")
+        if self.error_column not in out:
+            out[self.error_column] = Value("string")
+        out[IMAGE_EMBEDDING] = List(Value(self.embedding_dtype), length=self.embedder.embed_dim)
+        out[TEXT_EMBEDDING] = List(Value(self.embedding_dtype), length=self.embedder.embed_dim)
+        out[CLIP_SIMILARITY] = Value("float64")
+        for h in self.heads:
+            out[h.column] = Value("float64")
+        return Features(out)
+
+    def _check_table(self, table: pa.Table) -> None:
+        missing = [c for c in (self.image_column, self.text_column) if c not in table.column_names]
+        if missing:
+            raise SchemaError(
+                f"with_clip needs columns {self.image_column!r} (struct<bytes, path>, from the images stage) and "
+                f"{self.text_column!r}; missing {missing} (have {table.column_names})"
+            )
+        t = table.schema.field(self.image_column).type
+        if not (pa.types.is_struct(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+            raise SchemaError(f"column {self.image_column!r} has type {t}; expected struct<bytes: binary, path: string> or binary")
+
+    # ---- buffers
+    def _buffer_shape(self, n: int) -> tuple[int, ...]:
+        h, w = self.embedder.image_size
+        return (n, h, w, 3) if self.embedder.uint8_path else (n, 3, h, w)
+
+    def _acquire(self, free: "queue.Queue[int]", n: int, stop: threading.Event) -> tuple[int, torch.Tensor | None]:
+        if n == 0:
+            return -1, None
+        while True:
+            try:
+                bid = free.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if stop.is_set():
+                    raise _Stopped
+        buf = self._buffers[bid]
+        if buf.shape[0] < n:
+            dtype = torch.uint8 if self.embedder.uint8_path else torch.float32
+            buf = torch.empty(self._buffer_shape(max(n, self.batch_size)), dtype=dtype, pin_memory=self.embedder.pin_memory)
+            self._buffers[bid] = buf
+        return bid, buf[:n]
+
+    # ---- the pipeline
+    def _image_inputs(self, table: pa.Table) -> tuple[list, list]:
+        col = table[self.image_column].combine_chunks() if table.num_rows else None
+        if col is None:
+            return [], []
+        if pa.types.is_struct(col.type):
+            names = [col.type.field(i).name for i in range(col.type.num_fields)]
+            data = col.field("bytes") if "bytes" in names else pa.nulls(len(col), pa.binary())
+            paths = col.field("path").to_pylist() if "path" in names else [None] * len(col)
+            if col.null_count:
+                data = pc.if_else(col.is_valid(), data, pa.scalar(None, data.type))
+            return data.to_pylist(), paths
+        return col.to_pylist(), [None] * len(col)
+
+    def _prepare(self, table: pa.Table, pool: ThreadPoolExecutor, free: "queue.Queue[int]", stop: threading.Event) -> _Prepared:
+        n = table.num_rows
+        data, paths = self._image_inputs(table)
+        if self.status_column in table.column_names:
+            ok_status = pc.fill_null(pc.equal(table[self.status_column], SUCCESS), False).to_numpy(zero_copy_only=False)
+        else:
+            ok_status = np.ones(n, dtype=bool)
+        pre_errors: dict[int, str] = {}
+        cand = []
+        for i in np.flatnonzero(ok_status):
+            if data[i] is None and not paths[i]:
+                pre_errors[int(i)] = "no image bytes"
+            else:
+                cand.append(int(i))
+        cand_rows = np.asarray(cand, dtype=np.int64)
+        bid, buf = self._acquire(free, len(cand_rows), stop)
+        prep = _Prepared(table, cand_rows, pre_errors, buf, bid)
+        if len(cand_rows):
+            step = max(1, -(-len(cand_rows) // (self.num_workers * 2)))
+            for s in range(0, len(cand_rows), step):
+                slots = range(s, min(s + step, len(cand_rows)))
+                prep.decode_jobs.append((pool.submit(self._decode_slots, buf, slots, cand_rows, data, paths), slots))
+        captions = table[self.text_column].to_pylist()
+        prep.text_valid = np.array([c is not None for c in captions], dtype=bool)
+        texts = [c if c is not None else "" for c in captions]
+        prep.tokens = pool.submit(self.embedder.tokenize, texts) if n else None
+        return prep
+
+    def _decode_slots(self, buf: torch.Tensor, slots: range, cand_rows: np.ndarray, data: list, paths: list) -> list:
+        errs = []
+        for s in slots:
+            r = int(cand_rows[s])
+            errs.append(decode_into(buf, s, data[r], paths[r], self.embedder, self.draft))
+        return errs
+
+    def _slices(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for t in tables:
+            if isinstance(t, pa.RecordBatch):
+                t = pa.Table.from_batches([t])
+            self._check_table(t)
+            for off in range(0, t.num_rows, self.batch_size):
+                yield t.slice(off, self.batch_size)
+
+    def run(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Embed a stream of Arrow tables; yields one output table per model batch (input order kept)."""
+        stop = threading.Event()
+        q: "queue.Queue[Any]" = queue.Queue(maxsize=self.prefetch)
+        n_buffers = self.prefetch + 2
+        self._buffers = [torch.empty(0)] * n_buffers
+        free: "queue.Queue[int]" = queue.Queue()
+        for i in range(n_buffers):
+            free.put(i)
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="laion-hf-clip-decode")
+
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise _Stopped
+
+        def produce() -> None:
+            try:
+                for t in self._slices(tables):
+                    put(self._prepare(t, pool, free, stop))
+                put(_END)
+            except _Stopped:
+                pass
+            except BaseException as e:  # forwarded to the consumer
+                try:
+                    put(_Failure(e))
+                except _Stopped:
+                    pass
+
+        producer = threading.Thread(target=produce, name="laion-hf-clip-producer", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.exc
+                try:
+                    yield self._finish(item)
+                finally:
+                    if item.buffer_id >= 0:
+                        free.put(item.buffer_id)
+        finally:
+            stop.set()
+            producer.join(timeout=10)
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._buffers = []
+
+    def _finish(self, prep: _Prepared) -> pa.Table:
+        emb = self.embedder
+        table = prep.table
+        n = table.num_rows
+        errors: dict[int, str] = dict(prep.pre_errors)
+        slot_ok = np.zeros(len(prep.cand_rows), dtype=bool)
+        for fut, slots in prep.decode_jobs:
+            for s, err in zip(slots, fut.result()):
+                if err is None:
+                    slot_ok[s] = True
+                else:
+                    errors[int(prep.cand_rows[s])] = err
+        img_rows = prep.cand_rows[slot_ok]
+        d = emb.embed_dim
+        img = np.zeros((n, d), dtype=np.float32)
+        txt = np.zeros((n, d), dtype=np.float32)
+        head_vals = {h.column: np.full(n, np.nan) for h in self.heads}
+        sim = np.full(n, np.nan)
+        with torch.inference_mode():
+            txt_dev = emb.encode_token_batch(prep.tokens.result()) if n else None
+            if len(img_rows):
+                x = prep.buffer if slot_ok.all() else prep.buffer[torch.from_numpy(np.flatnonzero(slot_ok))]
+                img_dev = emb.encode_image_batch(x)
+                rows_dev = torch.from_numpy(img_rows).to(emb.device)
+                sim_dev = (img_dev * txt_dev.index_select(0, rows_dev)).sum(-1)
+                heads_dev = {h.column: h(img_dev) for h in self.heads}
+                img[img_rows] = img_dev.cpu().numpy()
+                sim[img_rows] = sim_dev.double().cpu().numpy()
+                for c, v in heads_dev.items():
+                    head_vals[c][img_rows] = v.double().cpu().numpy()
+            if n:
+                txt[:] = txt_dev.cpu().numpy()
+        has_img = np.zeros(n, dtype=bool)
+        has_img[img_rows] = True
+        has_txt = prep.text_valid if prep.text_valid is not None else np.zeros(n, dtype=bool)
+        sim[~has_txt] = np.nan
+        out = table
+        for name in self.output_columns:
+            if name in out.column_names:
+                out = out.drop_columns([name])
+        out = self._with_status(out, errors)
+        out = out.append_column(IMAGE_EMBEDDING, self._fixed_list(img, has_img))
+        out = out.append_column(TEXT_EMBEDDING, self._fixed_list(txt, has_txt))
+        out = out.append_column(CLIP_SIMILARITY, pa.array(sim, pa.float64(), mask=np.isnan(sim)))
+        for h in self.heads:
+            v = head_vals[h.column]
+            out = out.append_column(h.column, pa.array(v, pa.float64(), mask=np.isnan(v)))
+        return out
+
+    def _fixed_list(self, arr: np.ndarray, valid: np.ndarray) -> pa.Array:
+        flat = pa.array(arr.astype(self.embedding_dtype, copy=False).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1], mask=pa.array(~valid))
+
+    def _with_status(self, table: pa.Table, errors: dict[int, str]) -> pa.Table:
+        n = table.num_rows
+        if self.status_column in table.column_names:
+            status = table[self.status_column].combine_chunks() if n else pa.array([], pa.string())
+            status = status.cast(pa.string())
+        else:
+            status = pa.array([SUCCESS] * n, pa.string())
+        if self.error_column in table.column_names:
+            err = table[self.error_column].combine_chunks().cast(pa.string()) if n else pa.array([], pa.string())
+        else:
+            err = pa.nulls(n, pa.string())
+        if errors:
+            st = status.to_pylist()
+            em = err.to_pylist()
+            for r, msg in errors.items():
+                st[r] = DECODE_ERROR
+                em[r] = msg
+            status, err = pa.array(st, pa.string()), pa.array(em, pa.string())
+        table = _set_column(table, self.status_column, status)
+        return _set_column(table, self.error_column, err)
+
+    def embed_table(self, table: pa.Table) -> pa.Table:
+        """Embed one table (any size) and return it with the new columns."""
+        parts = list(self.run([table]))
+        if not parts:
+            return self._empty_output(table)
+        return pa.concat_tables(parts)
+
+    def _empty_output(self, table: pa.Table) -> pa.Table:
+        self._check_table(table)
+        out = table.drop_columns([c for c in self.output_columns if c in table.column_names])
+        out = self._with_status(out, {})
+        t = pa.float16() if self.embedding_dtype == "float16" else pa.float32()
+        for c in (IMAGE_EMBEDDING, TEXT_EMBEDDING):
+            out = out.append_column(c, pa.array([], pa.list_(t, self.embedder.embed_dim)))
+        for c in [CLIP_SIMILARITY] + [h.column for h in self.heads]:
+            out = out.append_column(c, pa.array([], pa.float64()))
+        return out
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+def _make_pipeline(
+    embedder: ClipEmbedder | None,
+    model: str,
+    pretrained: str | None,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    heads: Sequence[ScoreHead | str],
+    **kwargs: Any,
+) -> ClipPipeline:
+    if embedder is None:
+        embedder = ClipEmbedder(model, pretrained, device=device, precision=precision, batch_size=batch_size)
+    elif batch_size:
+        embedder.batch_size = int(batch_size)
+    return ClipPipeline(embedder, heads, **kwargs)
+
+
+def with_clip(
+    ds: Any,
+    embedder: ClipEmbedder | None = None,
+    *,
+    model: str = TINY_MODEL,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    heads: Sequence[ScoreHead | str] = (),
+    image_column: str = "image",
+    text_column: str = "caption",
+    status_column: str = "status",
+    error_column: str = "error_message",
+    embedding_dtype: str = "float32",
+    num_workers: int | None = None,
+    prefetch: int = 2,
+    draft: bool = True,
+) -> Any:
+    """Add CLIP embeddings, ``clip_similarity`` and score-head columns to a stream.
+
+    ``ds`` is a ``datasets.IterableDataset`` (returns one, lazily, in arrow format, sharded like
+    the input), a ``datasets.Dataset`` (returns one), or a ``pa.Table`` (returns one). Pass an
+    ``embedder`` to reuse a loaded model, else one is built from ``model``/``pretrained``/
+    ``device``/``precision``. Filter on the new columns like on metadata, e.g.
+    ``out.filter(lambda t: pc.greater_equal(t["clip_similarity"], 0.28), batched=True)`` on the
+    arrow-formatted stream.
+    """
+    pipe = _make_pipeline(
+        embedder, model, pretrained, device, precision, batch_size, heads,
+        image_column=image_column, text_column=text_column, status_column=status_column,
+        error_column=error_column, embedding_dtype=embedding_dtype, num_workers=num_workers,
+        prefetch=prefetch, draft=draft,
+    )  # fmt: skip
+    if isinstance(ds, pa.Table):
+        return pipe.embed_table(ds)
+    import datasets
+
+    if isinstance(ds, datasets.IterableDataset):
+        return _iterable_with_clip(ds, pipe)
+    if isinstance(ds, datasets.Dataset):
+        features = pipe.output_features(ds.features)
+        return ds.with_format("arrow").map(
+            pipe.embed_table, batched=True, batch_size=max(pipe.batch_size * 8, 1024), features=features
+        ).with_format(None)
+    raise TypeError(f"with_clip takes a datasets.IterableDataset, datasets.Dataset or pyarrow.Table, not {type(ds).__name__}")
+
+
+def _iterable_with_clip(ds: Any, pipe: ClipPipeline) -> Any:
+    """Wrap the pipeline as an arrow-backed ``IterableDataset`` (one generator job per input shard,
+    so DataLoader workers and ``split_dataset_by_node`` split it like the input)."""
+    from datasets import DatasetInfo, IterableDataset
+    from datasets.iterable_dataset import ArrowExamplesIterable
+
+    upstream = ds.with_format("arrow")
+    num_shards = max(1, upstream.num_shards)
+    batch = pipe.batch_size
+
+    def generate(shard_ids: list[int]) -> Iterator[tuple[Any, pa.Table]]:
+        for shard_id in shard_ids:
+            part = upstream.shard(num_shards=num_shards, index=shard_id) if num_shards > 1 else upstream
+            for i, out in enumerate(pipe.run(part.iter(batch_size=batch))):
+                yield (shard_id, i), out
+
+    info = DatasetInfo(features=pipe.output_features(ds.features))
+    ex = ArrowExamplesIterable(generate, {"shard_ids": list(range(num_shards))})
+    out = IterableDataset(ex, info=info, split=ds.split)
+    return out.with_format("arrow")
+
+
+def embed_table(table: pa.Table, embedder: ClipEmbedder, heads: Sequence[ScoreHead | str] = (), **kwargs: Any) -> pa.Table:
+    """Embed one Arrow table with an already-built embedder (see :class:`ClipPipeline` for kwargs)."""
+    return ClipPipeline(embedder, heads, **kwargs).embed_table(table)
+
+
+def summarize_similarity(values: Any, thresholds: Sequence[float] = (0.26, 0.28, 0.3)) -> dict[str, Any]:
+    """Distribution of ``clip_similarity`` values (an Arrow array/column, numpy array or list).
+
+    Returns ``count`` (non-null), ``nulls``, ``mean``, ``std``, ``min``, ``max``, percentiles
+    ``p5 p25 p50 p75 p95``, a 10-bin ``histogram`` (``edges``, ``counts``) and ``share_at_least``
+    per threshold (LAION: 0.28 English with OpenAI B/32, 0.26 multilingual, 0.3 LAION-400M).
+    """
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    else:
+        arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    nulls = int(np.isnan(arr).sum())
+    v = arr[~np.isnan(arr)]
+    out: dict[str, Any] = {"count": int(v.size), "nulls": nulls}
+    if v.size == 0:
+        return out | {"mean": None, "std": None, "min": None, "max": None, "histogram": None,
+                      "share_at_least": {str(t): None for t in thresholds}}  # fmt: skip
+    p = np.percentile(v, [5, 25, 50, 75, 95])
+    counts, edges = np.histogram(v, bins=10)
+    out.update(
+        mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()),
+        p5=float(p[0]), p25=float(p[1]), p50=float(p[2]), p75=float(p[3]), p95=float(p[4]),
+        histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+        share_at_least={str(t): float((v >= t).mean()) for t in thresholds},
+    )  # fmt: skip
+    return out
+
+
+def format_similarity_summary(summary: dict[str, Any], width: int = 40) -> str:
+    """Render :func:`summarize_similarity`'s dict as a few human-readable lines with a text histogram."""
+    if not summary.get("count"):
+        return f"clip_similarity: no values ({summary.get('nulls', 0)} nulls)"
+    lines = [
+        f"clip_similarity over {summary['count']} rows ({summary['nulls']} null): "
+        f"mean {summary['mean']:.4f} ± {summary['std']:.4f}, min {summary['min']:.4f}, "
+        f"p50 {summary['p50']:.4f}, max {summary['max']:.4f}",
+        "  " + ", ".join(f">= {t}: {s:.1%}" for t, s in summary["share_at_least"].items()),
+    ]
+    hist = summary["histogram"]
+    top = max(hist["counts"]) or 1
+    for lo, hi, c in zip(hist["edges"][:-1], hist["edges"][1:], hist["counts"]):
+        lines.append(f"  [{lo:+.3f}, {hi:+.3f}) {'#' * round(width * c / top):<{width}} {c}")
+    return "\n".join(lines)
+
+
+def clip_stage(
+    ds: Any,
+    model: str = TINY_MODEL,
+    pretrained: str | None = None,
+    *,
+    device: str = "auto",
+    heads: Sequence[str] | None = None,
+    batch_size: int | None = None,
+) -> tuple[Any, ClipEmbedder]:
+    """The demo's entry point: ``with_clip`` with the tiny random-init model by default.
+
+    Pass ``model="ViT-B-32-quickgelu", pretrained="openai"`` (or any tag/file whose weights are on
+    disk) to get LAION-comparable similarities; missing weights raise :class:`ModelError` at once.
+    The aesthetic V1 head is added when the model's embedding size has one (512 or 768).
+    Returns ``(stream, embedder)``; summarize with
+    ``summarize_similarity(table["clip_similarity"])``.
+    """
+    embedder = ClipEmbedder(model, pretrained, device=device, batch_size=batch_size)
+    if heads is None:
+        heads = ["aesthetic_v1"] if embedder.embed_dim in (512, 768) else []
+    return with_clip(ds, embedder, heads=heads), embedder

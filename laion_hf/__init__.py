@@ -26,6 +26,9 @@ _EXPORTS = {
     "filter_to_parquet": "laion_hf.filters",
     "with_clip": "laion_hf.clip.stream",
     "ClipEmbedder": "laion_hf.clip.model",
+    "write_shards": "laion_hf.shards",
+    "render_card": "laion_hf.hub.card",
+    "push": "laion_hf.hub.upload",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

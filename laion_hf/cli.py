@@ -21,6 +21,7 @@ _REGISTRARS = [
     "laion_hf.filters:register_cli",
     "laion_hf.demo:register_cli",
     "laion_hf.clip.embed:register_cli",
+    "laion_hf.hub.cli:register_cli",
 ]
 
 

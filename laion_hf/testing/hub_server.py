@@ -644,7 +644,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{self.hub.url}/{_REPO_TYPES[repo_type]}{repo_id}"
         with self.hub._lock:
             if self.hub.get_repo(repo_type, repo_id) is not None:
-                raise _HubHTTPError(409, f"You already created this {repo_type} repo", None)
+                msg = f"You already created this {repo_type} repo"
+                return self._send_json(409, {"error": msg, "url": url}, {"X-Error-Message": msg})
             self.hub.create_repo(repo_type, repo_id, private, self._user)
         self._send_json(200, {"url": url, "name": repo_id, "id": repo_id})
 

@@ -1,0 +1,203 @@
+"""Column normalization for shards: images as ``Image()`` structs, embeddings as fixed-length
+float lists, and the ``datasets`` features that declare them."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from laion_hf.errors import ShardError
+
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+#: score columns whose distribution goes into stats.json (and the card's histogram figure)
+HISTOGRAM_RANGES: dict[str, tuple[float, float, int]] = {
+    "similarity": (0.0, 0.6, 30),
+    "clip_similarity": (0.0, 0.6, 30),
+    "aesthetic": (0.0, 10.0, 40),
+    "aesthetic_score": (0.0, 10.0, 40),
+    "punsafe": (0.0, 1.0, 20),
+    "pwatermark": (0.0, 1.0, 20),
+}
+
+#: columns holding a fetch/score status and an error class (counted per shard and in total)
+STATUS_COLUMN = "status"
+ERROR_COLUMNS = ("error_class", "error_type", "error")
+
+
+def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
+    """Yield ``pa.Table`` batches from a Dataset/IterableDataset, a Table/RecordBatch, parquet
+    path(s), or an iterable of Tables/RecordBatches."""
+    import os
+
+    if isinstance(data, pa.Table):
+        for b in data.to_batches(max_chunksize=batch_size):
+            yield pa.Table.from_batches([b])
+        return
+    if isinstance(data, pa.RecordBatch):
+        yield pa.Table.from_batches([data])
+        return
+    if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
+        yield from data.with_format("arrow").iter(batch_size=batch_size)
+        return
+    if isinstance(data, (str, os.PathLike)):
+        import pyarrow.parquet as pq
+
+        from glob import glob
+
+        paths = sorted(glob(str(data))) or [str(data)]
+        for p in paths:
+            try:
+                pf = pq.ParquetFile(p)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise ShardError(f"cannot read {os.path.basename(p)} as parquet: {e}") from None
+            for b in pf.iter_batches(batch_size=batch_size):
+                yield pa.Table.from_batches([b])
+        return
+    if isinstance(data, Iterable):
+        for i, item in enumerate(data):
+            if isinstance(item, pa.Table):
+                yield item
+            elif isinstance(item, pa.RecordBatch):
+                yield pa.Table.from_batches([item])
+            else:
+                raise ShardError(
+                    f"item {i} of the input stream is a {type(item).__name__}, expected a pyarrow Table or "
+                    "RecordBatch (pass a datasets.(Iterable)Dataset, a pa.Table or an iterable of pa.Table)"
+                )
+        return
+    raise ShardError(
+        f"cannot write shards from a {type(data).__name__}: pass a datasets.Dataset/IterableDataset, "
+        "a pyarrow Table, parquet path(s), or an iterable of pyarrow Tables"
+    )
+
+
+def features_of(data: Any) -> datasets.Features | None:
+    """The declared ``datasets`` features of ``data`` when it has any."""
+    feats = getattr(data, "features", None)
+    return feats if isinstance(feats, datasets.Features) else None
+
+
+def to_image_struct(col: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    """Image bytes (``binary``) or ``struct<bytes, path>`` -> ``struct<bytes: binary, path: string>``."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_struct(t) and t == IMAGE_STRUCT:
+        return col
+    if pa.types.is_null(t):
+        return pa.nulls(len(col), IMAGE_STRUCT)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        data = col.cast(pa.binary())
+        return pa.StructArray.from_arrays(
+            [data, pa.nulls(len(col), pa.string())], fields=list(IMAGE_STRUCT), mask=data.is_null()
+        )
+    if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
+        b = col.field("bytes").cast(pa.binary())
+        p = col.field("path").cast(pa.string()) if t.get_field_index("path") >= 0 else pa.nulls(len(col), pa.string())
+        mask = pc.or_kleene(col.is_null(), b.is_null())
+        return pa.StructArray.from_arrays([b, p], fields=list(IMAGE_STRUCT), mask=mask)
+    raise ShardError(
+        f"column {name!r} has type {t}; an image column must hold encoded bytes (binary) or "
+        "struct<bytes, path> (datasets.Image)"
+    )
+
+
+def is_embedding_type(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
+        pa.types.is_floating(t.value_type)
+    )
+
+
+def to_fixed_list(col: pa.ChunkedArray | pa.Array, name: str, dim: int | None) -> tuple[pa.Array, int]:
+    """Cast a list-of-floats column to ``fixed_size_list<float32>[dim]`` (dim from the data if None)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_null(col.type):
+        if dim is None:
+            raise ShardError(f"embedding column {name!r} is all null in the first batch; pass embedding_dims")
+        return pa.nulls(len(col), pa.list_(pa.float32(), dim)), dim
+    if not is_embedding_type(col.type):
+        raise ShardError(f"embedding column {name!r} has type {col.type}; expected a list of floats")
+    if pa.types.is_fixed_size_list(col.type):
+        size = col.type.list_size
+        if dim is not None and size != dim:
+            raise ShardError(f"embedding column {name!r} has length {size} here but {dim} before")
+        return col.cast(pa.list_(pa.float32(), size)), size
+    lengths = pc.list_value_length(col)
+    mm = pc.min_max(lengths)
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    if lo is None:  # every value null
+        if dim is None:
+            raise ShardError(f"embedding column {name!r} is all null in the first batch; pass embedding_dims")
+        return pa.nulls(len(col), pa.list_(pa.float32(), dim)), dim
+    if lo != hi or (dim is not None and lo != dim):
+        raise ShardError(
+            f"embedding column {name!r} has vectors of different lengths ({lo}..{hi}"
+            + (f", expected {dim}" if dim is not None else "")
+            + "); every embedding in a column must have the same dimension"
+        )
+    return col.cast(pa.list_(pa.float32(), lo)), lo
+
+
+def build_features(schema: pa.Schema, image_columns: Iterable[str], base: datasets.Features | None) -> datasets.Features:
+    """``datasets`` features for the shard schema: ``Image()`` for image columns, fixed-length
+    ``List(float32)`` for embeddings, declared features (``base``) kept where they still apply."""
+    image_columns = set(image_columns)
+    inferred = datasets.Features.from_arrow_schema(pa.schema([f.remove_metadata() for f in schema]))
+    out = {}
+    for field in schema:
+        name = field.name
+        if name in image_columns:
+            out[name] = datasets.Image()
+        elif base is not None and name in base and not pa.types.is_fixed_size_list(field.type):
+            try:
+                if base[name].__class__.__name__ not in ("Image", "Audio", "Video") and \
+                        datasets.Features({name: base[name]}).arrow_schema.field(name).type == field.type:
+                    out[name] = base[name]  # keep ClassLabel etc. when the storage type matches
+                else:
+                    out[name] = inferred[name]
+            except Exception:
+                out[name] = inferred[name]
+        else:
+            out[name] = inferred[name]
+    return datasets.Features(out)
+
+
+class Histogram:
+    """Fixed-bin histogram accumulated batch by batch (flat memory)."""
+
+    def __init__(self, lo: float, hi: float, bins: int):
+        self.lo, self.hi, self.bins = lo, hi, bins
+        self.counts = [0] * bins
+        self.nulls = 0
+        self.below = 0
+        self.above = 0
+
+    def update(self, col: pa.ChunkedArray | pa.Array) -> None:
+        import numpy as np
+
+        arr = col.to_numpy(zero_copy_only=False) if not isinstance(col, pa.ChunkedArray) else \
+            col.combine_chunks().to_numpy(zero_copy_only=False)
+        arr = np.asarray(arr, dtype="float64")
+        valid = arr[~np.isnan(arr)]
+        self.nulls += int(arr.size - valid.size)
+        self.below += int((valid < self.lo).sum())
+        self.above += int((valid > self.hi).sum())
+        counts, _ = np.histogram(np.clip(valid, self.lo, self.hi), bins=self.bins, range=(self.lo, self.hi))
+        for i, c in enumerate(counts.tolist()):
+            self.counts[i] += int(c)
+
+    def merge(self, other: "Histogram") -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
+        self.nulls += other.nulls
+        self.below += other.below
+        self.above += other.above
+
+    def to_dict(self) -> dict[str, Any]:
+        step = (self.hi - self.lo) / self.bins
+        return {"edges": [round(self.lo + i * step, 6) for i in range(self.bins + 1)], "counts": self.counts,
+                "nulls": self.nulls, "clipped_below": self.below, "clipped_above": self.above}

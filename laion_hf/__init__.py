@@ -29,6 +29,8 @@ _EXPORTS = {
     "write_shards": "laion_hf.shards",
     "render_card": "laion_hf.hub.card",
     "push": "laion_hf.hub.upload",
+    "LaionTorchDataset": "laion_hf.torch",
+    "make_dataloader": "laion_hf.torch",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -31,6 +31,10 @@ _EXPORTS = {
     "push": "laion_hf.hub.upload",
     "LaionTorchDataset": "laion_hf.torch",
     "make_dataloader": "laion_hf.torch",
+    "with_images": "laion_hf.images.stream",
+    "FetchConfig": "laion_hf.images.fetch",
+    "ResizeConfig": "laion_hf.images.resize",
+    "download": "laion_hf.images.download",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -22,6 +22,7 @@ _REGISTRARS = [
     "laion_hf.demo:register_cli",
     "laion_hf.clip.embed:register_cli",
     "laion_hf.hub.cli:register_cli",
+    "laion_hf.images.download:register_cli",
 ]
 
 

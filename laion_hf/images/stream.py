@@ -63,7 +63,7 @@ def results_to_arrays(results: Sequence[ImageResult]) -> list[pa.Array]:
     data = [r.data if o else None for r, o in zip(results, ok)]
     image = pa.StructArray.from_arrays(
         [pa.array(data, pa.binary()), pa.nulls(len(results), pa.string())],
-        fields=list(IMAGE_STRUCT), mask=pa.array([not o for o in ok]),
+        fields=list(IMAGE_STRUCT), mask=pa.array([not o for o in ok], pa.bool_()),
     )
     return [
         image,

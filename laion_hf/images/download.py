@@ -1,0 +1,661 @@
+"""``laion-hf download``: img2dataset-compatible image shards from LAION metadata.
+
+Output per shard (``{shard}`` = 5 digits), the layout img2dataset users know:
+
+* ``--format webdataset`` (default): ``{shard}.tar`` holding ``{key}.jpg``, ``{key}.txt`` (the
+  caption) and ``{key}.json`` (the row's metadata) for each success;
+* ``--format parquet``: the images embedded in ``{shard}.parquet`` (an ``image`` column that
+  ``datasets`` reads as ``Image()``), one row per input row;
+* always ``{shard}.parquet`` with one row per input row, failures included (input columns +
+  ``key, status, error_message, width, height, original_width, original_height, sha256``) and
+  ``{shard}_stats.json`` (``count, successes, failed_to_download, failed_to_resize, duration,
+  start_time, end_time, status_dict``).
+
+Keys are the shard id then the row's index in the shard (``000010005``). A shard is done
+when its stats file exists; files are written under temporary names and renamed, the stats
+file last, so a killed run leaves no half shard that looks finished: rerunning redoes it.
+``retry_failed=PREVIOUS_OUT`` downloads again only the rows of a previous output whose
+status is not ``success``, keeping their keys. Every fetch is bounded by its timeouts, so
+the run ends; a crashed worker process is reported, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import io
+import json
+import math
+import os
+import sys
+import tarfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from laion_hf.errors import FetchError, ShardError
+from laion_hf.images import status as st
+from laion_hf.images.cache import ImageCache
+from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
+from laion_hf.images.resize import ImageResult, ResizeConfig
+
+RESULT_COLUMNS = ("key", "status", "error_message", "width", "height", "original_width", "original_height", "sha256")
+_RESULT_TYPES = (pa.string(), pa.string(), pa.string(), pa.int32(), pa.int32(), pa.int32(), pa.int32(), pa.string())
+_URL_NAMES = ("url", "URL", "Url", "image_url")
+_CAPTION_NAMES = ("caption", "TEXT", "text", "Caption")
+MANIFEST = "_laion_hf_download.json"
+INPUT_DIR = "_laion_hf_inputs"
+
+
+@dataclass
+class _Job:
+    shard_id: int
+    input_path: str
+    out_dir: str
+    output_format: str
+    url_column: str
+    caption_column: Optional[str]
+    hash_column: Optional[str]
+    hash_type: str
+    fetch: FetchConfig
+    resize: ResizeConfig
+    cache_dir: Optional[str]
+    cache_max_bytes: int
+    key_digits: tuple[int, int]
+    image_schema_metadata: Optional[dict]
+
+
+# ---------------------------------------------------------------------- input
+def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
+    """Arrow tables of ``source``: a table, a datasets dataset, or metadata files."""
+    if isinstance(source, pa.Table):
+        for b in source.to_batches(max_chunksize=batch_rows):
+            yield pa.Table.from_batches([b])
+        return
+    if isinstance(source, pa.RecordBatch):
+        yield pa.Table.from_batches([source])
+        return
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        datasets = None  # type: ignore[assignment]
+    if datasets is not None and isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+        yield from source.with_format("arrow").iter(batch_size=batch_rows)
+        return
+    paths = _source_files(source)
+    for path in paths:
+        low = path.lower()
+        if low.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+            import pyarrow.csv as pcsv
+
+            delim = "\t" if ".tsv" in low else ","
+            reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delim),
+                                   read_options=pcsv.ReadOptions(block_size=1 << 24))
+            for b in reader:
+                yield pa.Table.from_batches([b])
+        elif low.endswith(".txt"):
+            with open(path, encoding="utf-8") as f:
+                urls = [line.strip() for line in f if line.strip()]
+            yield pa.table({"url": pa.array(urls, pa.string())})
+        else:
+            try:
+                pf = pq.ParquetFile(path)
+            except Exception as e:
+                raise FetchError(f"cannot read {path!r} as parquet: {e}") from e
+            for b in pf.iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([b])
+
+
+def _source_files(source: Any) -> list[str]:
+    if isinstance(source, (list, tuple)):
+        return [p for s in source for p in _source_files(s)]
+    src = os.fspath(source)
+    if os.path.isdir(src):
+        files = sorted(p for ext in ("parquet", "csv", "tsv", "txt")
+                       for p in glob.glob(os.path.join(src, "**", f"*.{ext}"), recursive=True))
+        files = [p for p in files if "_laion_hf_inputs" not in p]
+    elif any(ch in src for ch in "*?["):
+        files = sorted(glob.glob(src, recursive=True))
+    else:
+        files = [src] if os.path.exists(src) else []
+    if not files:
+        raise FetchError(f"no metadata file found at {src!r} (give a parquet/csv/tsv/txt file, folder or glob)")
+    return files
+
+
+def _pick(columns: Sequence[str], wanted: Optional[str], names: Sequence[str], what: str, required: bool) -> Optional[str]:
+    if wanted:
+        if wanted not in columns:
+            raise FetchError(f"{what} column {wanted!r} not found; columns are {list(columns)}")
+        return wanted
+    for n in names:
+        if n in columns:
+            return n
+    if required:
+        raise FetchError(f"no {what} column found among {list(columns)}; pass --{what}-col / {what}_column=")
+    return None
+
+
+def _retry_source(previous_out: Union[str, os.PathLike]) -> Iterator[pa.Table]:
+    """The failed rows of a previous output folder (key kept, result columns dropped)."""
+    files = sorted(glob.glob(os.path.join(os.fspath(previous_out), "*.parquet")))
+    if not files:
+        raise FetchError(f"--retry-failed: no shard parquet in {os.fspath(previous_out)!r}")
+    for f in files:
+        t = pq.read_table(f)
+        if "status" not in t.column_names or "key" not in t.column_names:
+            raise FetchError(f"--retry-failed: {f!r} has no key/status columns: not a download output")
+        t = t.filter(pc.not_equal(t.column("status"), st.SUCCESS))
+        drop = [c for c in RESULT_COLUMNS[1:] + ("image", "exif", "error") if c in t.column_names]
+        if t.num_rows:
+            yield t.drop_columns(drop)
+
+
+# ---------------------------------------------------------------------- shard worker
+class _TarSink:
+    def __init__(self, path: str) -> None:
+        self.tmp = path + f".tmp-{os.getpid()}"
+        self.path = path
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT)
+        self.mtime = int(time.time())
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), self.mtime, 0o444
+        info.uname = info.gname = "laion-hf"
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self.tar.close()
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.tar.close()
+        finally:
+            _unlink(self.tmp)
+
+
+def _unlink(p: str) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+def _result_arrays(keys: list[str], results: Sequence[ImageResult]) -> list[pa.Array]:
+    return [
+        pa.array(keys, pa.string()),
+        pa.array([r.status for r in results], pa.string()),
+        pa.array([r.error for r in results], pa.string()),
+        pa.array([r.width for r in results], pa.int32()),
+        pa.array([r.height for r in results], pa.int32()),
+        pa.array([r.original_width for r in results], pa.int32()),
+        pa.array([r.original_height for r in results], pa.int32()),
+        pa.array([r.sha256 for r in results], pa.string()),
+    ]
+
+
+def _with_results(table: pa.Table, keys: list[str], results: Sequence[ImageResult], image: bool,
+                  ext: str = "jpg") -> pa.Table:
+    inputs = table.drop_columns([c for c in RESULT_COLUMNS + ("image",) if c in table.column_names])
+    arrays = _result_arrays(keys, results)
+    names = list(RESULT_COLUMNS)
+    if image:
+        from laion_hf.images.stream import IMAGE_STRUCT
+
+        ok = [r.status == st.SUCCESS for r in results]
+        arrays.append(pa.StructArray.from_arrays(
+            [pa.array([r.data if o else None for r, o in zip(results, ok)], pa.binary()),
+             pa.array([f"{k}.{ext}" if o else None for k, o in zip(keys, ok)], pa.string())],
+            fields=list(IMAGE_STRUCT), mask=pa.array([not o for o in ok], pa.bool_())))
+        names.append("image")
+    for n, a in zip(names, arrays):
+        inputs = inputs.append_column(n, a)
+    return inputs
+
+
+
+async def _run_shard_async(job: _Job, progress: Callable[[int, int], None]) -> dict:
+    start = time.time()
+    table = ipc.open_file(job.input_path).read_all()
+    n = table.num_rows
+    sd, idd = job.key_digits
+    if "key" in table.column_names:  # --retry-failed keeps the original keys
+        keys = [str(k) for k in table.column("key").to_pylist()]
+    else:
+        keys = [f"{job.shard_id:0{sd}d}{i:0{idd}d}" for i in range(n)]
+    urls = table.column(job.url_column).to_pylist()
+    hashes = table.column(job.hash_column).to_pylist() if job.hash_column else [None] * n
+    captions = table.column(job.caption_column).to_pylist() if job.caption_column else None
+    ext = job.resize.encode_format
+    base = os.path.join(job.out_dir, f"{job.shard_id:05d}")
+    results: list[Optional[ImageResult]] = [None] * n
+    cache = ImageCache(job.cache_dir, job.cache_max_bytes) if job.cache_dir else None
+    tar = _TarSink(base + ".tar") if job.output_format == "webdataset" else None
+    pq_tmp = base + f".parquet.tmp-{os.getpid()}"
+    writer: Optional[pq.ParquetWriter] = None
+    pending_rows: list[int] = []
+    cols = {c: table.column(c) for c in table.column_names}
+    done = ok = 0
+    last_report = [0, 0, time.monotonic()]
+
+    def report(force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - last_report[2] > 0.25:
+            progress(done - last_report[0], ok - last_report[1])
+            last_report[:] = [done, ok, now]
+
+    def flush_parquet(force: bool = False) -> None:
+        nonlocal writer, pending_rows
+        if not pending_rows or (len(pending_rows) < 256 and not force):
+            return
+        idx = pa.array(pending_rows, pa.int64())
+        sub = _with_results(table.take(idx), [keys[i] for i in pending_rows],
+                            [results[i] for i in pending_rows], image=True, ext=ext)  # type: ignore[misc]
+        for i in pending_rows:  # the bytes are on disk now
+            r = results[i]
+            if r is not None:
+                r.data = None
+        if writer is None:
+            schema = sub.schema
+            if job.image_schema_metadata is not None:
+                schema = schema.with_metadata(job.image_schema_metadata)
+            writer = pq.ParquetWriter(pq_tmp, schema)
+        writer.write_table(sub.cast(writer.schema) if sub.schema != writer.schema else sub)
+        pending_rows = []
+
+    def sink(i: int, r: ImageResult) -> None:
+        nonlocal done, ok
+        results[i] = r
+        done += 1
+        if r.status == st.SUCCESS:
+            ok += 1
+            if tar is not None:
+                key = keys[i]
+                meta = {c: _json_safe(cols[c][i].as_py()) for c in cols if c not in RESULT_COLUMNS}
+                meta.update(key=key, status=r.status, error_message=None, width=r.width, height=r.height,
+                            original_width=r.original_width, original_height=r.original_height, sha256=r.sha256)
+                tar.add(f"{key}.{ext}", r.data or b"")
+                if captions is not None:
+                    tar.add(f"{key}.txt", (captions[i] or "").encode("utf-8"))
+                tar.add(f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                r.data = None
+        if tar is None:
+            pending_rows.append(i)
+            flush_parquet()
+        report()
+
+    try:
+        async with ImageFetcher(job.fetch, job.resize, cache) as fetcher:
+            it = iter(range(n))
+
+            async def worker() -> None:
+                for i in it:
+                    try:
+                        r = await fetcher.process(urls[i], hashes[i], job.hash_type)
+                    except Exception as e:  # pragma: no cover - process never raises; belt and braces
+                        r = ImageResult(st.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+                    sink(i, r)
+
+            await asyncio.gather(*(worker() for _ in range(min(n, job.fetch.concurrency) or 1)))
+        report(force=True)
+        if tar is not None:
+            tar.close()
+            meta = _with_results(table, keys, results, image=False)  # type: ignore[arg-type]
+            pq.write_table(meta, pq_tmp)
+        else:
+            flush_parquet(force=True)
+            if writer is None:  # empty shard
+                pq.write_table(_with_results(table, keys, [], image=True), pq_tmp)
+            else:
+                writer.close()
+        statuses = pa.array([r.status for r in results if r is not None], pa.string())
+        stats = st.summarize(statuses)
+        if stats["count"] != n:
+            raise ShardError(f"shard {job.shard_id}: {stats['count']} results for {n} rows")
+        end = time.time()
+        stats.update(duration=end - start, start_time=start, end_time=end, shard=f"{job.shard_id:05d}")
+        if tar is not None:
+            tar.commit()
+        os.replace(pq_tmp, base + ".parquet")
+        tmp = base + f"_stats.json.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=2)
+        os.replace(tmp, base + "_stats.json")
+        return stats
+    except BaseException:
+        if tar is not None:
+            tar.abort()
+        if writer is not None:
+            writer.close()
+        _unlink(pq_tmp)
+        raise
+
+
+_QUEUE: Any = None
+
+
+def _init_worker(queue: Any) -> None:
+    global _QUEUE
+    _QUEUE = queue
+
+
+def _run_shard(job: _Job) -> dict:
+    """Process entry point: download one shard."""
+
+    def progress(d: int, s: int) -> None:
+        if _QUEUE is not None and (d or s):
+            _QUEUE.put((d, s))
+
+    return asyncio.run(_run_shard_async(job, progress))
+
+
+# ---------------------------------------------------------------------- driver
+def _parquet_image_metadata(schema: pa.Schema) -> dict:
+    """Schema metadata that makes ``datasets`` read the ``image`` column as ``Image()``."""
+    import datasets
+
+    feats = datasets.Features.from_arrow_schema(schema)
+    feats["image"] = datasets.Image()
+    return dict(feats.arrow_schema.metadata or {})
+
+
+def download(
+    source: Any,
+    out_dir: Union[str, os.PathLike],
+    *,
+    output_format: str = "webdataset",
+    processes: int = 1,
+    shard_size: int = 10_000,
+    url_column: Optional[str] = None,
+    caption_column: Optional[str] = None,
+    hash_column: Optional[str] = None,
+    hash_type: str = "sha256",
+    retry_failed: Union[str, os.PathLike, None] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    cache_max_bytes: int = 20 * 2**30,
+    progress: bool = True,
+    fetch: Optional[FetchConfig] = None,
+    resize: Optional[ResizeConfig] = None,
+    **options: Any,
+) -> dict:
+    """Download the images of ``source`` into img2dataset-compatible shards in ``out_dir``.
+
+    Args:
+        source: metadata parquet/csv/tsv/txt file, folder or glob (or a list), a
+            ``pyarrow.Table``, or a ``datasets`` Dataset/IterableDataset.
+        out_dir: the output folder (resumed when it holds a previous run of the same input).
+        output_format: ``webdataset`` (tar shards) or ``parquet`` (images embedded).
+        processes: worker processes; each runs ``concurrency`` fetches at once.
+        shard_size: rows per shard.
+        url_column / caption_column: default ``url``/``URL`` and ``caption``/``TEXT``.
+        retry_failed: a previous output folder: only its failed rows are downloaded again.
+        cache_dir: an image cache shared by the processes (a rerun makes no request for
+            cached rows).
+        **options: any FetchConfig/ResizeConfig field, e.g. ``image_size=256,
+            resize_mode="center_crop", concurrency=64, timeout=10, allow_private_networks=True``.
+
+    Returns:
+        Run stats: ``count, successes, failed_to_download, failed_to_resize, status_dict``
+        over all shards in ``out_dir``, plus ``shards, shards_done_now, duration,
+        samples_per_s`` for this run.
+    """
+    if output_format not in ("webdataset", "parquet"):
+        raise FetchError(f"output_format must be 'webdataset' or 'parquet', got {output_format!r}")
+    if processes < 1 or shard_size < 1:
+        raise FetchError(f"processes and shard_size must be >= 1, got {processes} and {shard_size}")
+    fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
+        _unlink(stale)
+    t0 = time.time()
+    manifest_path = out / MANIFEST
+    inputs = out / INPUT_DIR
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    if manifest is not None and (manifest.get("shard_size") != shard_size or manifest.get("format") != output_format):
+        raise FetchError(f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
+                         f"format={manifest.get('format')}; resume with the same settings or use a new --out")
+    if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
+                                   for i in range(manifest["shards"])):
+        manifest = _split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
+                                out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
+    n_shards = manifest["shards"]
+    pending = [i for i in range(n_shards) if not (out / f"{i:05d}_stats.json").exists()]
+    todo_rows = sum(manifest["rows"][i] for i in pending)
+    key_digits = (max(5, len(str(max(0, n_shards - 1)))), len(str(max(1, shard_size - 1))))
+    jobs = [
+        _Job(i, str(inputs / f"{i:05d}.arrow"), str(out), output_format, manifest["url_column"],
+             manifest["caption_column"], manifest["hash_column"], hash_type, fetch_cfg, resize_cfg,
+             os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
+             manifest.get("image_metadata"))
+        for i in pending
+    ]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo_rows, unit="img", desc="download", dynamic_ncols=True, file=sys.stderr)
+    totals = [0, 0]
+
+    def on_progress(d: int, s: int) -> None:
+        totals[0] += d
+        totals[1] += s
+        if bar is not None:
+            bar.update(d)
+            bar.set_postfix_str(f"success {totals[1] / max(1, totals[0]):.1%}", refresh=False)
+
+    failures: list[str] = []
+    try:
+        if processes == 1 or len(jobs) <= 1:
+            for job in jobs:
+                asyncio.run(_run_shard_async(job, on_progress))
+        else:
+            _run_pool(jobs, processes, on_progress, failures)
+    finally:
+        if bar is not None:
+            bar.close()
+    if failures:
+        raise ShardError("; ".join(failures) + " (rerun the same command to redo the unfinished shards)")
+    stats = collect_stats(out)
+    elapsed = time.time() - t0
+    stats.update(shards=n_shards, shards_done_now=len(jobs), duration=elapsed,
+                 samples_per_s=(todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(out))
+    with open(out / "_laion_hf_stats.json", "w") as f:
+        json.dump(stats, f, indent=2)
+    return stats
+
+
+def _run_pool(jobs: list[_Job], processes: int, on_progress: Callable[[int, int], None], failures: list[str]) -> None:
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(q,)) as pool:
+        futs = {pool.submit(_run_shard, job): job for job in jobs}
+        remaining = set(futs)
+        while remaining:
+            finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(q, on_progress, queue_mod)
+            for f in finished:
+                try:
+                    f.result()
+                except Exception as e:
+                    failures.append(f"shard {futs[f].shard_id:05d} failed: {type(e).__name__}: {e}")
+        _drain(q, on_progress, queue_mod)
+
+
+def _drain(q: Any, on_progress: Callable[[int, int], None], queue_mod: Any) -> None:
+    while True:
+        try:
+            d, s = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        except (EOFError, OSError):
+            return
+        on_progress(d, s)
+
+
+def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_size: int,
+                 url_column: Optional[str], caption_column: Optional[str], hash_column: Optional[str],
+                 output_format: str) -> dict:
+    """Write the input rows as Arrow IPC shards of ``shard_size`` rows (memory stays flat)."""
+    inputs.mkdir(exist_ok=True)
+    tables = _retry_source(source) if is_retry else _read_source(source, min(shard_size, 65_536))
+    rows: list[int] = []
+    buf: list[pa.Table] = []
+    buffered = 0
+    schema: Optional[pa.Schema] = None
+    cols: dict = {}
+
+    def write(t: pa.Table) -> None:
+        path = inputs / f"{len(rows):05d}.arrow"
+        tmp = str(path) + ".tmp"
+        with ipc.new_file(tmp, t.schema) as w:
+            w.write_table(t)
+        os.replace(tmp, path)
+        rows.append(t.num_rows)
+
+    for t in tables:
+        if schema is None:
+            schema = t.schema
+            cols["url"] = _pick(t.column_names, url_column, _URL_NAMES, "url", True)
+            cols["caption"] = _pick(t.column_names, caption_column, _CAPTION_NAMES, "caption", False)
+            cols["hash"] = _pick(t.column_names, hash_column, (), "hash", False) if hash_column else None
+        elif t.schema != schema:
+            try:
+                t = t.cast(schema)
+            except (pa.ArrowInvalid, ValueError, TypeError) as e:
+                raise FetchError(f"input files disagree on their columns ({t.schema} vs {schema}): {e}") from e
+        buf.append(t)
+        buffered += t.num_rows
+        while buffered >= shard_size:
+            whole = pa.concat_tables(buf).combine_chunks()
+            write(whole.slice(0, shard_size))
+            rest = whole.slice(shard_size)
+            buf, buffered = ([rest] if rest.num_rows else []), rest.num_rows
+    if buffered:
+        write(pa.concat_tables(buf).combine_chunks())
+    if schema is None:
+        raise FetchError(f"no rows to download in {source!r}" + (" (no failed rows)" if is_retry else ""))
+    image_metadata = None
+    if output_format == "parquet":
+        sample = ipc.open_file(str(inputs / "00000.arrow")).read_all().slice(0, 0)
+        probe = _with_results(sample, [], [], image=True)
+        image_metadata = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                          for k, v in _parquet_image_metadata(probe.schema).items()}
+    manifest = {"shard_size": shard_size, "format": output_format, "shards": len(rows), "rows": rows,
+                "url_column": cols["url"], "caption_column": cols["caption"], "hash_column": cols["hash"],
+                "retry_of": os.fspath(source) if is_retry else None, "image_metadata": image_metadata}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def collect_stats(out_dir: Union[str, os.PathLike]) -> dict:
+    """Sum the ``*_stats.json`` of every shard in ``out_dir``."""
+    total = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0, "status_dict": {}}
+    for f in sorted(glob.glob(os.path.join(os.fspath(out_dir), "*_stats.json"))):
+        with open(f) as fh:
+            s = json.load(fh)
+        for k in ("count", "successes", "failed_to_download", "failed_to_resize"):
+            total[k] += s[k]
+        for k, v in s["status_dict"].items():
+            total["status_dict"][k] = total["status_dict"].get(k, 0) + v
+    total["status_dict"] = dict(sorted(total["status_dict"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return total
+
+
+# ---------------------------------------------------------------------- CLI
+def register_cli(sub: Any) -> None:
+    """Add ``laion-hf download``."""
+    p = sub.add_parser(
+        "download",
+        help="download images into img2dataset-compatible shards (tar or parquet + stats)",
+        description="Fetch the images of a metadata file into img2dataset-compatible shards: "
+        "{shard}.tar ({key}.jpg/.txt/.json), {shard}.parquet (one row per input row, failures "
+        "included, with their status) and {shard}_stats.json. Resumes: shards with a stats file are "
+        "skipped. Private/loopback addresses are refused unless --allow-private-networks.",
+    )
+    p.add_argument("source", nargs="?", help="metadata parquet/csv/tsv/txt file, folder or glob")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", dest="output_format", choices=["webdataset", "parquet"], default="webdataset")
+    p.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--concurrency", type=int, default=64, help="fetches in flight per process (default 64)")
+    p.add_argument("--per-host", type=int, default=16, help="connections per host (0 = unlimited; default 16)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="rows per shard (default 10000)")
+    p.add_argument("--url-col", default=None, help="URL column (default url or URL)")
+    p.add_argument("--caption-col", default=None, help="caption column (default caption or TEXT)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--resize-mode", default="border", choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
+    p.add_argument("--resize-only-if-bigger", action="store_true")
+    p.add_argument("--encode-format", default="jpg", choices=["jpg", "png", "webp"])
+    p.add_argument("--encode-quality", type=int, default=95)
+    p.add_argument("--skip-reencode", action="store_true", help="keep the original bytes when no resize is needed")
+    p.add_argument("--min-image-size", type=int, default=0)
+    p.add_argument("--max-image-area", type=float, default=math.inf)
+    p.add_argument("--max-aspect-ratio", type=float, default=math.inf)
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds per attempt (default 20)")
+    p.add_argument("--retries", type=int, default=2)
+    p.add_argument("--max-body-mb", type=float, default=32.0)
+    p.add_argument("--user-agent-token", default=None, help="your token, added to the User-Agent")
+    p.add_argument("--disallowed-header-directives", default=",".join(("noai", "noimageai", "noindex", "noimageindex")),
+                   help="comma-separated X-Robots-Tag directives that opt out ('' to ignore the header)")
+    p.add_argument("--hash-col", default=None, help="verify the downloaded bytes against this column")
+    p.add_argument("--hash-type", default="sha256", choices=["sha256", "md5", "sha1", "sha512"])
+    p.add_argument("--cache-dir", default=None, help="on-disk image cache (a rerun makes no request for cached rows)")
+    p.add_argument("--retry-failed", default=None, metavar="PREVIOUS_OUT",
+                   help="download again only the failed rows of a previous output folder (keys kept)")
+    p.add_argument("--allow-private-networks", action="store_true",
+                   help="allow loopback/private addresses (local mirrors and tests only)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: Any) -> int:
+    if args.source is None and args.retry_failed is None:
+        raise FetchError("give a SOURCE or --retry-failed PREVIOUS_OUT")
+    stats = download(
+        args.source, args.out, output_format=args.output_format, processes=args.processes,
+        shard_size=args.shard_size, url_column=args.url_col, caption_column=args.caption_col,
+        hash_column=args.hash_col, hash_type=args.hash_type, retry_failed=args.retry_failed,
+        cache_dir=args.cache_dir, progress=not args.no_progress,
+        concurrency=args.concurrency, per_host=args.per_host, image_size=args.image_size,
+        resize_mode=args.resize_mode, resize_only_if_bigger=args.resize_only_if_bigger,
+        encode_format=args.encode_format, encode_quality=args.encode_quality, skip_reencode=args.skip_reencode,
+        min_image_size=args.min_image_size, max_image_area=args.max_image_area,
+        max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
+        max_body_bytes=int(args.max_body_mb * 2**20), user_agent_token=args.user_agent_token,
+        disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
+        allow_private_networks=args.allow_private_networks,
+    )
+    print(json.dumps({k: stats[k] for k in ("count", "successes", "failed_to_download", "failed_to_resize",
+                                            "status_dict", "samples_per_s", "out_dir")}, indent=2))
+    return 0

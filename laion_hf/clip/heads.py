@@ -47,6 +47,8 @@ class ScoreHead(nn.Module):
     def __init__(self, net: nn.Module, input_dim: int, column: str, name: str) -> None:
         super().__init__()
         self.net = net
+        for p in self.net.parameters():
+            p.requires_grad_(False)
         self.input_dim = int(input_dim)
         self.column = column
         self.name = name

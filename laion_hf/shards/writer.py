@@ -109,7 +109,11 @@ class _ParquetSink(_ShardSink):
         import pyarrow.parquet as pq
 
         self._file = open(path, "wb")
-        self._writer = pq.ParquetWriter(self._file, schema, compression=compression, write_page_index=True)
+        # no min/max statistics for binary and list columns: they would store image bytes again per row group
+        stats_cols = [f.name for f in schema if not (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+                                                     or pa.types.is_struct(f.type) or pa.types.is_list(f.type)
+                                                     or pa.types.is_fixed_size_list(f.type))]
+        self._writer = pq.ParquetWriter(self._file, schema, compression=compression, write_statistics=stats_cols)
         self._row_group_rows = row_group_rows
         self._buffer: list[pa.Table] = []
         self._buffered = 0

@@ -524,6 +524,10 @@ class LaionTorchDataset(IterableDataset):
         if not self._base_units:
             raise LoaderError(f"{source!r} holds no rows")
         self._tok = None
+        if tokenizer is not None and tokenizer != "clip" and not callable(tokenizer):
+            raise LoaderError(f"tokenizer must be 'clip', a callable or None, got {tokenizer!r}")
+        if tokenizer == "clip":
+            self._tokenize([])  # build it here once: forked workers inherit it instead of importing open_clip
         self._resume: dict | None = None
         self._live: _ReaderStream | None = None
 
@@ -544,7 +548,6 @@ class LaionTorchDataset(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_live"] = None  # a running iterator stays in its process
-        state["_tok"] = None
         return state
 
     # -- epochs and state ---------------------------------------------------------------
@@ -609,7 +612,7 @@ class LaionTorchDataset(IterableDataset):
     def _tokenize(self, captions: list[str]) -> torch.Tensor | None:
         if self.tokenizer is None:
             return None
-        if self._tok is None:
+        if self._tok is None:  # built once per process
             if self.tokenizer == "clip":
                 from open_clip.tokenizer import SimpleTokenizer
 

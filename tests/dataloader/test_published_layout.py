@@ -1,0 +1,30 @@
+"""The loader reads what our own shard writer (laion_hf.shards.write_shards) publishes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+import dl_shards
+from laion_hf.shards import write_shards
+from laion_hf.torch import make_dataloader
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_reads_write_shards_output(tmp_path, fmt):
+    keys, images, captions, statuses = dl_shards.make_samples(90, size=40, missing=(4,))
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "key": keys, "caption": captions, "status": statuses,
+        "image": pa.array([None if b is None else {"bytes": b, "path": None} for b in images], image_type),
+    })
+    write_shards(table, tmp_path, format=fmt, max_shard_rows=20, progress=False)
+    loader = make_dataloader(tmp_path, batch_size=16, image_size=32, num_workers=2, rank=1, world_size=2)
+    other = make_dataloader(tmp_path, batch_size=16, image_size=32, num_workers=2, rank=0, world_size=2)
+    got, skipped = [], 0
+    for batch in list(loader) + list(other):
+        got += batch["key"]
+        skipped += batch["num_skipped"]
+        assert batch["text"].shape == (len(batch["key"]), 77)
+    assert sorted(got) == sorted(set(keys) - {"000000004"})
+    assert skipped == 1  # the row without an image is counted, not lost silently

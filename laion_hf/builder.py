@@ -85,6 +85,8 @@ class LaionConfig(datasets.BuilderConfig):
         batch_size: rows per Arrow batch read from parquet.
         shard_by_row_group: one shard per (file, row group) instead of per file.
         on_error: "raise" (default) or "skip"/"warn": skip a bad file and count it.
+        readahead: batches read, normalized and filtered ahead of the consumer in a
+            background thread (0 = read in the consumer's thread).
     """
 
     release: str | None = None
@@ -99,6 +101,7 @@ class LaionConfig(datasets.BuilderConfig):
     shard_by_row_group: bool = True
     on_error: Literal["raise", "skip", "warn"] = "raise"
     storage_options: dict | None = None
+    readahead: int = 2
 
     def __post_init__(self):
         super().__post_init__()
@@ -106,6 +109,84 @@ class LaionConfig(datasets.BuilderConfig):
             raise SourceError(f"on_error must be 'raise', 'skip' or 'warn', got {self.on_error!r}")
         if self.release is not None:
             release_info(self.release)
+
+
+class _LocalPath:
+    """Context manager yielding a local path as is: pyarrow reads it natively (no Python
+    file object in between, which costs copies and memory)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_DONE = object()
+
+
+def _readahead(gen: Iterator, depth: int) -> Iterator:
+    """Run ``gen`` in a daemon thread, ``depth`` items ahead; exceptions re-raise here.
+
+    Closing the consumer (break, garbage collection) stops the producer at its next item.
+    """
+    if depth <= 0:
+        yield from gen
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            else:
+                q.put((_DONE, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((_DONE, e))
+        finally:
+            if stop.is_set():
+                gen.close()
+
+    thread = threading.Thread(target=produce, name="laion-hf-readahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def _local_fs():
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem()
+
+
+def _open(file: str):
+    """Open a data file: local paths natively, URLs through ``open`` (which ``datasets``
+    extends to stream hf://, https://, s3:// ... in streaming mode)."""
+    if "://" not in str(file) and os.path.exists(file):
+        return _LocalPath(str(file))
+    return open(file, "rb")
 
 
 def _compatible(source_type: pa.DataType, target: pa.DataType) -> bool:
@@ -182,7 +263,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         first_error = None
         for file in files:
             try:
-                with open(file, "rb") as f:
+                with _open(file) as f:
                     schema = pq.read_schema(f)
                 self._plan(schema, str(file))
                 break
@@ -200,7 +281,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         for file_idx, file in enumerate(files):
             if self.config.shard_by_row_group:
                 try:
-                    with open(file, "rb") as f:
+                    with _open(file) as f:
                         n_rg = pq.ParquetFile(f).metadata.num_row_groups
                 except Exception:  # noqa: BLE001 - reported when the shard is read
                     n_rg = None
@@ -226,12 +307,17 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
 
     # -- reading -----------------------------------------------------------------------
     def _generate_tables(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
+        # Reading, normalizing and filtering run in a background thread (pyarrow releases
+        # the GIL), one batch ahead of the consumer.
+        yield from _readahead(self._generate_tables_sync(files, row_groups_list), depth=self.config.readahead)
+
+    def _generate_tables_sync(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
         for shard_idx, (tagged, rgs) in enumerate(zip(files, row_groups_list)):
             file_idx_s, file = tagged.split("\t", 1)
             file_idx = int(file_idx_s)
             batch_idx = 0
             try:
-                with open(file, "rb") as f:
+                with _open(file) as f:
                     for table in self._scan_file(f, file, file_idx, rgs, self.stats):
                         yield Key(shard_idx, batch_idx), table
                         batch_idx += 1
@@ -262,7 +348,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         if pushdown is not None and row_groups:
             import pyarrow.dataset as pads
 
-            fragment = pads.ParquetFileFormat().make_fragment(f)
+            fragment = pads.ParquetFileFormat().make_fragment(f, filesystem=_local_fs() if isinstance(f, str) else None)
             try:
                 kept = {rg.id for rg in fragment.subset(row_group_ids=row_groups).subset(filter=pushdown).row_groups}
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):

@@ -159,6 +159,14 @@ def _to_number(col: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str, 
         ) from None
 
 
+def generated_keys(prefix: str, start: int, n: int) -> pa.Array:
+    """Keys ``f"{prefix}{start + i:09d}"`` for rows without a key column (vectorized)."""
+    import numpy as np
+
+    numbers = pc.cast(pa.array(np.arange(start, start + n, dtype=np.int64)), pa.string())
+    return pc.binary_join_element_wise(prefix, pc.utf8_lpad(numbers, width=9, padding="0"), "")
+
+
 def normalize_table(
     table: pa.Table,
     *,
@@ -181,7 +189,7 @@ def normalize_table(
         source = mapping.get(field.name)
         if source is None or source not in table.column_names:
             if field.name == "key" and key_prefix is not None:
-                arrays.append(pa.array([f"{key_prefix}{row_offset + i:09d}" for i in range(n)], pa.string()))
+                arrays.append(generated_keys(key_prefix, row_offset, n))
             else:
                 arrays.append(pa.nulls(n, field.type))
             continue

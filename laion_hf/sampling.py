@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 from laion_hf.errors import FilterError
 
 _P = np.uint64(0x100000001B3)  # odd multiplier (FNV prime)
-_P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -41,29 +40,31 @@ def _powers(base: np.uint64, n: int) -> np.ndarray:
     return table[:n]
 
 
-def stable_hash64(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def stable_hash64(values: pa.Array | pa.ChunkedArray, chunk_rows: int = 1 << 16) -> np.ndarray:
     """64-bit hash of each string (nulls hash like the empty string), as a uint64 array."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
     if not pa.types.is_string(values.type) and not pa.types.is_binary(values.type):
         values = pc.cast(values, pa.string())
     n = len(values)
+    if n > chunk_rows:
+        return np.concatenate([stable_hash64(values.slice(i, chunk_rows)) for i in range(0, n, chunk_rows)])
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     values = pc.fill_null(values, "")
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=n + 1, offset=values.offset * 4)
     start, end = int(offsets[0]), int(offsets[-1])
-    data = values.buffers()[2]
-    raw = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start) if end > start else np.zeros(0, np.uint8)
+    raw = np.frombuffer(values.buffers()[2], dtype=np.uint8, count=end - start, offset=start) if end > start \
+        else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets).astype(np.int64)
+    # position of each byte inside its own string -> weight P**pos (table as long as the longest string)
+    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(offsets[:-1].astype(np.int64) - start, lengths)
     with np.errstate(over="ignore"):
-        weights = _powers(_P, len(raw))
+        weights = _powers(_P, int(lengths.max(initial=0)))[pos]
         prefix = np.zeros(len(raw) + 1, dtype=np.uint64)
         np.cumsum((raw + np.uint64(1)) * weights, out=prefix[1:])
         rel = offsets.astype(np.int64) - start
-        s, e = rel[:-1], rel[1:]
-        inv = _powers(_P_INV, len(raw) + 1)
-        h = (prefix[e] - prefix[s]) * inv[s]
-        h = h ^ (e - s).astype(np.uint64)
+        h = (prefix[rel[1:]] - prefix[rel[:-1]]) ^ lengths.astype(np.uint64)
         return _splitmix64(h)
 
 

@@ -582,7 +582,7 @@ def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_siz
 def collect_stats(out_dir: Union[str, os.PathLike]) -> dict:
     """Sum the ``*_stats.json`` of every shard in ``out_dir``."""
     total = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0, "status_dict": {}}
-    for f in sorted(glob.glob(os.path.join(os.fspath(out_dir), "*_stats.json"))):
+    for f in sorted(glob.glob(os.path.join(os.fspath(out_dir), "[0-9]*_stats.json"))):
         with open(f) as fh:
             s = json.load(fh)
         for k in ("count", "successes", "failed_to_download", "failed_to_resize"):

@@ -183,6 +183,30 @@ class GuardedResolver(AbstractResolver):
         await self.inner.close()
 
 
+class StaticResolver(AbstractResolver):
+    """Resolves names from a fixed map (``{"images.example": ["127.0.0.1"]}``), no DNS.
+
+    For local mirrors and tests: unknown names fail like a missing DNS record, so nothing
+    leaves the machine. The map may also be a callable ``host -> list of addresses``.
+    """
+
+    def __init__(self, hosts: Any) -> None:
+        self.hosts = hosts
+        self.calls: list[str] = []
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
+        name = host.rstrip(".")
+        self.calls.append(name)
+        addrs = self.hosts(name) if callable(self.hosts) else self.hosts.get(name)
+        if not addrs:
+            raise OSError(f"{name}: no such host in the static map")
+        return [{"hostname": name, "host": a, "port": port,
+                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0, "flags": 0} for a in addrs]
+
+    async def close(self) -> None:
+        return None
+
+
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 
 
@@ -497,6 +521,6 @@ def make_configs(fetch: Optional[FetchConfig] = None, resize: Optional[ResizeCon
 
 
 __all__ = [
-    "FetchConfig", "AddressPolicy", "GuardedResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
+    "FetchConfig", "AddressPolicy", "GuardedResolver", "StaticResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
     "FetchResult", "check_url", "robots_optout", "make_configs", "split_kwargs"
 ]

@@ -21,6 +21,7 @@ Routes
 ``/pool/{anything}``        one of a pool of realistic JPEGs (50-300 KB, 300-1,500 px),
                             picked by the path's hash (benchmarks)
 ``/status/{code}``          an empty response with that HTTP status
+``/_server/stats``          ``{"request_count": N}`` (for a server run as ``python -m``)
 ``/fault/{name}``           see :data:`FAULTS`
 anything else               404 (``catch_all="404"``) or a pool image (``catch_all="image"``,
                             for the demo's rewritten URLs)
@@ -249,6 +250,7 @@ class ImageServer:
         app.router.add_route("*", "/img/{w:\\d+}x{h:\\d+}.{fmt}", self._img)
         app.router.add_route("*", "/pool/{tail:.*}", self._pool_image)
         app.router.add_route("*", "/status/{code:\\d+}", self._status)
+        app.router.add_route("GET", "/_server/stats", self._stats)
         app.router.add_route("*", "/fault/{name}", self._fault)
         app.router.add_route("*", "/fault/{name}/{rest:.*}", self._fault)
         app.router.add_route("*", "/{tail:.*}", self._catch_all)
@@ -357,6 +359,12 @@ class ImageServer:
         pool = self.pool()
         idx = int.from_bytes(hashlib.blake2b(request.path_qs.encode(), digest_size=8).digest(), "little") % len(pool)
         return web.Response(body=pool[idx], content_type="image/jpeg")
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """Request count (this request excluded), for a server run in another process."""
+        self.request_count -= 1
+        self.requests.pop()
+        return web.json_response({"request_count": self.request_count})
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
@@ -469,8 +477,11 @@ def _main() -> None:  # pragma: no cover - manual use: python -m laion_hf.testin
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0))
     p.add_argument("--catch-all", choices=["404", "image"], default="404")
+    p.add_argument("--pool-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    with ImageServer(latency=tuple(a.latency), catch_all=a.catch_all, port=a.port) as srv:
+    with ImageServer(latency=tuple(a.latency), catch_all=a.catch_all, port=a.port, pool_size=a.pool_size,
+                     seed=a.seed) as srv:
         print(srv.base_url, flush=True)
         while True:
             time.sleep(3600)

@@ -467,15 +467,18 @@ def make_builder(
         blocklist = Blocklist.from_files(blocklist, column=blocklist_column)
     known = {f.name for f in LaionConfig.__dataclass_fields__.values()} if hasattr(LaionConfig, "__dataclass_fields__") else set()
     filters = {k: config.pop(k) for k in list(config) if k not in known}
-    return LaionBuilder(
-        cache_dir=cache_dir,
-        data_files={"train": files},
-        blocklist=blocklist,
-        filters=filters,
-        storage_options=storage_options,
-        hash=_config_hash(files, config, filters),
-        **config,
-    )
+    try:
+        return LaionBuilder(
+            cache_dir=cache_dir,
+            data_files={"train": files},
+            blocklist=blocklist,
+            filters=filters,
+            storage_options=storage_options,
+            hash=_config_hash(files, config, filters),
+            **config,
+        )
+    except FileNotFoundError as e:
+        raise SourceError(f"metadata source not found: {e}") from None
 
 
 def _config_hash(files: list[str], config: dict, filters: dict) -> str:

@@ -297,6 +297,7 @@ def render_card(
         "embedding_columns": first.get("embedding_columns") or [],
         "shard_range": f"{0:05d}..{num_shards - 1:05d}",
         "punsafe_note": punsafe_note,
+        "safety_columns": [c for c in ("punsafe", "pwatermark", "nsfw") if c in feature_names],
         "license_text": _LICENSE_TEXT.get(license_id, f"`{license_id}`"),
     }
     card_data = _card_data(stats, prov, pretty, rows_written)

@@ -454,7 +454,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers)
 
     def _send_error(self, err: _HubHTTPError) -> None:
-        headers = {"X-Error-Message": err.message}
+        one_line = " ".join(err.message.split()).encode("latin-1", "replace").decode("latin-1")
+        headers = {"X-Error-Message": one_line}
         if err.code:
             headers["X-Error-Code"] = err.code
         self._send_json(err.status, {"error": err.message}, headers)

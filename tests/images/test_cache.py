@@ -1,0 +1,103 @@
+"""The on-disk cache: no request for cached rows on a second run, negative caching with a
+time to live, settings in the key, atomic multi-process writes, size cap and eviction."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import pyarrow as pa
+
+from laion_hf.images import status as st
+from laion_hf.images.cache import ImageCache
+from laion_hf.images.resize import ImageResult
+from laion_hf.images.stream import fetch_table
+
+from .conftest import FAST
+
+
+def _urls(srv):
+    return [srv.image_url(120 + i, 90) for i in range(6)] + [srv.fault_url("404"), srv.fault_url("410"),
+                                                             srv.fault_url("robots", tag="noai"),
+                                                             srv.fault_url("500")]
+
+
+def test_second_run_makes_no_request_for_cached_rows(fresh_server, tmp_path):
+    t = pa.table({"url": _urls(fresh_server)})
+    a = fetch_table(t, cache_dir=tmp_path / "c", **{**FAST, "retries": 0})
+    first = fresh_server.request_count
+    assert first == 10
+    b = fetch_table(t, cache_dir=tmp_path / "c", **{**FAST, "retries": 0})
+    # only the transient failure (500) is asked again; successes, 404, 410, robots come from disk
+    assert fresh_server.request_count - first == 1
+    assert b.column("status").to_pylist() == a.column("status").to_pylist()
+    assert b.column("sha256").to_pylist() == a.column("sha256").to_pylist()
+    assert b.column("image").to_pylist() == a.column("image").to_pylist()
+    assert "(cached)" in b.column("error")[6].as_py()
+
+
+def test_negative_entries_expire(fresh_server, tmp_path):
+    t = pa.table({"url": [fresh_server.fault_url("404")]})
+    fetch_table(t, cache_dir=tmp_path / "c", negative_ttl=0.3, **FAST)
+    fetch_table(t, cache_dir=tmp_path / "c", negative_ttl=0.3, **FAST)
+    assert fresh_server.request_count == 1
+    time.sleep(0.4)
+    fetch_table(t, cache_dir=tmp_path / "c", negative_ttl=0.3, **FAST)
+    assert fresh_server.request_count == 2
+
+
+def test_resize_settings_are_part_of_the_key(fresh_server, tmp_path):
+    t = pa.table({"url": [fresh_server.image_url(300, 200)]})
+    a = fetch_table(t, cache_dir=tmp_path / "c", image_size=64, **FAST)
+    b = fetch_table(t, cache_dir=tmp_path / "c", image_size=32, **FAST)
+    assert fresh_server.request_count == 2
+    assert (a.column("width")[0].as_py(), b.column("width")[0].as_py()) == (64, 32)
+
+
+def _writer(root: str, seed: int) -> None:
+    c = ImageCache(root, max_bytes=10**9)
+    for i in range(200):
+        data = bytes([seed]) * (1000 + i)
+        c.put(f"{i % 20:064x}", ImageResult(st.SUCCESS, None, data, 1, 1, 1, 1, str(seed)))
+
+
+def test_concurrent_processes_never_leave_a_torn_entry(tmp_path):
+    root = str(tmp_path / "c")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(root, s)) for s in (1, 2, 3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    c = ImageCache(root)
+    for i in range(20):
+        r = c.get(f"{i:064x}")
+        assert r is not None and r.status == st.SUCCESS
+        assert r.data == bytes([int(r.sha256)]) * len(r.data)  # one writer's whole entry
+    assert not [f for d in os.listdir(root) for f in os.listdir(os.path.join(root, d)) if f.startswith(".tmp-")]
+
+
+def test_torn_or_foreign_file_is_a_miss(tmp_path):
+    c = ImageCache(tmp_path / "c")
+    key = "ab" + "0" * 62
+    c.put(key, ImageResult(st.SUCCESS, None, b"x" * 100, 1, 1, 1, 1, "h"))
+    path = tmp_path / "c" / "ab" / key
+    path.write_bytes(path.read_bytes()[:-10])  # truncated
+    assert c.get(key) is None and not path.exists()
+
+
+def test_size_cap_evicts_least_recently_used(tmp_path):
+    c = ImageCache(tmp_path / "c", max_bytes=50_000)
+    keys = [f"{i:064x}" for i in range(30)]
+    for i, k in enumerate(keys):
+        c.put(k, ImageResult(st.SUCCESS, None, b"z" * 4000, 1, 1, 1, 1, "h"))
+        os.utime(c._path(k), (1000 + i, 1000 + i))
+        if i == 0:
+            assert c.get(k) is not None  # refreshes entry 0: it is young again
+    c.evict()
+    assert c.size() <= 50_000
+    assert c.get(keys[0]) is not None  # recently used, kept
+    assert c.get(keys[1]) is None  # oldest, evicted
+    assert c.get(keys[-1]) is not None

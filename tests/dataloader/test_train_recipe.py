@@ -1,0 +1,43 @@
+"""loading_scripts/train_open_clip.py: a few contrastive steps of the tiny open_clip model on
+shards lower the loss, and a run resumed from its checkpoint continues where it stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "loading_scripts" / "train_open_clip.py"
+
+
+def train(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def losses(out: str) -> dict[int, float]:
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"^step (\d+) epoch \d+ loss ([\d.]+)", out, re.M)}
+
+
+@pytest.mark.slow
+def test_loss_decreases_and_training_resumes(parquet_dir, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    common = ["--data", str(parquet_dir), "--batch-size", "24", "--workers", "2", "--lr", "2e-3",
+              "--epochs", "3", "--checkpoint", str(ckpt), "--buffer-size", "100"]
+    first = train(*common, "--steps", "6", "--save-every", "6")
+    assert ckpt.exists()
+    second = train(*common, "--steps", "12", "--resume")
+    assert "resumed at step 6, epoch 0" in second
+    got = {**losses(first), **losses(second)}
+    assert sorted(got) == list(range(1, 13)), got
+    early = sum(got[s] for s in (1, 2, 3)) / 3
+    late = sum(got[s] for s in (10, 11, 12)) / 3
+    assert late < early - 0.3, got

@@ -335,7 +335,14 @@ class HttpFetcher:
         """Fetch ``url``: never raises for network trouble, the status says what happened."""
         cfg = self.config
         attempt = 0
+        try:
+            host = URL(url).raw_host or "" if isinstance(url, str) else ""
+        except (ValueError, TypeError):
+            host = ""
         while True:
+            pause = self._host_pause.get(host, 0.0) - time.monotonic() if host else 0.0
+            if pause > 0:  # the host asked all of us to slow down (429 + Retry-After)
+                await asyncio.sleep(pause)
             try:
                 return await asyncio.wait_for(self._fetch_once(url), cfg.timeout)
             except _Fail as f:
@@ -368,9 +375,6 @@ class HttpFetcher:
         seen = {str(current)}
         for hop in range(cfg.max_redirects + 1):
             host = current.raw_host or ""
-            pause = self._host_pause.get(host, 0.0) - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
             self.requests += 1
             try:
                 async with self._session.get(current, allow_redirects=False) as resp:

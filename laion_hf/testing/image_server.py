@@ -155,6 +155,8 @@ class ImageServer:
         catch_all: what unknown paths get: ``"404"`` (default) or ``"image"`` (a pool JPEG).
         pool_size: how many distinct realistic JPEGs back ``/pool/`` and ``catch_all="image"``.
         pool_sides: (min, max) side in pixels of the pool images.
+        fault_rate: with ``catch_all="image"``, the share of unknown paths (picked by the
+            path's hash, so reruns agree) answered 404 instead, for a realistic success ratio.
         seed: makes generated images and latencies reproducible.
         port: 0 picks a free port.
         log_limit: how many requests :attr:`requests` remembers.
@@ -166,6 +168,7 @@ class ImageServer:
         catch_all: str = "404",
         pool_size: int = 32,
         pool_sides: tuple[int, int] = (300, 1500),
+        fault_rate: float = 0.0,
         seed: int = 0,
         port: int = 0,
         log_limit: int = 100_000,
@@ -176,6 +179,7 @@ class ImageServer:
         self.catch_all = catch_all
         self.pool_size = pool_size
         self.pool_sides = pool_sides
+        self.fault_rate = float(fault_rate)
         self.seed = seed
         self._port = port
         self._rng = random.Random(seed)
@@ -311,6 +315,16 @@ class ImageServer:
                 out.append("invalid-url:" + u)
         return out
 
+    def rewrite_column(self, table: Any, column: str = "url") -> Any:
+        """``table`` (a ``pyarrow.Table``) with ``column``'s URLs rewritten to this server."""
+        import pyarrow as pa
+
+        i = table.schema.get_field_index(column)
+        if i < 0:
+            raise ValueError(f"column {column!r} not in {table.column_names}")
+        urls = self.rewrite_urls(table.column(column).to_pylist())
+        return table.set_column(i, table.schema.field(i), pa.array(urls, table.schema.field(i).type))
+
     def reset_log(self) -> None:
         """Forget logged requests and fault counters."""
         self.requests.clear()
@@ -371,6 +385,10 @@ class ImageServer:
         return web.Response(status=code, text=f"status {code}")
 
     async def _catch_all(self, request: web.Request) -> web.StreamResponse:
+        if self.catch_all == "image" and self.fault_rate > 0:
+            h = int.from_bytes(hashlib.blake2b(b"fault" + request.path_qs.encode(), digest_size=8).digest(), "little")
+            if (h % 10_000) < self.fault_rate * 10_000:
+                return web.Response(status=404, text="not found")
         if self.catch_all == "image":
             return await self._pool_image(request)
         return web.Response(status=404, text="not found")

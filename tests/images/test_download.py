@@ -150,3 +150,9 @@ def test_cli(server, tmp_path, capsys):
     assert rc == 0 and out["status_dict"]["ssrf_blocked"] == 10
     assert cli_main(["download", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "x")]) == 1
     assert "missing.parquet" in capsys.readouterr().err
+
+
+def test_progress_bar_shows_rate_and_success_ratio(server, tmp_path, capsys):
+    download(_table(server), tmp_path / "p", **{**OPTS, "progress": True})
+    err = capsys.readouterr().err
+    assert "img/s" in err and "success 72.7%" in err and "11/11" in err

@@ -23,9 +23,11 @@ HISTOGRAM_RANGES: dict[str, tuple[float, float, int]] = {
     "pwatermark": (0.0, 1.0, 20),
 }
 
-#: columns holding a fetch/score status and an error class (counted per shard and in total)
+#: the per-row status column (``success`` or an error class, as the images stage writes it) and
+#: explicit error-class columns; ``error``/``error_message`` hold free-text messages and are not counted
 STATUS_COLUMN = "status"
-ERROR_COLUMNS = ("error_class", "error_type", "error")
+SUCCESS = "success"
+ERROR_COLUMNS = ("error_class", "error_type")
 
 
 def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:

@@ -32,6 +32,7 @@ from laion_hf.shards.columns import (
     HISTOGRAM_RANGES,
     IMAGE_STRUCT,
     STATUS_COLUMN,
+    SUCCESS,
     Histogram,
     build_features,
     features_of,
@@ -429,7 +430,11 @@ def write_shards(
                 piece, table = table.slice(0, take), table.slice(take)
                 sink.write(piece)
                 _count(sink.status, piece.column(STATUS_COLUMN) if STATUS_COLUMN in piece.column_names else None)
-                _count(sink.errors, piece.column(err_col) if err_col else None)
+                if err_col:
+                    _count(sink.errors, piece.column(err_col))
+                elif STATUS_COLUMN in piece.column_names:  # error classes = the non-success statuses
+                    st = piece.column(STATUS_COLUMN)
+                    _count(sink.errors, pc.filter(st, pc.not_equal(st, SUCCESS)))
                 if sink.size() >= max_bytes or (max_shard_rows is not None and sink.rows >= max_shard_rows):
                     close_sink(sink)
                     sink = None

@@ -41,7 +41,8 @@ def test_card_yaml_and_counts(shard_dir):
     assert "| removed by filters | 877 |" in text and "| removed by blocklists | 3 |" in text
     assert "| rows written to shards | 40 |" in text
     assert "| images downloaded (status `success`) | 32 |" in text
-    errors = {e: table["error"].to_pylist().count(e) for e in set(table["error"].to_pylist()) if e}
+    errors = {e: table["status"].to_pylist().count(e) for e in set(table["status"].to_pylist()) if e != "success"}
+    assert sum(errors.values()) == 8
     for name, n in errors.items():
         assert f"| `{name}` | {n} |" in text
     assert "`similarity >= 0.28`" in text and "demo_md5.txt: 5 entries on `url`, 3 rows removed" in text

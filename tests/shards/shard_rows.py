@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-ERROR_CLASSES = ("HTTPError404", "Timeout", "DecodeError")
+ERROR_CLASSES = ("http_404", "timeout", "decode_error")  # statuses as laion_hf.images writes them
 
 
 def jpeg(seed: int, w: int = 24, h: int = 16) -> bytes:
@@ -33,8 +33,8 @@ def make_rows(n: int, *, dim: int = 8, seed: int = 0, start: int = 0, fail_every
     keys = [f"{start + i:09d}" for i in range(n)]
     failed = [fail_every > 0 and (start + i) % fail_every == fail_every - 1 for i in range(n)]
     images = [None if f else jpeg(seed * 100_003 + start + i, *image_size) for i, f in enumerate(failed)]
-    status = ["failed_to_download" if f else "success" for f in failed]
-    error = [ERROR_CLASSES[(start + i) % len(ERROR_CLASSES)] if f else None for i, f in enumerate(failed)]
+    status = [ERROR_CLASSES[(start + i) % len(ERROR_CLASSES)] if f else "success" for i, f in enumerate(failed)]
+    error = [f"fetch failed: {s}" if f else None for s, f in zip(status, failed)]
     img_e = rng.normal(size=(n, dim)).astype(np.float32)
     img_e /= np.linalg.norm(img_e, axis=1, keepdims=True)
     txt_e = rng.normal(size=(n, dim)).astype(np.float32)

@@ -37,8 +37,9 @@ def test_parquet_shards_named_sized_and_decodable(tmp_path):
     ]
     assert [s["rows"] for s in stats["shards"]] == [20, 20, 10]
     assert stats["rows"] == stats["rows_written"] == 50
-    assert sum(stats["status"].values()) == 50 and stats["status"]["failed_to_download"] == 10
-    assert sum(stats["errors"].values()) == 10
+    assert sum(stats["status"].values()) == 50 and stats["status"]["success"] == 40
+    expected_errors = {c: table["status"].to_pylist().count(c) for c in ("http_404", "timeout", "decode_error")}
+    assert stats["errors"] == {k: v for k, v in expected_errors.items() if v} and sum(expected_errors.values()) == 10
     assert stats["embedding_dims"] == {"image_embedding": 8, "text_embedding": 8}
     assert read_stats(tmp_path)["configs"]["default"]["num_shards"] == 3
 
@@ -56,7 +57,7 @@ def test_parquet_shards_named_sized_and_decodable(tmp_path):
         row = ds[i]
         assert row["key"] == src[i]["key"] and row["caption"] == src[i]["caption"]
         if src[i]["image"] is None:
-            assert row["image"] is None and row["status"] == "failed_to_download" and row["image_embedding"] is None
+            assert row["image"] is None and row["status"] != "success" and row["image_embedding"] is None
         else:
             np.testing.assert_array_equal(np.asarray(row["image"].convert("RGB")), pixels(src[i]["image"]))
             np.testing.assert_array_equal(np.float32(row["image_embedding"]), np.float32(src[i]["image_embedding"]))
@@ -95,7 +96,8 @@ def test_webdataset_tars(tmp_path):
     assert [p for p in _files(tmp_path) if p.endswith(".tar")] == [
         f"data/default/train-0000{i}-of-00003.tar" for i in range(3)]
     assert stats["rows"] == 25 and stats["rows_written"] == 20
-    assert stats["skipped"] == {"failed_to_download": 5}  # failures are counted, not silently dropped
+    # failures are counted by class, not silently dropped
+    assert stats["skipped"] == stats["errors"] and sum(stats["skipped"].values()) == 5
     with tarfile.open(tmp_path / stats["shards"][0]["path"]) as tf:
         names = tf.getnames()
     assert {"000000000.jpg", "000000000.txt", "000000000.json", "000000000.npy",

@@ -430,6 +430,8 @@ def download(
         raise FetchError(f"processes and shard_size must be >= 1, got {processes} and {shard_size}")
     fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
     out = Path(out_dir)
+    if retry_failed is not None and out.resolve() == Path(retry_failed).resolve():
+        raise FetchError(f"--retry-failed {os.fspath(retry_failed)!r} needs a new --out folder, not the same one")
     out.mkdir(parents=True, exist_ok=True)
     for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
         _unlink(stale)

@@ -17,6 +17,7 @@ become the fetched image's, the size the host served is ``original_width/height`
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -115,6 +116,7 @@ class _Runner:
         self.fetcher = ImageFetcher(s.fetch, s.resize, cache)
         asyncio.run_coroutine_threadsafe(self.fetcher.__aenter__(), self.loop).result()
         self.pid = os.getpid()
+        atexit.register(self.close)  # an abandoned iterator still closes its connections
 
     def submit(self, table: pa.Table) -> "Future[list[ImageResult]]":
         s = self.s
@@ -130,7 +132,8 @@ class _Runner:
         return asyncio.run_coroutine_threadsafe(self.fetcher.process_many(urls, hashes, s.hash_type), self.loop)
 
     def close(self) -> None:
-        if not self.thread.is_alive():
+        atexit.unregister(self.close)
+        if not self.thread.is_alive() or self.loop.is_closed():
             return
         try:
             asyncio.run_coroutine_threadsafe(self.fetcher.__aexit__(None, None, None), self.loop).result(30)

@@ -10,7 +10,9 @@ is good). Output rows gain:
 one float64 column per score head (``aesthetic_score_v1``, ``aesthetic_score_v2``, ``punsafe_recomputed``)
 
 A row whose status is ``success`` but whose image cannot be decoded gets nulls, ``status =
-"decode_error"`` and the reason in ``error_message``; rows that failed earlier keep their status.
+"decode_error"`` and the reason in the error column (``error`` as ``with_images`` writes it, or
+``error_message`` as img2dataset does, whichever the input has); rows that failed earlier keep
+their status and message.
 Nothing raises per row.
 
 Pipelining: a producer thread pulls Arrow batches from the upstream stream and hands every
@@ -84,7 +86,9 @@ class ClipPipeline:
     Args:
         embedder: the model.
         heads: score heads or specs (``"aesthetic_v1"``, ``"aesthetic_v2:PATH"``, ``"nsfw:PATH"``).
-        image_column / text_column / status_column / error_column: input column names.
+        image_column / text_column / status_column: input column names.
+        error_column: where decode errors go; default: ``error`` or ``error_message``, whichever
+            the input has (``error`` when neither).
         embedding_dtype: ``"float32"`` or ``"float16"`` for the embedding columns.
         num_workers: decode threads (default: CPU count, at most 16).
         prefetch: batches decoded ahead of the model.
@@ -99,7 +103,7 @@ class ClipPipeline:
         image_column: str = "image",
         text_column: str = "caption",
         status_column: str = "status",
-        error_column: str = "error_message",
+        error_column: str | None = None,
         embedding_dtype: str = "float32",
         num_workers: int | None = None,
         prefetch: int = 2,
@@ -138,8 +142,9 @@ class ClipPipeline:
         out = {k: v for k, v in features.items() if k not in self.output_columns}
         if self.status_column not in out:
             out[self.status_column] = Value("string")
-        if self.error_column not in out:
-            out[self.error_column] = Value("string")
+        err_col = self._error_col(list(out))
+        if err_col not in out:
+            out[err_col] = Value("string")
         out[IMAGE_EMBEDDING] = List(Value(self.embedding_dtype), length=self.embedder.embed_dim)
         out[TEXT_EMBEDDING] = List(Value(self.embedding_dtype), length=self.embedder.embed_dim)
         out[CLIP_SIMILARITY] = Value("float64")
@@ -350,8 +355,9 @@ class ClipPipeline:
             status = status.cast(pa.string())
         else:
             status = pa.array([SUCCESS] * n, pa.string())
-        if self.error_column in table.column_names:
-            err = table[self.error_column].combine_chunks().cast(pa.string()) if n else pa.array([], pa.string())
+        err_col = self._error_col(table.column_names)
+        if err_col in table.column_names:
+            err = table[err_col].combine_chunks().cast(pa.string()) if n else pa.array([], pa.string())
         else:
             err = pa.nulls(n, pa.string())
         if errors:
@@ -362,7 +368,12 @@ class ClipPipeline:
                 em[r] = msg
             status, err = pa.array(st, pa.string()), pa.array(em, pa.string())
         table = _set_column(table, self.status_column, status)
-        return _set_column(table, self.error_column, err)
+        return _set_column(table, err_col, err)
+
+    def _error_col(self, names: Sequence[str]) -> str:
+        if self.error_column:
+            return self.error_column
+        return next((c for c in ("error", "error_message") if c in names), "error")
 
     def embed_table(self, table: pa.Table) -> pa.Table:
         """Embed one table (any size) and return it with the new columns."""
@@ -435,7 +446,7 @@ def with_clip(
     image_column: str = "image",
     text_column: str = "caption",
     status_column: str = "status",
-    error_column: str = "error_message",
+    error_column: str | None = None,
     embedding_dtype: str = "float32",
     num_workers: int | None = None,
     prefetch: int = 2,

@@ -204,3 +204,29 @@ def test_summarize_similarity():
     text = format_similarity_summary(s)
     assert "over 4 rows (1 null)" in text and ">= 0.28: 50.0%" in text
     assert summarize_similarity([None])["count"] == 0
+
+
+def test_chained_after_with_images_over_loopback_http(tiny):
+    """metadata -> with_images (real aiohttp fetches from the loopback server) -> with_clip."""
+    from laion_hf.images import with_images
+    from laion_hf.testing.image_server import ImageServer
+
+    with ImageServer() as srv:
+        urls = [srv.image_url(512, 512, "jpg", seed=i) for i in range(6)]
+        urls[2] = srv.fault_url("404")
+        urls[4] = srv.fault_url("corrupt-jpeg")
+        meta = datasets.Dataset.from_dict(
+            {"key": [f"{i:03d}" for i in range(6)], "url": urls, "caption": [f"photo {i}" for i in range(6)]}
+        ).to_iterable_dataset(num_shards=2)
+        fetched = with_images(meta, batch_size=3, allow_private_networks=True, image_size=256, retries=0)
+        out = with_clip(fetched, tiny, heads=["aesthetic_v1"], batch_size=4)
+        table = pa.concat_tables(list(out.iter(batch_size=10)))
+    assert table.num_rows == 6
+    st = table["status"].to_pylist()
+    assert st[2] == "http_404" and st[4] != "success"
+    ok = [s == "success" for s in st]
+    assert table["image_embedding"].is_valid().to_pylist() == ok
+    assert table["aesthetic_score_v1"].is_valid().to_pylist() == ok
+    assert "error" in table.column_names and "error_message" not in table.column_names
+    assert table["error"].to_pylist()[2]  # the fetch error message is kept
+    assert out.features["image"] == datasets.Image()

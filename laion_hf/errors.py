@@ -46,3 +46,7 @@ class LoaderError(LaionHFError):
 
 class CardError(HubError):
     """A dataset card cannot be rendered (template error, missing stats) or would be invalid."""
+
+
+class EngineError(LaionHFError):
+    """An execution engine (``--engine ray``) is missing, unreachable or failed."""

@@ -1,0 +1,771 @@
+"""The pipeline stages on Ray Data: ``--engine ray`` for ``filter``, ``download`` and ``embed``.
+
+The same stages as the local engine, scheduled by Ray Data (no scheduler of our own), with
+the same output names, content, stats and resume rules, so a run can start on one engine and
+resume on the other:
+
+``filter``    one Ray task per (metadata file × row group) reads, normalizes and filters with
+              the metadata stage's own reader (:class:`laion_hf.builder.LaionBuilder`) and
+              stages its rows; then one task per output part writes ``part-{i:05d}.parquet``
+              from the staged rows (global row order kept, so parts hold the same rows as the
+              local engine's), and the driver writes ``stats.json`` from the tasks' counts.
+``download``  the driver splits the input into shards exactly like the local engine; a pool
+              of Ray actors (``workers``, one CPU each) runs the image stage's shard worker
+              (our aiohttp fetcher, ``concurrency`` fetches in flight per actor). Each shard is
+              written under temporary names and renamed, stats last: a shard whose actor died
+              is redone by Ray on a restarted actor and never half-written or duplicated.
+``embed``     CPU actors read each input shard and decode + preprocess its images into model
+              batches (the CLIP stage's own decoder); GPU actors (``num_gpus``) run the model
+              and score heads on those batches; the batches of each part are grouped and
+              written (``img_emb/ text_emb/ metadata/ stats/``) by Ray tasks.
+
+Fault tolerance is Ray's: tasks are retried when their worker dies, and actors are restarted
+with their in-flight task retried (``max_restarts=-1, max_task_retries=-1``). Every write is a
+temporary file renamed into place, so a retry overwrites, never appends.
+
+On a cluster, ``out_dir`` (and the inputs) must be a path every node sees (a shared file
+system); ``address`` is passed to :func:`ray.init` (``"auto"``, ``"ray://head:10001"``, or
+None to start a local instance when none is connected). Needs ``pip install 'laion-hf[ray]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pickle
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import pyarrow as pa
+
+from laion_hf.errors import EngineError, LaionHFError
+
+__all__ = [
+    "init_ray",
+    "filter_to_parquet_ray",
+    "download_ray",
+    "embed_shards_ray",
+    "add_engine_arguments",
+    "engine_call",
+]
+
+STAGING = "_laion_hf_ray_staging"
+
+
+# ---------------------------------------------------------------------------- Ray set-up
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise EngineError(
+            f"the Ray engine needs Ray Data: pip install 'laion-hf[ray]' (or 'ray[data]>=2.40'); import failed: {e}"
+        ) from None
+    return ray
+
+
+def init_ray(address: Optional[str] = None, **init_kwargs: Any) -> Any:
+    """Connect to Ray (or start a local instance) unless already connected; returns ``ray``.
+
+    ``address``: ``"auto"`` (the cluster this machine belongs to), ``"ray://head:10001"``
+    (Ray Client), ``"host:6379"``, or None: start a local instance using this machine's cores.
+    A connection made earlier (``ray.init(...)`` by the caller) is reused as is.
+    """
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, **init_kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise EngineError(f"cannot connect to Ray at {address!r}: {e}") from e
+    return ray
+
+
+def _configure(progress: bool) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = bool(progress)
+
+
+def _cluster_count(resource: str, default: int = 1) -> int:
+    import ray
+
+    return max(default, int(ray.cluster_resources().get(resource, 0)))
+
+
+def _task_pool(n: Optional[int]) -> dict:
+    """``map_batches`` kwargs for at most ``n`` concurrent tasks (all Ray versions >= 2.40)."""
+    if n is None:
+        return {}
+    import ray.data
+
+    if hasattr(ray.data, "TaskPoolStrategy"):
+        try:
+            return {"compute": ray.data.TaskPoolStrategy(size=int(n))}
+        except TypeError:  # pragma: no cover - older Ray
+            pass
+    return {"concurrency": int(n)}  # pragma: no cover - older Ray
+
+
+def _actor_pool(n: int) -> dict:
+    import ray.data
+
+    return {"compute": ray.data.ActorPoolStrategy(size=int(n))}
+
+
+def _laion_error(e: BaseException) -> Optional[LaionHFError]:
+    """The laion-hf error a Ray task raised, found in the exception chain Ray wraps it in."""
+    seen: set[int] = set()
+    todo: list[Any] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, LaionHFError):
+            return x
+        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    return None
+
+
+def _collect(ds: Any) -> list[dict]:
+    """Run a Ray dataset to completion; a laion-hf error raised in a task is re-raised as is."""
+    try:
+        return list(ds.iter_rows())
+    except LaionHFError:
+        raise
+    except Exception as e:
+        err = _laion_error(e)
+        if err is not None:
+            raise type(err)(*err.args) from e
+        raise
+
+
+def _items(ds_rows: list[dict]) -> Any:
+    """A Ray dataset with one block per item (so each item can go to its own worker)."""
+    import ray.data
+
+    return ray.data.from_items(ds_rows, override_num_blocks=max(1, len(ds_rows)))
+
+
+def _atomic_write_bytes(path: str, write: Callable[[str], None]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------- filter
+def _filter_shard(batch: pa.Table, builder_ref: Any, staging: str) -> pa.Table:
+    """Ray task: read + normalize + filter one (file, row groups) shard with the metadata
+    stage's builder; stage the kept rows as parquet; return the shard's counts."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from laion_hf.builder import ScanStats
+
+    builder = ray.get(builder_ref)
+    out = []
+    for row in batch.to_pylist():
+        idx, tagged = row["shard"], row["file"]
+        rgs = tuple(row["row_groups"]) if row["row_groups"] is not None else None
+        builder.stats = ScanStats()
+        tables = [t for _, t in builder._generate_tables_sync([tagged], [rgs])]
+        table = pa.concat_tables(tables) if tables else builder.out_schema.empty_table()
+        path = os.path.join(staging, f"{idx:07d}.parquet")
+        _atomic_write_bytes(path, lambda p: pq.write_table(table, p, compression="zstd"))
+        out.append({"shard": idx, "rows": table.num_rows, "stats": json.dumps(builder.stats.as_dict())})
+    return pa.Table.from_pylist(out)
+
+
+def _write_filter_part(batch: pa.Table, out_dir: str, staging: str, schema_bytes: bytes) -> pa.Table:
+    """Ray task: write ``part-{k:05d}.parquet`` from slices of staged shards."""
+    import pyarrow.parquet as pq
+
+    schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
+    done = []
+    for row in batch.to_pylist():
+        path = os.path.join(out_dir, f"part-{row['part']:05d}.parquet")
+
+        def write(tmp: str) -> None:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+                for shard, start, length in zip(row["shards"], row["starts"], row["lengths"]):
+                    t = pq.read_table(os.path.join(staging, f"{shard:07d}.parquet"), schema=schema)
+                    w.write_table(t.slice(start, length))
+
+        _atomic_write_bytes(path, write)
+        done.append({"part": row["part"]})
+    return pa.Table.from_pylist(done)
+
+
+def _plan_parts(rows: list[int], rows_per_file: int) -> list[dict]:
+    """Cut the concatenation of shards (``rows[i]`` kept rows each) into parts of
+    ``rows_per_file`` rows, as the local engine's writer does."""
+    parts: list[dict] = []
+    cur: dict = {"shards": [], "starts": [], "lengths": [], "n": 0}
+    for shard, n in enumerate(rows):
+        start = 0
+        while start < n:
+            take = min(n - start, rows_per_file - cur["n"])
+            cur["shards"].append(shard)
+            cur["starts"].append(start)
+            cur["lengths"].append(take)
+            cur["n"] += take
+            start += take
+            if cur["n"] >= rows_per_file:
+                parts.append(cur)
+                cur = {"shards": [], "starts": [], "lengths": [], "n": 0}
+    if cur["n"] or not parts:
+        parts.append(cur)  # the tail, or one empty part with the schema when nothing is kept
+    return [dict(part=i, shards=p["shards"], starts=p["starts"], lengths=p["lengths"]) for i, p in enumerate(parts)]
+
+
+def filter_to_parquet_ray(
+    source: Any,
+    out_dir: str,
+    *,
+    rows_per_file: int = 1_000_000,
+    progress: bool = True,
+    address: Optional[str] = None,
+    workers: Optional[int] = None,
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`laion_hf.filters.filter_to_parquet` on Ray Data: the same parts and stats.
+
+    Args:
+        source, rows_per_file, progress, **load_kwargs: as the local engine.
+        address: Ray address (see :func:`init_ray`).
+        workers: at most this many tasks at once (default: as many as the cluster's CPUs).
+    """
+    import shutil
+
+    from laion_hf.builder import ScanStats, make_builder
+
+    ray = init_ray(address)
+    _configure(progress)
+    start = time.time()
+    builder = make_builder(source, **load_kwargs)
+    split = builder._split_generators(None)[0]  # plans: schema, filter, shards (file x row group)
+    files, rgs_list = split.gen_kwargs["files"], split.gen_kwargs["row_groups_list"]
+    os.makedirs(out_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(out_dir, "part-*.parquet")):
+        os.unlink(old)  # the local engine overwrites its output too; no stale part survives
+    staging = os.path.join(out_dir, STAGING)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    plan_stats = builder.stats
+    builder.stats = ScanStats()
+    builder_ref = ray.put(builder)
+    shards = [{"shard": i, "file": f, "row_groups": list(r) if r is not None else None}
+              for i, (f, r) in enumerate(zip(files, rgs_list))]
+    ds = _items(shards).map_batches(
+        _filter_shard, batch_size=1, batch_format="pyarrow", fn_kwargs={"builder_ref": builder_ref, "staging": staging},
+        num_cpus=1, **_task_pool(workers),
+    )  # fmt: skip
+    results = sorted(_collect(ds), key=lambda r: r["shard"])
+    if len(results) != len(shards):
+        raise EngineError(f"filter on Ray: {len(results)} shard results for {len(shards)} shards")
+    total = ScanStats(files=plan_stats.files)
+    skipped: dict[str, dict] = {s["file"]: s for s in plan_stats.files_skipped}
+    for r in results:
+        s = json.loads(r["stats"])
+        for name in ("files_read", "rows_in", "rows_kept", "removed_by_filter", "removed_by_blocklist",
+                     "removed_by_sample", "row_groups_pruned"):
+            setattr(total, name, getattr(total, name) + s[name])
+        for f in s["files_skipped"]:
+            skipped.setdefault(f["file"], f)
+    total.files_skipped = list(skipped.values())
+    parts = _plan_parts([r["rows"] for r in results], rows_per_file)
+    schema_bytes = builder.out_schema.serialize().to_pybytes()
+    ds = _items(parts).map_batches(
+        _write_filter_part, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"out_dir": os.fspath(out_dir), "staging": staging, "schema_bytes": schema_bytes},
+        num_cpus=1, **_task_pool(workers),
+    )  # fmt: skip
+    written = _collect(ds)
+    if len(written) != len(parts):
+        raise EngineError(f"filter on Ray: {len(written)} parts written of {len(parts)}")
+    shutil.rmtree(staging, ignore_errors=True)
+    result = total.as_dict()
+    result.update(
+        filters=builder.filter_spec.descriptions,
+        release=builder.release,
+        output_files=[f"part-{p['part']:05d}.parquet" for p in parts],
+        duration_s=round(time.time() - start, 3),
+        engine="ray",
+    )
+    tmp = os.path.join(out_dir, "stats.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "stats.json"))
+    return result
+
+
+# ---------------------------------------------------------------------------- download
+class _ShardDownloader:
+    """Ray actor: downloads whole shards with the image stage's shard worker (our aiohttp
+    fetcher, ``concurrency`` fetches in flight). A shard already finished (its stats file
+    exists: a retry after the actor died between the last rename and its reply) is not redone."""
+
+    def __init__(self, template: Any) -> None:
+        self.template = template
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import asyncio
+
+        from laion_hf.images.download import _run_shard_async
+
+        out = []
+        for shard_id in batch.column("shard").to_pylist():
+            t = self.template
+            job = replace(t, shard_id=shard_id, input_path=os.path.join(os.path.dirname(t.input_path), f"{shard_id:05d}.arrow"))
+            stats_path = os.path.join(job.out_dir, f"{shard_id:05d}_stats.json")
+            if os.path.exists(stats_path):
+                with open(stats_path) as f:
+                    stats = json.load(f)
+            else:
+                stats = asyncio.run(_run_shard_async(job, lambda d, s: None))
+            out.append({"shard": shard_id, "count": stats["count"], "successes": stats["successes"]})
+        return pa.Table.from_pylist(out)
+
+
+def download_ray(
+    source: Any,
+    out_dir: str | os.PathLike,
+    *,
+    output_format: str = "webdataset",
+    shard_size: int = 10_000,
+    url_column: Optional[str] = None,
+    caption_column: Optional[str] = None,
+    hash_column: Optional[str] = None,
+    hash_type: str = "sha256",
+    retry_failed: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_max_bytes: int = 20 * 2**30,
+    progress: bool = True,
+    fetch: Any = None,
+    resize: Any = None,
+    address: Optional[str] = None,
+    workers: Optional[int] = None,
+    processes: Optional[int] = None,
+    **options: Any,
+) -> dict:
+    """:func:`laion_hf.images.download.download` on Ray Data: the same shards, stats and resume.
+
+    ``workers`` (or ``processes``) download actors, one CPU each, default one per CPU of the
+    cluster; every other argument is the local engine's. Returns the local engine's run stats
+    (plus ``engine="ray"`` and ``workers``).
+    """
+    from laion_hf.errors import FetchError, ShardError
+    from laion_hf.images import download as dl
+    from laion_hf.images.fetch import make_configs
+
+    if output_format not in ("webdataset", "parquet"):
+        raise FetchError(f"output_format must be 'webdataset' or 'parquet', got {output_format!r}")
+    if shard_size < 1:
+        raise FetchError(f"shard_size must be >= 1, got {shard_size}")
+    fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
+    ray = init_ray(address)
+    _configure(progress)
+    n_workers = int(workers or processes or _cluster_count("CPU"))
+    if n_workers < 1:
+        raise FetchError(f"workers must be >= 1, got {n_workers}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
+        dl._unlink(stale)
+    t0 = time.time()
+    manifest_path = out / dl.MANIFEST
+    inputs = out / dl.INPUT_DIR
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    if manifest is not None and (manifest.get("shard_size") != shard_size or manifest.get("format") != output_format):
+        raise FetchError(f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
+                         f"format={manifest.get('format')}; resume with the same settings or use a new --out")
+    if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
+                                   for i in range(manifest["shards"])):
+        manifest = dl._split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
+                                   out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
+    n_shards = manifest["shards"]
+    pending = [i for i in range(n_shards) if not (out / f"{i:05d}_stats.json").exists()]
+    todo_rows = sum(manifest["rows"][i] for i in pending)
+    key_digits = (max(5, len(str(max(0, n_shards - 1)))), len(str(max(1, shard_size - 1))))
+    template = dl._Job(
+        0, str(inputs / "00000.arrow"), str(out.resolve()), output_format, manifest["url_column"],
+        manifest["caption_column"], manifest["hash_column"], hash_type, fetch_cfg, resize_cfg,
+        os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
+        manifest.get("image_metadata"),
+    )  # fmt: skip
+    template = replace(template, input_path=str((inputs / "00000.arrow").resolve()))
+    bar = None
+    if progress and pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo_rows, unit="img", desc="download (ray)", dynamic_ncols=True)
+    done: list[dict] = []
+    try:
+        if pending:
+            ds = _items([{"shard": i} for i in pending]).map_batches(
+                _ShardDownloader, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"template": template},
+                num_cpus=1, **_actor_pool(min(n_workers, len(pending))),
+            )  # fmt: skip
+            try:
+                for row in ds.iter_rows():
+                    done.append(row)
+                    if bar is not None:
+                        bar.update(row["count"])
+            except LaionHFError:
+                raise
+            except Exception as e:
+                err = _laion_error(e)
+                raise ShardError(f"download on Ray failed: {err or e} (rerun the same command to redo the "
+                                 "unfinished shards)") from e
+    finally:
+        if bar is not None:
+            bar.close()
+    for stale in glob.glob(str(out / "*.tmp-*")):  # a worker killed mid-shard left these; its shard was redone
+        dl._unlink(stale)
+    missing = sorted(set(pending) - {r["shard"] for r in done})
+    if missing or any(not (out / f"{i:05d}_stats.json").exists() for i in pending):
+        raise ShardError(f"download on Ray: shards {missing[:10]} not finished (rerun the same command)")
+    stats = dl.collect_stats(out)
+    elapsed = time.time() - t0
+    stats.update(shards=n_shards, shards_done_now=len(pending), duration=elapsed,
+                 samples_per_s=(todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(out),
+                 engine="ray", workers=n_workers)  # fmt: skip
+    with open(out / "_laion_hf_stats.json", "w") as f:
+        json.dump(stats, f, indent=2)
+    return stats
+
+
+# ---------------------------------------------------------------------------- embed
+def _build_embedder(spec: dict, device: str) -> Any:
+    from laion_hf.clip.model import ClipEmbedder
+
+    return ClipEmbedder(
+        spec["model"], spec["pretrained"], device=device, precision=spec["precision"] if device != "cpu" else
+        ("fp32" if spec["precision"] == "auto" else spec["precision"]), batch_size=spec["batch_size"],
+        allow_download=False, cache_dir=spec["cache_dir"],
+    )  # fmt: skip
+
+
+class _PartDecoder:
+    """Ray CPU actor: reads input shards and decodes + preprocesses their images into model
+    batches (uint8 HWC, the CLIP stage's decoder), tokenizes their captions. Yields one row per
+    model batch: ``part``, ``batch``, ``payload`` (pickled arrays + the batch's table)."""
+
+    def __init__(self, spec: dict) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from laion_hf.clip.stream import ClipPipeline
+
+        self.spec = spec
+        self.embedder = _build_embedder(spec, "cpu")
+        self.pipe = ClipPipeline(self.embedder, (), embedding_dtype="float32", num_workers=spec["decode_threads"])
+        self.pool = ThreadPoolExecutor(self.pipe.num_workers, thread_name_prefix="laion-hf-ray-decode")
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        import numpy as np
+        import pyarrow.compute as pc
+        import torch
+
+        from laion_hf.clip.embed import read_shards
+
+        emb, pipe = self.embedder, self.pipe
+        for part, path in zip(batch.column("part").to_pylist(), batch.column("path").to_pylist()):
+            n_batches = 0
+            for t in pipe._slices(read_shards(path, batch_rows=max(emb.batch_size, 256))):
+                n = t.num_rows
+                data, paths = pipe._image_inputs(t)
+                if pipe.status_column in t.column_names:
+                    ok = pc.fill_null(pc.equal(t[pipe.status_column], "success"), False).to_numpy(zero_copy_only=False)
+                else:
+                    ok = np.ones(n, dtype=bool)
+                pre_errors: dict[int, str] = {}
+                cand = []
+                for i in np.flatnonzero(ok):
+                    if data[i] is None and not paths[i]:
+                        pre_errors[int(i)] = "no image bytes"
+                    else:
+                        cand.append(int(i))
+                cand_rows = np.asarray(cand, dtype=np.int64)
+                dtype = torch.uint8 if emb.uint8_path else torch.float32
+                buf = torch.empty(pipe._buffer_shape(len(cand_rows)), dtype=dtype)
+                step = max(1, -(-len(cand_rows) // (pipe.num_workers * 2)))
+                jobs = [self.pool.submit(pipe._decode_slots, buf, range(s, min(s + step, len(cand_rows))), cand_rows,
+                                         data, paths) for s in range(0, len(cand_rows), step)]  # fmt: skip
+                slot_errors = [e for j in jobs for e in j.result()]
+                captions = t[pipe.text_column].to_pylist()
+                text_valid = np.array([c is not None for c in captions], dtype=bool)
+                tokens = emb.tokenize([c if c is not None else "" for c in captions]) if n else None
+                meta = t.drop_columns([pipe.image_column]) if pipe.image_column in t.column_names else t
+                payload = pickle.dumps({
+                    "table": _ipc(meta), "cand_rows": cand_rows, "pre_errors": pre_errors,
+                    "pixels": buf.numpy(), "slot_errors": slot_errors, "text_valid": text_valid,
+                    "tokens": tokens.numpy() if tokens is not None else None,
+                }, protocol=5)  # fmt: skip
+                yield pa.table({"part": [part], "batch": [n_batches], "payload": pa.array([payload], pa.binary())})
+                n_batches += 1
+            if n_batches == 0:  # an empty shard still becomes a (empty) part
+                yield pa.table({"part": [part], "batch": [-1], "payload": pa.array([b""], pa.binary())})
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+class _BatchEmbedder:
+    """Ray GPU actor (``num_gpus``; CPU when the cluster has none): runs the model and score
+    heads on decoded batches (the CLIP stage's own batch step), returns the output table."""
+
+    def __init__(self, spec: dict) -> None:
+        from laion_hf.clip.stream import ClipPipeline
+
+        self.embedder = _build_embedder(spec, spec["device"])
+        self.pipe = ClipPipeline(self.embedder, spec["heads"], embedding_dtype="float32", num_workers=1)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from concurrent.futures import Future
+
+        import torch
+
+        from laion_hf.clip.stream import _Prepared
+
+        outs = []
+        for part, b, payload in zip(batch.column("part").to_pylist(), batch.column("batch").to_pylist(),
+                                    batch.column("payload").to_pylist()):  # fmt: skip
+            if b < 0:
+                outs.append({"part": part, "batch": b, "result": b""})
+                continue
+            p = pickle.loads(payload)
+            table = _from_ipc(p["table"])
+            pixels = torch.from_numpy(p["pixels"].copy())
+            if self.embedder.pin_memory and pixels.numel():
+                pixels = pixels.pin_memory()
+            prep = _Prepared(table, p["cand_rows"], p["pre_errors"], pixels if len(p["cand_rows"]) else None, -1)
+            if len(p["cand_rows"]):
+                fut: Future = Future()
+                fut.set_result(p["slot_errors"])
+                prep.decode_jobs.append((fut, range(len(p["cand_rows"]))))
+            tok: Future = Future()
+            tok.set_result(torch.from_numpy(p["tokens"]) if p["tokens"] is not None else None)
+            prep.tokens = tok
+            prep.text_valid = p["text_valid"]
+            outs.append({"part": part, "batch": b, "result": _ipc(self.pipe._finish(prep))})
+        return pa.Table.from_pylist(outs, schema=pa.schema([("part", pa.int64()), ("batch", pa.int64()),
+                                                            ("result", pa.binary())]))  # fmt: skip
+
+
+def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) -> pa.Table:
+    """Ray task: write one part (``img_emb_N.npy``, ``text_emb_N.npy``, ``stats_N.json``,
+    ``metadata_N.parquet`` last) from its embedded batches, as the local engine writes it."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from laion_hf.clip.embed import _atomic_write, _save_npy
+    from laion_hf.clip.stream import CLIP_SIMILARITY, IMAGE_EMBEDDING, TEXT_EMBEDDING
+
+    order = np.argsort(group.column("batch").to_numpy())
+    n = int(group.column("part")[0].as_py())
+    d = spec["embed_dim"]
+    np_dtype = np.float16 if spec["dtype"] == "float16" else np.float32
+    img_parts, txt_parts, meta_parts = [], [], []
+    status_dict: dict[str, int] = {}
+    count = 0
+    results = group.column("result").to_pylist()
+    for i in order:
+        if not results[i]:
+            continue
+        table = _from_ipc(results[i])
+        count += table.num_rows
+        for vc in pc.value_counts(table["status"]).to_pylist():
+            status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
+        good = table.filter(table[IMAGE_EMBEDDING].is_valid())
+        if good.num_rows:
+            img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, d)
+            txt_col = good[TEXT_EMBEDDING].combine_chunks()
+            txt = np.zeros((good.num_rows, d), dtype=np.float32)
+            has = txt_col.is_valid().to_numpy(zero_copy_only=False)
+            if has.any():
+                txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, d)
+            img_parts.append(img.astype(np_dtype))
+            txt_parts.append(txt.astype(np_dtype))
+            meta_parts.append(good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING)
+                                                 if c in good.column_names]))  # fmt: skip
+    img_all = np.concatenate(img_parts) if img_parts else np.zeros((0, d), np_dtype)
+    txt_all = np.concatenate(txt_parts) if txt_parts else np.zeros((0, d), np_dtype)
+    if meta_parts:
+        meta = pa.concat_tables(meta_parts, promote_options="permissive")
+    else:
+        meta = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string()),
+                         CLIP_SIMILARITY: pa.array([], pa.float64())})  # fmt: skip
+    embedded = int(img_all.shape[0])
+    stats = {"input": paths[n], "part": n, "count": count, "embedded": embedded, "failed": count - embedded,
+             "status_dict": status_dict, "model": spec["model"], "pretrained": spec["pretrained"]}  # fmt: skip
+    out = Path(out_dir)
+    _atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
+    _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
+    _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
+    _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
+    return pa.table({"part": [n], "count": [count], "embedded": [embedded], "failed": [count - embedded],
+                     "status_dict": [json.dumps(status_dict)]})  # fmt: skip
+
+
+def embed_shards_ray(
+    sources: Sequence[str] | str,
+    out_dir: str | os.PathLike,
+    *,
+    model: Optional[str] = None,
+    pretrained: Optional[str] = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: Optional[int] = None,
+    heads: Sequence[str] = (),
+    dtype: str = "float16",
+    num_workers: Optional[int] = None,
+    allow_download: bool = False,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+    address: Optional[str] = None,
+    workers: Optional[int] = None,
+    decode_workers: Optional[int] = None,
+    num_gpus: Optional[float] = None,
+) -> dict[str, Any]:
+    """:func:`laion_hf.clip.embed.embed_shards` on Ray Data: the same parts, config and resume.
+
+    Args:
+        workers: model actors (default: one per GPU of the cluster, else 1).
+        decode_workers: CPU actors reading and decoding shards (default: the cluster's CPUs
+            left over by the model actors, at least 1).
+        num_gpus: GPUs per model actor (default 1 when the cluster has GPUs and ``device`` is
+            not ``"cpu"``, else 0: the model runs on a CPU actor).
+        num_workers: decode threads per decode actor; the rest as the local engine.
+    """
+    from laion_hf.clip.embed import _part_done, resolve_inputs
+    from laion_hf.clip.heads import load_head
+    from laion_hf.clip.model import TINY_MODEL
+    from laion_hf.errors import ShardError
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [str(sources)]
+    if dtype not in ("float16", "float32"):
+        raise ShardError(f"dtype={dtype!r}: use float16 (clip-retrieval's default) or float32")
+    if allow_download:
+        raise EngineError("--allow-download is not supported with --engine ray: fetch the weights into the HF cache "
+                          "(or a file) every node reads, then run offline")
+    inputs = resolve_inputs(list(sources))
+    model = model or TINY_MODEL
+    ray = init_ray(address)
+    _configure(progress)
+    gpus = _cluster_count("GPU", default=0)
+    if num_gpus is None:
+        num_gpus = 1.0 if gpus and device != "cpu" else 0.0
+    model_device = "cuda" if num_gpus else "cpu"
+    if device not in ("auto", "cpu", "cuda") and num_gpus:
+        model_device = "cuda"  # an actor sees only its own GPU(s): cuda:N means nothing there
+    n_model = int(workers or (max(1, int(gpus // num_gpus)) if num_gpus else 1))
+    cpus = _cluster_count("CPU")
+    n_decode = int(decode_workers or max(1, cpus - (0 if num_gpus else n_model)))
+    bs = int(batch_size or (256 if model_device == "cuda" else 32))
+    # the driver builds the model once (CPU) for the run config, like the local engine
+    probe = _build_embedder({"model": model, "pretrained": pretrained, "precision": precision, "batch_size": bs,
+                             "cache_dir": cache_dir}, "cpu")  # fmt: skip
+    head_names = [load_head(h, probe.embed_dim, probe.model_name).name for h in heads]
+    config = {"model": probe.model_name, "pretrained": probe.pretrained, "embed_dim": probe.embed_dim,
+              "dtype": dtype, "heads": head_names, "inputs": inputs}  # fmt: skip
+    out = Path(out_dir)
+    for sub in ("img_emb", "text_emb", "metadata", "stats"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "embed_config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        diff = [k for k in config if old.get(k) != config[k]]
+        if diff:
+            raise ShardError(
+                f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
+                f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
+            )
+    else:
+        from laion_hf.clip.embed import _atomic_write
+
+        _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+    todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
+    spec = {"model": model, "pretrained": pretrained, "precision": precision, "batch_size": bs,
+            "cache_dir": cache_dir, "heads": list(heads), "device": model_device, "dtype": dtype,
+            "embed_dim": probe.embed_dim, "decode_threads": num_workers}  # fmt: skip
+    del probe
+    totals: dict[str, Any] = {"parts": len(inputs), "parts_skipped": len(inputs) - len(todo), "count": 0,
+                              "embedded": 0, "failed": 0, "status_dict": {}}  # fmt: skip
+    t0 = time.perf_counter()
+    if todo:
+        ds = (
+            _items([{"part": n, "path": p} for n, p in todo])
+            .map_batches(_PartDecoder, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
+                         num_cpus=1, **_actor_pool(min(n_decode, len(todo))))
+            .map_batches(_BatchEmbedder, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
+                         num_gpus=num_gpus, num_cpus=0 if num_gpus else 1, **_actor_pool(n_model))
+            .groupby("part")
+            .map_groups(_write_embed_part, batch_format="pyarrow",
+                        fn_kwargs={"out_dir": str(out.resolve()), "paths": inputs, "spec": spec}, num_cpus=1)
+        )  # fmt: skip
+        rows = _collect(ds)
+        for r in rows:
+            totals["count"] += r["count"]
+            totals["embedded"] += r["embedded"]
+            totals["failed"] += r["failed"]
+            for s, c in json.loads(r["status_dict"]).items():
+                totals["status_dict"][s] = totals["status_dict"].get(s, 0) + c
+        not_done = [n for n, _ in todo if not _part_done(out, n)]
+        if not_done:
+            raise ShardError(f"embed on Ray: parts {not_done[:10]} not written (rerun the same command to resume)")
+    secs = time.perf_counter() - t0
+    totals["seconds"] = secs
+    totals["images_per_second"] = totals["count"] / secs if secs > 0 else 0.0
+    totals["engine"] = "ray"
+    return totals
+
+
+# ---------------------------------------------------------------------------- CLI glue
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """``--engine local|ray``, ``--address`` and ``--ray-workers`` for a verb."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="run on this machine (local, default) or on Ray Data (ray; pip install 'laion-hf[ray]')")
+    g.add_argument("--address", default=None,
+                   help="with --engine ray: the Ray cluster (auto, ray://head:10001, host:6379); "
+                   "default: the connected one, else a new local instance")  # fmt: skip
+    g.add_argument("--ray-workers", type=int, default=None,
+                   help="with --engine ray: worker actors/tasks (default: one per CPU; embed: one per GPU)")
+
+
+def engine_call(args: argparse.Namespace, local: Callable[..., Any], verb: str) -> Callable[..., Any]:
+    """The function a verb should call: ``local`` itself, or its Ray twin with ``--address``
+    and ``--ray-workers`` bound (``verb`` is ``filter``, ``download`` or ``embed``)."""
+    if getattr(args, "engine", "local") != "ray":
+        return local
+    twin = {"filter": filter_to_parquet_ray, "download": download_ray, "embed": embed_shards_ray}[verb]
+    address = getattr(args, "address", None)
+    workers = getattr(args, "ray_workers", None)
+
+    def call(*a: Any, **kw: Any) -> Any:
+        if verb == "download":
+            kw.pop("processes", None)  # local worker processes; Ray uses --ray-workers
+        return twin(*a, address=address, workers=workers, **kw)
+
+    return call

@@ -32,10 +32,12 @@ _EXPORTS = {
     "embed_table": "laion_hf.clip.stream",
     "clip_stage": "laion_hf.clip.stream",
     "summarize_similarity": "laion_hf.clip.stream",
+    "SimilarityStats": "laion_hf.clip.stream",
     "format_similarity_summary": "laion_hf.clip.stream",
     "embed_shards": "laion_hf.clip.embed",
     "read_shards": "laion_hf.clip.embed",
     "register_cli": "laion_hf.clip.embed",
+    "add_clip_arguments": "laion_hf.clip.embed",
 }
 
 __all__ = sorted(_EXPORTS)

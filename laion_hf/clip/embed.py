@@ -33,7 +33,7 @@ from laion_hf.errors import LaionHFError, ShardError
 if TYPE_CHECKING:  # pragma: no cover
     from laion_hf.clip.model import ClipEmbedder
 
-__all__ = ["embed_shards", "read_shards", "resolve_inputs", "register_cli"]
+__all__ = ["embed_shards", "read_shards", "resolve_inputs", "register_cli", "add_clip_arguments"]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -316,6 +316,19 @@ def _save_npy(path: Path, arr: Any) -> None:
 
     with open(path, "wb") as f:
         np.save(f, arr)
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--clip-model``, ``--clip-pretrained``, ``--clip-device``, ``--clip-batch-size`` to another
+    verb (the demo): the tiny random-init model by default, a real one when its weights are on disk.
+    Pass the values to :func:`laion_hf.clip.clip_stage`."""
+    g = parser.add_argument_group("CLIP features")
+    g.add_argument("--clip-model", default="laion-hf-tiny",
+                   help="open_clip model (default: the tiny random-init test model); e.g. ViT-B-32-quickgelu")  # fmt: skip
+    g.add_argument("--clip-pretrained", default=None,
+                   help="its weights: a tag found in the HF cache (e.g. openai) or a checkpoint file")  # fmt: skip
+    g.add_argument("--clip-device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    g.add_argument("--clip-batch-size", type=int, default=None, help="images per forward pass")
 
 
 def register_cli(sub: Any) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "with_clip",
     "embed_table",
     "summarize_similarity",
+    "SimilarityStats",
     "format_similarity_summary",
     "clip_stage",
     "IMAGE_EMBEDDING",
@@ -508,32 +509,90 @@ def embed_table(table: pa.Table, embedder: ClipEmbedder, heads: Sequence[ScoreHe
     return ClipPipeline(embedder, heads, **kwargs).embed_table(table)
 
 
-def summarize_similarity(values: Any, thresholds: Sequence[float] = (0.26, 0.28, 0.3)) -> dict[str, Any]:
-    """Distribution of ``clip_similarity`` values (an Arrow array/column, numpy array or list).
+class SimilarityStats:
+    """Streaming summary of ``clip_similarity`` with memory flat in the row count.
 
-    Returns ``count`` (non-null), ``nulls``, ``mean``, ``std``, ``min``, ``max``, percentiles
-    ``p5 p25 p50 p75 p95``, a 10-bin ``histogram`` (``edges``, ``counts``) and ``share_at_least``
-    per threshold (LAION: 0.28 English with OpenAI B/32, 0.26 multilingual, 0.3 LAION-400M).
+    ``update(table_or_values)`` as batches go by, ``result()`` at the end. Mean/std/min/max and
+    the threshold shares are exact; percentiles come from a 0.001-wide histogram over [-1, 1].
     """
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        arr = values.to_numpy(zero_copy_only=False).astype(np.float64)
+
+    _BINS = 2000
+
+    def __init__(self, thresholds: Sequence[float] = (0.26, 0.28, 0.3), column: str = CLIP_SIMILARITY) -> None:
+        self.thresholds = tuple(thresholds)
+        self.column = column
+        self.count = 0
+        self.nulls = 0
+        self._sum = 0.0
+        self._sumsq = 0.0
+        self._min = np.inf
+        self._max = -np.inf
+        self._at_least = np.zeros(len(self.thresholds), dtype=np.int64)
+        self._hist = np.zeros(self._BINS, dtype=np.int64)
+
+    def update(self, values: Any) -> "SimilarityStats":
+        """Add a batch: a ``pa.Table`` (its ``clip_similarity`` column), Arrow array, numpy array or list."""
+        if isinstance(values, pa.Table):
+            values = values[self.column]
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            arr = values.to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        nan = np.isnan(arr)
+        v = arr[~nan]
+        self.nulls += int(nan.sum())
+        if v.size:
+            self.count += int(v.size)
+            self._sum += float(v.sum())
+            self._sumsq += float((v * v).sum())
+            self._min = min(self._min, float(v.min()))
+            self._max = max(self._max, float(v.max()))
+            self._at_least += np.array([(v >= t).sum() for t in self.thresholds], dtype=np.int64)
+            idx = np.clip(((v + 1.0) * (self._BINS / 2)).astype(np.int64), 0, self._BINS - 1)
+            self._hist += np.bincount(idx, minlength=self._BINS)
+        return self
+
+    def _percentile(self, q: float) -> float:
+        cum = np.cumsum(self._hist)
+        i = int(np.searchsorted(cum, q / 100 * self.count, side="left"))
+        mid = -1.0 + (i + 0.5) * (2.0 / self._BINS)
+        return float(min(max(mid, self._min), self._max))
+
+    def result(self, bins: int = 10) -> dict[str, Any]:
+        """``count, nulls, mean, std, min, max, p5..p95, histogram {edges, counts}, share_at_least``."""
+        out: dict[str, Any] = {"count": self.count, "nulls": self.nulls}
+        if not self.count:
+            return out | {"mean": None, "std": None, "min": None, "max": None, "histogram": None,
+                          "share_at_least": {str(t): None for t in self.thresholds}}  # fmt: skip
+        mean = self._sum / self.count
+        var = max(self._sumsq / self.count - mean * mean, 0.0)
+        lo, hi = self._min, self._max
+        if hi <= lo:
+            hi = lo + 1e-3
+        edges = np.linspace(lo, hi, bins + 1)
+        centers = -1.0 + (np.arange(self._BINS) + 0.5) * (2.0 / self._BINS)
+        which = np.clip(np.searchsorted(edges, centers, side="right") - 1, 0, bins - 1)
+        counts = np.bincount(which, weights=self._hist, minlength=bins).astype(np.int64)
+        out.update(
+            mean=mean, std=var**0.5, min=self._min, max=self._max,
+            **{f"p{q}": self._percentile(q) for q in (5, 25, 50, 75, 95)},
+            histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+            share_at_least={str(t): int(c) / self.count for t, c in zip(self.thresholds, self._at_least)},
+        )  # fmt: skip
+        return out
+
+
+def summarize_similarity(values: Any, thresholds: Sequence[float] = (0.26, 0.28, 0.3)) -> dict[str, Any]:
+    """Distribution of ``clip_similarity`` values (a ``pa.Table``, Arrow array/column, numpy array,
+    list, or an iterable of tables): see :class:`SimilarityStats`. LAION's thresholds: 0.28 English
+    (OpenAI B/32), 0.26 multilingual, 0.3 LAION-400M."""
+    acc = SimilarityStats(thresholds)
+    if isinstance(values, (pa.Table, pa.Array, pa.ChunkedArray, np.ndarray, list, tuple)):
+        acc.update(values)
     else:
-        arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    nulls = int(np.isnan(arr).sum())
-    v = arr[~np.isnan(arr)]
-    out: dict[str, Any] = {"count": int(v.size), "nulls": nulls}
-    if v.size == 0:
-        return out | {"mean": None, "std": None, "min": None, "max": None, "histogram": None,
-                      "share_at_least": {str(t): None for t in thresholds}}  # fmt: skip
-    p = np.percentile(v, [5, 25, 50, 75, 95])
-    counts, edges = np.histogram(v, bins=10)
-    out.update(
-        mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()),
-        p5=float(p[0]), p25=float(p[1]), p50=float(p[2]), p75=float(p[3]), p95=float(p[4]),
-        histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
-        share_at_least={str(t): float((v >= t).mean()) for t in thresholds},
-    )  # fmt: skip
-    return out
+        for t in values:
+            acc.update(t)
+    return acc.result()
 
 
 def format_similarity_summary(summary: dict[str, Any], width: int = 40) -> str:
@@ -567,8 +626,14 @@ def clip_stage(
     Pass ``model="ViT-B-32-quickgelu", pretrained="openai"`` (or any tag/file whose weights are on
     disk) to get LAION-comparable similarities; missing weights raise :class:`ModelError` at once.
     The aesthetic V1 head is added when the model's embedding size has one (512 or 768).
-    Returns ``(stream, embedder)``; summarize with
-    ``summarize_similarity(table["clip_similarity"])``.
+    Returns ``(stream, embedder)``. Summarize while consuming the stream::
+
+        stats = SimilarityStats()
+        for table in stream.iter(batch_size=256):
+            stats.update(table)          # and write the table wherever it goes
+        print(format_similarity_summary(stats.result()))
+
+    CLI flags for it: :func:`laion_hf.clip.add_clip_arguments` (``--clip-model`` ...).
     """
     embedder = ClipEmbedder(model, pretrained, device=device, batch_size=batch_size)
     if heads is None:

@@ -206,6 +206,26 @@ def test_summarize_similarity():
     assert summarize_similarity([None])["count"] == 0
 
 
+def test_similarity_stats_stream_in_batches_matches_numpy():
+    from laion_hf.clip import SimilarityStats
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(0.3, 0.05, size=5000)
+    acc = SimilarityStats()
+    for i in range(0, 5000, 700):
+        acc.update(pa.table({"clip_similarity": pa.array(v[i : i + 700])}))
+    acc.update(pa.array([None, None], pa.float64()))
+    s = acc.result()
+    assert s["count"] == 5000 and s["nulls"] == 2
+    assert abs(s["mean"] - v.mean()) < 1e-9 and abs(s["std"] - v.std()) < 1e-6
+    assert s["min"] == v.min() and s["max"] == v.max()
+    assert s["share_at_least"]["0.28"] == float((v >= 0.28).mean())
+    for q in (5, 50, 95):
+        assert abs(s[f"p{q}"] - np.percentile(v, q)) < 2e-3
+    assert sum(s["histogram"]["counts"]) == 5000
+    assert s["histogram"]["edges"][0] == v.min() and s["histogram"]["edges"][-1] == v.max()
+
+
 def test_chained_after_with_images_over_loopback_http(tiny):
     """metadata -> with_images (real aiohttp fetches from the loopback server) -> with_clip."""
     from laion_hf.images import with_images
@@ -230,3 +250,28 @@ def test_chained_after_with_images_over_loopback_http(tiny):
     assert "error" in table.column_names and "error_message" not in table.column_names
     assert table["error"].to_pylist()[2]  # the fetch error message is kept
     assert out.features["image"] == datasets.Image()
+
+
+def test_demo_entry_point_with_cli_flags(h):
+    import argparse
+
+    from laion_hf.clip import SimilarityStats, add_clip_arguments, clip_stage
+
+    p = argparse.ArgumentParser()
+    add_clip_arguments(p)
+    args = p.parse_args(["--clip-device", "cpu", "--clip-batch-size", "4"])
+    assert args.clip_model == "laion-hf-tiny" and args.clip_pretrained is None
+    ds, _ = _iterable(h, n=10, shards=2)
+    stream, emb = clip_stage(ds, args.clip_model, args.clip_pretrained, device=args.clip_device, batch_size=args.clip_batch_size)
+    assert emb.batch_size == 4 and emb.device.type == "cpu"
+    stats = SimilarityStats()
+    for t in stream.iter(batch_size=5):
+        stats.update(t)
+        assert t["aesthetic_score_v1"].null_count == t["image_embedding"].null_count  # V1 head on by default
+    res = stats.result()
+    assert res["count"] + res["nulls"] == 10 and res["nulls"] == 1
+    assert "clip_similarity over 9 rows (1 null)" in format_similarity_summary(res)
+    from laion_hf.errors import ModelError
+
+    with pytest.raises(ModelError, match="hf download"):
+        clip_stage(ds, "ViT-B-32-quickgelu", "laion400m_e32")  # a real model whose weights are absent

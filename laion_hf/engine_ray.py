@@ -269,7 +269,7 @@ def filter_to_parquet_ray(
               for i, (f, r) in enumerate(zip(files, rgs_list))]
     ds = _items(shards).map_batches(
         _filter_shard, batch_size=1, batch_format="pyarrow", fn_kwargs={"builder_ref": builder_ref, "staging": staging},
-        num_cpus=1, **_task_pool(workers),
+        num_cpus=1, **_task_pool(min(workers, len(shards)) if workers else None),
     )  # fmt: skip
     results = sorted(_collect(ds), key=lambda r: r["shard"])
     if len(results) != len(shards):
@@ -289,7 +289,7 @@ def filter_to_parquet_ray(
     ds = _items(parts).map_batches(
         _write_filter_part, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"out_dir": os.fspath(out_dir), "staging": staging, "schema_bytes": schema_bytes},
-        num_cpus=1, **_task_pool(workers),
+        num_cpus=1, **_task_pool(min(workers, len(parts)) if workers else None),
     )  # fmt: skip
     written = _collect(ds)
     if len(written) != len(parts):

@@ -613,14 +613,20 @@ def register_cli(sub) -> None:
     p.add_argument("--rows-per-file", type=int, default=1_000_000)
     p.add_argument("--no-progress", action="store_true")
     add_load_arguments(p)
+    from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
+
+    add_engine_arguments(p)
     p.set_defaults(func=_run_filter)
     q = sub.add_parser("presets", help="list the LAION subset presets and their sources")
     q.set_defaults(func=_run_presets)
 
 
 def _run_filter(args) -> int:
-    stats = filter_to_parquet(args.source, args.out, rows_per_file=args.rows_per_file,
-                              progress=not args.no_progress, **load_kwargs_from_args(args))
+    from laion_hf.engine_ray import engine_call
+
+    run = engine_call(args, filter_to_parquet, "filter")  # the local function, or its Ray Data twin
+    stats = run(args.source, args.out, rows_per_file=args.rows_per_file,
+                progress=not args.no_progress, **load_kwargs_from_args(args))
     print(
         f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows "
         f"(filter removed {stats['removed_by_filter']:,}, blocklist {stats['removed_by_blocklist']:,}, "

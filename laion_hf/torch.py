@@ -59,6 +59,7 @@ _KEY_COLUMNS = ("key", "__key__")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _STATE_VERSION = 1
 _BLOCK = 4096  # shuffle draws are generated in blocks of this many rows
+_COMPACT_SLACK = 2048  # held rows beyond 2 x buffer_size that trigger a compaction of the buffer
 
 
 # --------------------------------------------------------------------------- image path
@@ -106,7 +107,7 @@ def fast_clip_preprocess(
     successes). Failed rows are zeros.
     """
     n = len(images)
-    staging = np.zeros((n, image_size, image_size, 3), dtype=np.uint8)
+    staging = _staging(n, image_size)  # uint8, channels first: the float conversion below is contiguous
     ok = np.zeros(n, dtype=bool)
     errors: list[str | None] = [None] * n
     for i, data in enumerate(images):
@@ -114,20 +115,32 @@ def fast_clip_preprocess(
             errors[i] = "MissingImage"
             continue
         try:
-            staging[i] = _resized_rgb(data, image_size, draft)
+            im = _resized_rgb(data, image_size, draft)
+            for c, band in enumerate(im.split()):
+                staging[i, c] = band
             ok[i] = True
         except Exception as exc:  # any undecodable input is a marked row, never a crash
             errors[i] = type(exc).__name__
     if out is None:
         out = _alloc((n, 3, image_size, image_size), torch.float32)
-    src = torch.from_numpy(staging).permute(0, 3, 1, 2)
+    out.copy_(torch.from_numpy(staging))
     for c in range(3):
-        o = out[:, c]
-        o.copy_(src[:, c])
-        o.mul_(1.0 / (255.0 * std[c])).add_(-mean[c] / std[c])
+        out[:, c].mul_(1.0 / (255.0 * std[c])).add_(-mean[c] / std[c])
     if not ok.all():
         out[torch.from_numpy(~ok)] = 0.0
     return out, ok, errors
+
+
+_STAGING: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _staging(n: int, size: int) -> np.ndarray:
+    """A reused ``[n, 3, size, size]`` uint8 buffer (one per shape and process)."""
+    buf = _STAGING.get((n, size))
+    if buf is None:
+        _STAGING.clear()
+        buf = _STAGING[(n, size)] = np.empty((n, 3, size, size), dtype=np.uint8)
+    return buf
 
 
 def _alloc(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -920,7 +933,7 @@ class _ReaderStream:
                 if not n:
                     continue
                 # between tables every held row is buffered or pending: a safe point to compact
-                if S and sum(len(s.ids) for s in self.segments) > 2 * S + 2048:
+                if S and sum(len(s.ids) for s in self.segments) > 2 * S + _COMPACT_SLACK:
                     self._compact()
                 t0 = self.t
                 self.segments.append(_Segment(

@@ -69,6 +69,9 @@ def main(argv=None) -> int:
 
     register_tiny_config()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.samples_per_epoch is None:
+        # exact passes give ranks slightly different batch counts; the loss all-gathers every step
+        p.error("under torchrun pass --samples-per-epoch so that every rank runs the same number of steps")
     if distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)

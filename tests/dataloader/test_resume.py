@@ -88,3 +88,28 @@ def test_resume_with_other_topology_is_refused(parquet_dir):
         next(iter(loader))
     with pytest.raises(LoaderError):
         loader.dataset.load_state_dict({"epoch": 3})
+
+
+@pytest.fixture
+def eager_compaction(monkeypatch):
+    """Compact the shuffle buffer as soon as it holds more than 2 x buffer_size rows (the default
+    slack of 2,048 rows is larger than these test shards)."""
+    import laion_hf.torch as lt
+
+    monkeypatch.setattr(lt, "_COMPACT_SLACK", 0)
+
+
+def test_compaction_bounds_memory_and_keeps_the_stream(parquet_dir, all_keys, eager_compaction):
+    from laion_hf.torch import LaionTorchDataset
+
+    ds = LaionTorchDataset(parquet_dir, batch_size=8, image_size=32, buffer_size=30, tokenizer=None, seed=3)
+    keys, most_held = [], 0
+    for batch in ds:
+        keys += batch["key"]
+        most_held = max(most_held, sum(len(s.ids) for s in ds._live.segments))
+    assert sorted(keys) == sorted(all_keys)
+    assert most_held <= 2 * 30 + 20  # 2 x buffer + one 20-row table
+    full, _ = run(parquet_dir, buffer_size=30)
+    _, state = run(parquet_dir, buffer_size=30, stop_after=5)
+    tail, _ = run(parquet_dir, buffer_size=30, state=state)
+    assert_same_batches(tail, full[5:])

@@ -127,3 +127,10 @@ def test_bad_sources_name_the_culprit(tmp_path, parquet_dir):
         LaionTorchDataset(parquet_dir, image_column="photo")
     with pytest.raises(LoaderError, match="on_error"):
         LaionTorchDataset(parquet_dir, on_error="ignore")
+
+
+def test_map_style_dataset_source(parquet_dir, all_keys):
+    table_ds = datasets.load_dataset("parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))),
+                                     split="train")
+    keys = flat(epoch_batches(table_ds, rank=0, world_size=2)) + flat(epoch_batches(table_ds, rank=1, world_size=2))
+    assert sorted(keys) == sorted(all_keys)

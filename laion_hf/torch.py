@@ -28,8 +28,8 @@ reader draws units with replacement until it has produced its share of whole bat
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import math
 import posixpath
 import re
@@ -231,8 +231,8 @@ class _ParquetSource:
 
     def __init__(self, fs, files: list[str], image_column, caption_column, key_column, columns):
         self.fs, self.files = fs, files
-        schema = self._open(0).schema_arrow
-        names = schema.names
+        with self._open(0) as pf:
+            names = pf.schema_arrow.names
         where = f"parquet shard {files[0]}"
         self.cols = _Columns(
             _pick(names, image_column, _IMAGE_COLUMNS, "image", where),
@@ -243,17 +243,26 @@ class _ParquetSource:
         self.read_columns = [c for c in dict.fromkeys([self.cols.key, self.cols.image, self.cols.caption, *self.cols.extra]) if c]
         self._units: list[_Unit] | None = None
 
-    def _open(self, i: int) -> pq.ParquetFile:
+    @contextlib.contextmanager
+    def _open(self, i: int) -> Iterator[pq.ParquetFile]:
+        """The parquet file ``i``; its handle is closed on exit."""
         try:
-            return pq.ParquetFile(self.fs.open(self.files[i], "rb"))
+            fh = self.fs.open(self.files[i], "rb")
         except Exception as exc:
-            raise ShardError(f"cannot read parquet shard {self.files[i]}: {exc}") from exc
+            raise ShardError(f"cannot open parquet shard {self.files[i]}: {exc}") from exc
+        with fh:
+            try:
+                pf = pq.ParquetFile(fh)
+            except Exception as exc:
+                raise ShardError(f"cannot read parquet shard {self.files[i]}: {exc}") from exc
+            yield pf
 
     def units(self) -> list[_Unit]:
         if self._units is None:
             units = []
             for f in range(len(self.files)):
-                md = self._open(f).metadata
+                with self._open(f) as pf:
+                    md = pf.metadata
                 for rg in range(md.num_row_groups):
                     n = md.row_group(rg).num_rows
                     if n:
@@ -266,21 +275,24 @@ class _ParquetSource:
         return [_Unit(unit.file, unit.row_group, int(b[j]), int(b[j + 1])) for j in range(k) if b[j + 1] > b[j]]
 
     def read(self, unit: _Unit, start: int) -> Iterator[pa.Table]:
-        pf = self._open(unit.file)
-        pos = 0  # row within the row group
         lo, hi = unit.lo + start, unit.hi
         try:
-            for batch in pf.iter_batches(batch_size=1024, row_groups=[unit.row_group], columns=self.read_columns):
-                n = batch.num_rows
-                a, b = max(lo - pos, 0), min(hi - pos, n)
-                if b > a:
-                    t = pa.Table.from_batches([batch.slice(a, b - a)])
-                    yield _normalize(t, self.cols, f"{self.files[unit.file]}#", pos + a)
-                pos += n
-                if pos >= hi:
-                    break
+            with self._open(unit.file) as pf:
+                yield from self._read_row_group(pf, unit, lo, hi)
         except (OSError, pa.ArrowException) as exc:
             raise ShardError(f"cannot read row group {unit.row_group} of parquet shard {self.files[unit.file]}: {exc}") from exc
+
+    def _read_row_group(self, pf: pq.ParquetFile, unit: _Unit, lo: int, hi: int) -> Iterator[pa.Table]:
+        pos = 0  # row within the row group
+        for batch in pf.iter_batches(batch_size=1024, row_groups=[unit.row_group], columns=self.read_columns):
+            n = batch.num_rows
+            a, b = max(lo - pos, 0), min(hi - pos, n)
+            if b > a:
+                t = pa.Table.from_batches([batch.slice(a, b - a)])
+                yield _normalize(t, self.cols, f"{self.files[unit.file]}#", pos + a)
+            pos += n
+            if pos >= hi:
+                break
 
 
 class _TarSource:
@@ -372,7 +384,11 @@ class _HFSource:
             except Exception:  # formats that cannot be resharded keep their file shards
                 pass
         self.ds = ds
-        names = list(ds.features) if ds.features is not None else list(ds.column_names or [])
+        if ds.features is not None:
+            names = list(ds.features)
+        else:  # untyped stream (e.g. from_generator): look at its first rows
+            first = next(iter(ds.with_format("arrow").iter(batch_size=1)), None)
+            names = first.column_names if first is not None else []
         where = "the datasets stream"
         self.cols = _Columns(
             _pick(names, image_column, _IMAGE_COLUMNS, "image", where),
@@ -835,6 +851,7 @@ class _ReaderStream:
             "epoch": self.epoch,
             "reader": self.gid,
             "readers": self.readers,
+            "units": len(self.units),
             "mode": "resampled" if self.resampled else "exact",
             "pos": self.pos,
             "row": self.row,
@@ -855,6 +872,11 @@ class _ReaderStream:
                 f"saved loader state was made by reader {st.get('reader')} of {st.get('readers')} in {st.get('mode')} "
                 f"mode; this is reader {self.gid} of {self.readers} in {mode} mode. Resume with the same world_size, "
                 f"num_workers and samples_per_epoch."
+            )
+        if st.get("units") != len(self.units):
+            raise LoaderError(
+                f"saved loader state was made on a source of {st.get('units')} units (files x row groups); this "
+                f"source has {len(self.units)}: the shards changed since the checkpoint, an exact resume is impossible"
             )
         self.pos, self.row, self.t = int(st["pos"]), int(st["row"]), int(st["t"])
         self.batches, self.done, self.flushing = int(st["batches"]), bool(st["done"]), bool(st["flushing"])

@@ -113,3 +113,19 @@ def test_compaction_bounds_memory_and_keeps_the_stream(parquet_dir, all_keys, ea
     _, state = run(parquet_dir, buffer_size=30, stop_after=5)
     tail, _ = run(parquet_dir, buffer_size=30, state=state)
     assert_same_batches(tail, full[5:])
+
+
+def test_resume_on_changed_shards_is_refused(parquet_dir, tmp_path):
+    import shutil
+
+    _, state = run(parquet_dir, stop_after=2)
+    changed = tmp_path / "changed"
+    shutil.copytree(parquet_dir, changed)
+    victim = sorted(changed.rglob("*.parquet"))[-1]
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(victim), victim, row_group_size=5)  # same rows, other row groups
+    loader = make_dataloader(changed, **KW)
+    loader.load_state_dict(state)
+    with pytest.raises(Exception, match="shards changed since the checkpoint"):
+        next(iter(loader))

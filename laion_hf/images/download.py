@@ -82,10 +82,7 @@ def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
     if isinstance(source, pa.RecordBatch):
         yield pa.Table.from_batches([source])
         return
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover
-        datasets = None  # type: ignore[assignment]
+    datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported
     if datasets is not None and isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         yield from source.with_format("arrow").iter(batch_size=batch_rows)
         return
@@ -620,6 +617,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--resize-only-if-bigger", action="store_true")
     p.add_argument("--encode-format", default="jpg", choices=["jpg", "png", "webp"])
     p.add_argument("--encode-quality", type=int, default=95)
+    p.add_argument("--downscale-interpolation", default="area", choices=["area", "bilinear", "bicubic", "lanczos", "nearest"])
+    p.add_argument("--upscale-interpolation", default="lanczos", choices=["area", "bilinear", "bicubic", "lanczos", "nearest"])
     p.add_argument("--skip-reencode", action="store_true", help="keep the original bytes when no resize is needed")
     p.add_argument("--min-image-size", type=int, default=0)
     p.add_argument("--max-image-area", type=float, default=math.inf)
@@ -638,13 +637,19 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--allow-private-networks", action="store_true",
                    help="allow loopback/private addresses (local mirrors and tests only)")
     p.add_argument("--no-progress", action="store_true")
+    from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
+
+    add_engine_arguments(p)
     p.set_defaults(func=_cli)
 
 
 def _cli(args: Any) -> int:
     if args.source is None and args.retry_failed is None:
         raise FetchError("give a SOURCE or --retry-failed PREVIOUS_OUT")
-    stats = download(
+    from laion_hf.engine_ray import engine_call
+
+    run = engine_call(args, download, "download")  # the local function, or its Ray Data twin
+    stats = run(
         args.source, args.out, output_format=args.output_format, processes=args.processes,
         shard_size=args.shard_size, url_column=args.url_col, caption_column=args.caption_col,
         hash_column=args.hash_col, hash_type=args.hash_type, retry_failed=args.retry_failed,
@@ -652,6 +657,7 @@ def _cli(args: Any) -> int:
         concurrency=args.concurrency, per_host=args.per_host, image_size=args.image_size,
         resize_mode=args.resize_mode, resize_only_if_bigger=args.resize_only_if_bigger,
         encode_format=args.encode_format, encode_quality=args.encode_quality, skip_reencode=args.skip_reencode,
+        downscale_interpolation=args.downscale_interpolation, upscale_interpolation=args.upscale_interpolation,
         min_image_size=args.min_image_size, max_image_area=args.max_image_area,
         max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
         max_body_bytes=int(args.max_body_mb * 2**20), user_agent_token=args.user_agent_token,

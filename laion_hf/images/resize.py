@@ -27,6 +27,8 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+INTERPOLATIONS = {"area": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                  "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
 
 # magic bytes -> Pillow format name
 _MAGIC = (
@@ -72,6 +74,8 @@ class ResizeConfig:
         max_aspect_ratio: refuse images with max(w, h) / min(w, h) above this.
         max_pixels: decompression-bomb limit on the declared pixel count.
         fast_decode: decode JPEGs at a reduced DCT scale when they will be shrunk.
+        downscale_interpolation / upscale_interpolation: ``area`` (box, img2dataset's
+            default for shrinking), ``bilinear``, ``bicubic``, ``lanczos`` or ``nearest``.
     """
 
     image_size: int = 256
@@ -85,6 +89,8 @@ class ResizeConfig:
     max_aspect_ratio: float = math.inf
     max_pixels: int = 178_956_970
     fast_decode: bool = True
+    downscale_interpolation: str = "area"
+    upscale_interpolation: str = "lanczos"
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
@@ -93,6 +99,9 @@ class ResizeConfig:
             raise FetchError(f"encode_format={self.encode_format!r} is not one of {', '.join(ENCODE_FORMATS)}")
         if self.image_size <= 0 and self.resize_mode != "no":
             raise FetchError(f"image_size must be > 0 with resize_mode={self.resize_mode!r}, got {self.image_size}")
+        for name in ("downscale_interpolation", "upscale_interpolation"):
+            if getattr(self, name) not in INTERPOLATIONS:
+                raise FetchError(f"{name}={getattr(self, name)!r} is not one of {', '.join(INTERPOLATIONS)}")
         if not 0 <= self.encode_quality <= 100:
             raise FetchError(f"encode_quality must be within 0..100, got {self.encode_quality}")
 
@@ -232,7 +241,8 @@ def _resize(img: Image.Image, ow: int, oh: int, cfg: ResizeConfig) -> Image.Imag
     tw, th = _target_size(ow, oh, cfg)
     if img.size != (tw, th):
         down = tw * th < img.size[0] * img.size[1]
-        img = img.resize((tw, th), Image.LANCZOS if down else Image.BICUBIC, reducing_gap=3.0 if down else None)
+        name = cfg.downscale_interpolation if down else cfg.upscale_interpolation
+        img = img.resize((tw, th), INTERPOLATIONS[name])
     s = cfg.image_size
     if cfg.resize_mode == "center_crop" and (tw, th) != (s, s):
         if tw >= s and th >= s:

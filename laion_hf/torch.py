@@ -48,7 +48,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from laion_hf.errors import LoaderError, ShardError
 
-__all__ = ["LaionTorchDataset", "make_dataloader", "fast_clip_preprocess", "OPENAI_MEAN", "OPENAI_STD"]
+__all__ = ["LaionTorchDataset", "make_dataloader", "loader_demo", "fast_clip_preprocess", "OPENAI_MEAN", "OPENAI_STD"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -1042,3 +1042,49 @@ def make_dataloader(
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             persistent_workers=False,
         )
+
+
+def loader_demo(
+    source: Any,
+    *,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    image_size: int = 64,
+    resume_after: int = 2,
+    **dataset_kwargs: Any,
+) -> dict[str, Any]:
+    """Show the loader on ``source`` (e.g. the demo's shard folder or its published stream):
+    read ``resume_after + 1`` batches, then prove exact resume by loading the state taken after
+    ``resume_after`` batches into a fresh loader and comparing its first batch with the one the
+    uninterrupted run produced. Returns a summary dict (shapes, keys, samples/s, ``resume_exact``)."""
+    import time
+
+    kw = dict(batch_size=batch_size, num_workers=num_workers, image_size=image_size, **dataset_kwargs)
+    loader = make_dataloader(source, **kw)
+    t0 = time.perf_counter()
+    batches, state, n = [], None, 0
+    for i, batch in enumerate(loader):
+        batches.append(batch)
+        n += len(batch["key"])
+        if i + 1 == resume_after:
+            state = loader.state_dict()
+        if i == resume_after:
+            break
+    rate = n / (time.perf_counter() - t0)
+    if len(batches) <= resume_after:
+        raise LoaderError(f"{source!r} holds fewer than {resume_after + 1} batches of {batch_size}")
+    fresh = make_dataloader(source, **kw)
+    fresh.load_state_dict(state)
+    again = next(iter(fresh))
+    want = batches[resume_after]
+    first = batches[0]
+    return {
+        "batches_read": len(batches),
+        "image": list(first["image"].shape),
+        "text": list(first["text"].shape) if "text" in first else None,
+        "first_keys": first["key"][:4],
+        "first_captions": first["caption"][:2],
+        "num_skipped": sum(b["num_skipped"] for b in batches),
+        "samples_per_s": round(rate, 1),
+        "resume_exact": again["key"] == want["key"] and bool(torch.equal(again["image"], want["image"])),
+    }

@@ -106,6 +106,8 @@ def main(argv=None) -> int:
         mean=mean, std=std, tokenizer=tokenizer, buffer_size=args.buffer_size, seed=args.seed,
         samples_per_epoch=args.samples_per_epoch, config=args.config,
     )
+    if rank == 0:
+        print(f"model {model_name} on {device}, batch {batch_size} x {world} rank(s), image {image_size}", flush=True)
     step, epoch = 0, 0
     if args.resume:
         if not args.checkpoint or not Path(args.checkpoint).exists():

@@ -116,3 +116,12 @@ def test_all_bad_batch_carries_its_count(corrupt_dir):
     after = {b["key"][0]: b["num_skipped"] for b in batches}
     assert after["000000004"] == 1 and after["000000006"] == 1 and after["000000018"] == 1
     assert ds.state_dict()["stats"] == {"rows": 60, "skipped": 3, "marked": 0}
+
+
+def test_loader_demo_summary(parquet_dir):
+    from laion_hf.torch import loader_demo
+
+    out = loader_demo(parquet_dir, batch_size=8, image_size=32)
+    assert out["resume_exact"] is True
+    assert out["image"] == [8, 3, 32, 32] and out["text"] == [8, 77]
+    assert out["batches_read"] == 3 and len(out["first_keys"]) == 4 and out["samples_per_s"] > 0

@@ -44,7 +44,8 @@ def assert_same_batches(got, want):
         assert torch.equal(g["image"], w["image"])
 
 
-@pytest.mark.parametrize("k", [1, 4, 13])  # 16 batches (8 per worker); 13 resumes while buffers drain
+@pytest.mark.parametrize("k", [1, 4, 13, 15])  # 16 batches (8 per worker): 13 resumes while buffers
+# drain, 15 after worker 0 has finished
 def test_resume_after_k_batches_equals_uninterrupted_run(parquet_dir, k):
     full, _ = run(parquet_dir)
     assert len(full) == 16

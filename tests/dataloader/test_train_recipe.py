@@ -41,3 +41,14 @@ def test_loss_decreases_and_training_resumes(parquet_dir, tmp_path):
     early = sum(got[s] for s in (1, 2, 3)) / 3
     late = sum(got[s] for s in (10, 11, 12)) / 3
     assert late < early - 0.3, got
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_real_model_on_gpu(parquet_dir):
+    out = train("--data", str(parquet_dir), "--model", "ViT-B-32", "--batch-size", "32", "--steps", "6",
+                "--epochs", "3", "--lr", "1e-4")
+    assert "model ViT-B-32 on cuda" in out
+    got = losses(out)
+    assert sorted(got) == list(range(1, 7))
+    assert all(0 < v < 10 for v in got.values())

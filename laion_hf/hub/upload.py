@@ -197,7 +197,7 @@ def push(
     laion-hf-generated ``README.md`` is re-rendered with ``repo_id`` in its loading snippets.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     validate_repo_id(repo_id)
     folder = Path(folder)
@@ -244,6 +244,19 @@ def push(
                 action = "creating branch for"
                 api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
         action = "comparing files with"
+        other_ext = ".tar" if stats["format"] == "parquet" else ".parquet"
+        try:
+            mixed = [e.path for e in api.list_repo_tree(repo_id, path_in_repo="data", recursive=True,
+                                                        repo_type="dataset", revision="main" if create_pr else branch)
+                     if e.path.endswith(other_ext)]
+        except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError):
+            mixed = []
+        if mixed:
+            raise HubError(
+                f"{repo_id} already holds {other_ext[1:]} shards (e.g. {mixed[0]}) and this folder holds "
+                f"{stats['format']} shards: one repo cannot mix them (datasets infers one builder per repo); "
+                "push to another repo"
+            )
         remote: dict[str, Any] = {}
         try:
             for i in range(0, len(files), 500):

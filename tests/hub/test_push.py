@@ -217,3 +217,24 @@ def test_branch_pull_request_and_dry_run(hub, shard_dir, token, capsys):
     assert main(["push", str(folder), "laion-hf/branches", "--dry-run", "--endpoint", hub.url]) == 0
     out = capsys.readouterr().out
     assert "dry run: would upload 6 file(s)" in out and "  + data/default/train-00000-of-00003.parquet" in out
+
+
+def test_publish_local_demo_helper(tmp_path, capsys):
+    from laion_hf.hub import publish_local
+
+    summary = publish_local(make_rows(25), tmp_path / "demo", "laion-hf/demo-helper", provenance=PROVENANCE,
+                            max_shard_rows=10, show=2)
+    assert summary["rows"] == summary["reloaded_rows"] == 25 and summary["num_shards"] == 3
+    assert [s["key"] for s in summary["sample"]] == ["000000000", "000000001"]
+    out = capsys.readouterr().out
+    assert "datasets.load_dataset('laion-hf/demo-helper', streaming=True)" in out and "reloaded 25 rows" in out
+
+
+def test_parquet_and_webdataset_never_mix_in_one_repo(hub, shard_dir, token, tmp_path):
+    folder, _ = shard_dir
+    push(folder, "laion-hf/no-mix", token=token, endpoint=hub.url)
+    write_shards(make_rows(10), tmp_path / "wds", format="webdataset", progress=False)
+    with pytest.raises(HubError, match="already holds parquet shards.*cannot mix"):
+        push(tmp_path / "wds", "laion-hf/no-mix", token=token, endpoint=hub.url)
+    files = HfApi(endpoint=hub.url).list_repo_files("laion-hf/no-mix", repo_type="dataset")
+    assert not any(f.endswith(".tar") for f in files)

@@ -163,6 +163,9 @@ def _hub_error(e: BaseException, action: str, repo_id: str, secrets: list[str]) 
         hint = "the token is not allowed to write there: use a write token of the repo's owner or organisation"
     elif status is not None and status >= 500:
         hint = "server error: re-run the same push to resume (files already committed are not uploaded again)"
+    elif "xet-" in str(e) and "-token" in str(e):
+        hint = ("the endpoint does not speak the Xet upload protocol: set HF_HUB_DISABLE_XET=1 (before importing "
+                "huggingface_hub) to upload through the classic LFS path")
     elif status == 412:
         hint = "the branch moved during the push: re-run it"
     else:

@@ -21,6 +21,10 @@ HISTOGRAM_RANGES: dict[str, tuple[float, float, int]] = {
     "aesthetic_score": (0.0, 10.0, 40),
     "punsafe": (0.0, 1.0, 20),
     "pwatermark": (0.0, 1.0, 20),
+    # score heads of laion_hf.clip
+    "aesthetic_score_v1": (0.0, 10.0, 40),
+    "aesthetic_score_v2": (0.0, 10.0, 40),
+    "punsafe_recomputed": (0.0, 1.0, 20),
 }
 
 #: the per-row status column (``success`` or an error class, as the images stage writes it) and

@@ -514,6 +514,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not rest and method == "GET":
                 self._fault("info")
                 return self._info(repo_type, repo_id, "main")
+            if rest and rest[0].startswith("xet-") and rest[0].endswith("-token"):
+                self._route = "xet"
+                raise _HubHTTPError(501, "This local Hub-compatible server speaks the LFS upload path only, not Xet: "
+                                         "set HF_HUB_DISABLE_XET=1 before importing huggingface_hub (or call "
+                                         "laion_hf.testing.hub_server.configure_client)")
             op = rest[0] if rest else ""
             arg = unquote(raw_rest[1]) if len(raw_rest) > 1 else "main"
             tail = "/".join(unquote(p) for p in raw_rest[2:])
@@ -685,9 +690,17 @@ class _Handler(BaseHTTPRequestHandler):
             "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
             "createdAt": meta["createdAt"], "lastModified": commit["date"],
             "cardData": card_data,
-            "siblings": [{"rfilename": p} for p in sorted(commit["tree"])],
+            "siblings": [self._sibling(p, e) for p, e in sorted(commit["tree"].items())],
             "usedStorage": sum(e["size"] for e in commit["tree"].values()),
         })
+
+    def _sibling(self, path: str, e: dict[str, Any]) -> dict[str, Any]:
+        if self._query.get("blobs", ["false"])[0].lower() not in ("1", "true"):
+            return {"rfilename": path}
+        out: dict[str, Any] = {"rfilename": path, "size": e["size"], "blobId": e["oid"]}
+        if e["lfs"]:
+            out["lfs"] = {"sha256": e["sha256"], "size": e["size"], "pointerSize": e["pointerSize"]}
+        return out
 
     def _file_info(self, path: str, e: dict[str, Any], expand: bool, repo: _Repo) -> dict[str, Any]:
         info: dict[str, Any] = {"type": "file", "oid": e["oid"], "size": e["size"], "path": path}

@@ -238,3 +238,17 @@ def test_parquet_and_webdataset_never_mix_in_one_repo(hub, shard_dir, token, tmp
         push(tmp_path / "wds", "laion-hf/no-mix", token=token, endpoint=hub.url)
     files = HfApi(endpoint=hub.url).list_repo_files("laion-hf/no-mix", repo_type="dataset")
     assert not any(f.endswith(".tar") for f in files)
+
+
+def test_two_configs_in_one_repo_load_by_name(hub, token, tmp_path):
+    folder = tmp_path / "multi"
+    write_shards(make_rows(12), folder, config="small", progress=False)
+    write_shards(make_rows(30, start=500), folder, config="large", max_shard_rows=10, progress=False)
+    push(folder, "laion-hf/multi-config", token=token, endpoint=hub.url)
+    names = datasets.get_dataset_config_names("laion-hf/multi-config")
+    assert names == ["small", "large"]
+    small = list(reload("laion-hf/multi-config", "small"))
+    large = list(reload("laion-hf/multi-config", "large"))
+    assert len(small) == 12 and len(large) == 30 and large[0]["key"] == "000000500"
+    default = datasets.load_dataset("laion-hf/multi-config", split="train", streaming=True)
+    assert next(iter(default))["key"] == "000000000"  # the first config is the default

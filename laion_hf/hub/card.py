@@ -231,7 +231,13 @@ def render_card(
 
     scan = prov.get("scan") or {}
     fetch = prov.get("fetch") or {}
-    status = first.get("status") or {}
+    from collections import Counter
+
+    status: Counter[str] = Counter()
+    all_errors: Counter[str] = Counter()
+    for c in configs.values():  # every config's rows are counted
+        status.update(c.get("status") or {})
+        all_errors.update(c.get("errors") or {})
     funnel: list[tuple[str, Any]] = []
     if scan.get("rows_in") is not None:
         funnel.append(("metadata rows read", scan["rows_in"]))
@@ -247,7 +253,7 @@ def render_card(
         funnel.append(("images downloaded (status `success`)", success))
     if stats["format"] == "webdataset":
         funnel.append(("samples in the `.tar` shards", rows_written))
-    errors = dict(fetch.get("errors") or first.get("errors") or {})
+    errors = dict(fetch.get("errors") or all_errors)
     if not errors and status:
         errors = {k: v for k, v in status.items() if k != "success"}
 

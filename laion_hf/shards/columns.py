@@ -16,7 +16,7 @@ IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 #: score columns whose distribution goes into stats.json (and the card's histogram figure)
 HISTOGRAM_RANGES: dict[str, tuple[float, float, int]] = {
     "similarity": (0.0, 0.6, 30),
-    "clip_similarity": (0.0, 0.6, 30),
+    "clip_similarity": (-0.2, 0.6, 40),
     "aesthetic": (0.0, 10.0, 40),
     "aesthetic_score": (0.0, 10.0, 40),
     "punsafe": (0.0, 1.0, 20),

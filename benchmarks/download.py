@@ -14,7 +14,8 @@ quality 95, no retries, a 10 s timeout, the same process count and the same numb
 fetches in flight per process (img2dataset ``thread_count`` = laion-hf ``concurrency``;
 laion-hf's per-host limit is lifted because every URL is on the one loopback host, and
 img2dataset has none). Each tool runs as a subprocess; its wall time, start-up included,
-gives samples/s. The tools run alternately ``--repeat`` times (default 2) and each one's best
+gives samples/s; the CPU seconds of each tool's processes (getrusage of its process tree) give
+a load-independent cost per sample. The tools run alternately ``--repeat`` times (default 2) and each one's best
 run counts, because the machine is shared. The last line is the ratio laion-hf/img2dataset.
 
     python benchmarks/download.py                 # 5,000 images, 2 processes
@@ -31,6 +32,7 @@ import glob
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,10 +48,17 @@ ROOT = Path(__file__).resolve().parents[1]
 I2D_VERSION = "1.47.0"
 
 
+LAST_CPU = [0.0]
+
+
 def sh(cmd: list[str], env: dict | None = None, log: Path | None = None) -> tuple[int, float, str]:
+    """Run ``cmd``; returns rc, wall seconds, output. CPU seconds of it and its children -> LAST_CPU."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_CPU[0] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if log is not None:
         log.write_text(p.stdout)
     return p.returncode, dt, p.stdout
@@ -150,6 +159,7 @@ def main() -> None:
         i2d_rate = i2d_ok = None
         lh_rate = lh_ok = 0.0
         dt = math.inf
+        i2d_cpu = lh_cpu = math.inf  # CPU ms per sample (tool + its workers; the server excluded)
         for rep in range(a.repeat):
             if i2d_cmd is not None:
                 shutil.rmtree(work / "out_i2d", ignore_errors=True)
@@ -163,7 +173,9 @@ def main() -> None:
                     why = f"img2dataset {I2D_VERSION} failed to run (rc {rc}); see {work / 'img2dataset.log'}"
                 else:
                     print(f"[run {rep + 1}] img2dataset: {dti:.2f} s, {a.n / dti:.1f} samples/s, successes "
-                          f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests", flush=True)
+                          f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests, "
+                          f"CPU {LAST_CPU[0] / a.n * 1000:.2f} ms/sample", flush=True)
+                    i2d_cpu = min(i2d_cpu, LAST_CPU[0] / a.n * 1000)
                     if i2d_rate is None or a.n / dti > i2d_rate:
                         i2d_rate, i2d_ok = a.n / dti, s["successes"]
             shutil.rmtree(work / "out_lh", ignore_errors=True)
@@ -174,7 +186,9 @@ def main() -> None:
                 raise SystemExit(f"laion-hf download failed (rc {rc}):\n{out[-3000:]}")
             s = shard_stats(work / "out_lh")
             print(f"[run {rep + 1}] laion-hf (cold cache): {dtl:.2f} s, {a.n / dtl:.1f} samples/s, successes "
-                  f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests", flush=True)
+                  f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests, "
+                  f"CPU {LAST_CPU[0] / a.n * 1000:.2f} ms/sample", flush=True)
+            lh_cpu = min(lh_cpu, LAST_CPU[0] / a.n * 1000)
             if a.n / dtl > lh_rate:
                 lh_rate, lh_ok, dt = a.n / dtl, s["successes"], dtl
 
@@ -189,7 +203,9 @@ def main() -> None:
         load = os.getloadavg()
         print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         print(f"best of {a.repeat}: laion-hf {lh_rate:.1f} samples/s, img2dataset "
-              f"{'n/a' if i2d_rate is None else f'{i2d_rate:.1f}'} samples/s")
+              f"{'n/a' if i2d_rate is None else f'{i2d_rate:.1f}'} samples/s; CPU per sample laion-hf "
+              f"{lh_cpu:.2f} ms, img2dataset {i2d_cpu:.2f} ms (load-independent: img2dataset/laion-hf "
+              f"{i2d_cpu / lh_cpu:.2f}x)")
         if i2d_rate is None:
             print(f"ratio laion-hf/img2dataset: unavailable ({why}); laion-hf {lh_rate:.1f} samples/s")
         else:

@@ -227,9 +227,7 @@ def embed_shards(
             model or TINY_MODEL, pretrained, device=device, precision=precision, batch_size=batch_size,
             allow_download=allow_download, cache_dir=cache_dir,
         )  # fmt: skip
-    elif batch_size:
-        embedder.batch_size = int(batch_size)
-    pipe = ClipPipeline(embedder, heads, embedding_dtype="float32", num_workers=num_workers)
+    pipe = ClipPipeline(embedder, heads, embedding_dtype="float32", num_workers=num_workers, batch_size=batch_size)
     config = {
         "model": embedder.model_name,
         "pretrained": embedder.pretrained,
@@ -265,7 +263,7 @@ def embed_shards(
             img_parts, txt_parts, meta_parts = [], [], []
             status_dict: dict[str, int] = {}
             count = 0
-            for table in pipe.run(read_shards(path, batch_rows=max(embedder.batch_size, 256))):
+            for table in pipe.run(read_shards(path, batch_rows=max(pipe.batch_size, 256))):
                 count += table.num_rows
                 for vc in pc.value_counts(table["status"]).to_pylist():
                     status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
@@ -359,12 +357,18 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--allow-download", action="store_true", help="let open_clip download missing weights")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder to find weights in")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
+
+    add_engine_arguments(p)
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
     try:
-        totals = embed_shards(
+        from laion_hf.engine_ray import engine_call
+
+        run = engine_call(args, embed_shards, "embed")  # the local function, or its Ray Data twin
+        totals = run(
             args.sources, args.out, model=args.model, pretrained=args.pretrained, device=args.device,
             precision=args.precision, batch_size=args.batch_size, heads=args.head, dtype=args.dtype,
             num_workers=args.num_workers, allow_download=args.allow_download, cache_dir=args.cache_dir,

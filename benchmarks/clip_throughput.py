@@ -2,6 +2,8 @@
 
 (a) forward:   image + text encoders on pre-made tensors already on the device (normalized
                images, tokens), same batch size: the most any stream can reach.
+(a) and (b) alternate in --rounds rounds (each (b) round streams n/rounds rows of the shard,
+each (a) round forwards half as many), so load from other processes hits both alike.
 (b) with_clip: the full stream: parquet shard of real JPEG bytes -> datasets streaming ->
                with_clip (threaded draft decode + preprocess, pinned buffers, model) -> Arrow
                batches with embeddings and clip_similarity.
@@ -60,57 +62,56 @@ def make_shard(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def bench_forward(embedder, table: pa.Table, n_batches: int, min_seconds: float = 3.0) -> float:
-    """(a): images/s of image + text encoders on pre-made device tensors."""
-    import torch
+class Forward:
+    """(a): image + text encoders on pre-made tensors already on the device, one batch per step."""
 
-    from laion_hf.clip.decode import open_image, preprocess_pil
+    def __init__(self, embedder, table: pa.Table) -> None:
+        import torch
 
-    bs = embedder.batch_size
-    rows = table.slice(0, bs)
-    imgs = [open_image(d["bytes"]) for d in rows["image"].to_pylist()]
-    host = torch.stack([preprocess_pil(embedder, im, draft=True) for im in imgs])
-    x = embedder.to_model_input(host)  # normalized, on the device
-    tokens = embedder.tokenizer(rows["caption"].to_pylist()).to(embedder.device)
+        from laion_hf.clip.decode import open_image, preprocess_pil
 
-    def step() -> None:
-        with torch.inference_mode(), embedder.autocast():
-            a = embedder.model.encode_image(x)
-            b = embedder.model.encode_text(tokens)
+        self.torch = torch
+        self.embedder = embedder
+        rows = table.slice(0, embedder.batch_size)
+        imgs = [open_image(d["bytes"]) for d in rows["image"].to_pylist()]
+        host = torch.stack([preprocess_pil(embedder, im, draft=True) for im in imgs])
+        self.x = embedder.to_model_input(host)  # normalized, on the device
+        self.tokens = embedder.tokenizer(rows["caption"].to_pylist()).to(embedder.device)
+        self.rows = rows.num_rows
+
+    def step(self) -> None:
+        e = self.embedder
+        with self.torch.inference_mode(), e.autocast():
+            a = e.model.encode_image(self.x)
+            b = e.model.encode_text(self.tokens)
             (a.float() * b.float()).sum().item()  # synchronizes like the stream's copy back
 
-    step()  # warm-up (two calls: the first builds kernels/primitives for these shapes)
-    step()
-    t = time.perf_counter()
-    done = 0
-    while done < n_batches or time.perf_counter() - t < min_seconds:
-        step()
-        done += 1
-    return done * bs / (time.perf_counter() - t)
+    def run(self, n_rows: int) -> tuple[int, float, float]:
+        """Forward at least ``n_rows`` rows; returns (rows, wall seconds, process CPU seconds)."""
+        t, c = time.perf_counter(), time.process_time()
+        done = 0
+        while done < n_rows:
+            self.step()
+            done += self.rows
+        return done, time.perf_counter() - t, time.process_time() - c
 
 
-def bench_stream(embedder, shard: Path, num_workers: int | None, limit: int) -> tuple[float, int]:
-    """(b): images/s of the full with_clip stream over the parquet shard (first batch is warm-up)."""
+def stream_segment(embedder, shard: Path, start: int, count: int, num_workers: int | None) -> tuple[int, float, float]:
+    """(b): the full with_clip stream over rows [start, start + count) of the shard;
+    (rows, wall seconds, process CPU seconds: all threads, decoding included)."""
     import datasets
 
     from laion_hf.clip import with_clip
 
+    t, c = time.perf_counter(), time.process_time()
     ds = datasets.load_dataset("parquet", data_files=str(shard), split="train", streaming=True)
-    if limit:
-        ds = ds.take(limit)
+    ds = ds.skip(start).take(count) if start else ds.take(count)
     out = with_clip(ds, embedder, num_workers=num_workers)
     n = 0
-    t = None
-    first = 0
     for table in out.iter(batch_size=embedder.batch_size):
-        assert table["image_embedding"].null_count == 0
-        if t is None:  # warm-up batch excluded
-            t = time.perf_counter()
-            first = table.num_rows
-            continue
+        assert table["image_embedding"].null_count == 0 and table["clip_similarity"].null_count == 0
         n += table.num_rows
-    elapsed = time.perf_counter() - t
-    return n / elapsed, n + first
+    return n, time.perf_counter() - t, time.process_time() - c
 
 
 def bench_decode(embedder, table: pa.Table, num_workers: int | None) -> float:
@@ -144,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--n-images", type=int, default=2000)
-    p.add_argument("--forward-batches", type=int, default=None, help="timed batches for (a) (default: ~n/4 images)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating (b)/(a) rounds")
+    p.add_argument("--forward-share", type=int, default=2,
+                   help="each round's (a) forwards 1/N of the rows its (b) streamed")  # fmt: skip
     p.add_argument("--num-workers", type=int, default=None, help="decode threads")
     p.add_argument("--data-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "laion-hf-bench"))
     args = p.parse_args(argv)
@@ -168,21 +171,33 @@ def main(argv: list[str] | None = None) -> int:
     table = pq.read_table(shard)
     c = bench_decode(emb, table.slice(0, min(len(table), 1024)), args.num_workers)
     print(f"(c) decode+preprocess alone: {c:,.1f} images/s")
-    n_batches = args.forward_batches or max(2, args.n_images // (4 * emb.batch_size))
-    # (a) is measured before and after (b) and averaged, so load drift on a shared machine hits both
-    half = max(1, n_batches // 2)
-    a1 = bench_forward(emb, table, half)
-    print(f"(a) model forward (image+text) on pre-made tensors, before (b): {a1:,.1f} images/s")
-    b, n = bench_stream(emb, shard, args.num_workers, args.n_images)
-    print(f"(b) with_clip stream from JPEG bytes: {b:,.1f} images/s ({n} rows)")
-    a2 = bench_forward(emb, table, half)
-    print(f"(a) model forward (image+text) on pre-made tensors, after (b): {a2:,.1f} images/s")
-    a = (a1 + a2) / 2
+    # warm-up both paths, then alternate (a) and (b) in rounds so load drift on a shared
+    # machine hits both the same way; each round's (a) forwards as many rows as its (b) streams
+    fwd = Forward(emb, table)
+    fwd.step()
+    fwd.step()
+    stream_segment(emb, shard, 0, emb.batch_size, args.num_workers)
+    rounds = max(1, args.rounds)
+    bounds = np.linspace(0, args.n_images, rounds + 1).astype(int)
+    a_rows = a_secs = b_rows = b_secs = a_cpu = b_cpu = 0.0
+    for r in range(rounds):
+        nb, sb, cb = stream_segment(emb, shard, int(bounds[r]), int(bounds[r + 1] - bounds[r]), args.num_workers)
+        na, sa, ca = fwd.run(max(emb.batch_size, nb // args.forward_share))
+        b_rows, b_secs, a_rows, a_secs = b_rows + nb, b_secs + sb, a_rows + na, a_secs + sa
+        a_cpu, b_cpu = a_cpu + ca, b_cpu + cb
+        print(f"  round {r + 1}/{rounds}: (b) {nb / sb:,.1f} img/s over {nb} rows, (a) {na / sa:,.1f} img/s over {int(na)} rows, "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    a, b, n = a_rows / a_secs, b_rows / b_secs, int(b_rows)
+    print(f"(a) model forward (image+text) on pre-made tensors: {a:,.1f} images/s ({int(a_rows)} rows)")
+    print(f"(b) with_clip stream from JPEG bytes to embeddings: {b:,.1f} images/s ({n} rows)")
+    cpu_ratio = (a_cpu / a_rows) / (b_cpu / b_rows)
+    print(f"process CPU time per image: (a) {1000 * a_cpu / a_rows:.1f} ms, (b) {1000 * b_cpu / b_rows:.1f} ms "
+          f"(decode included); CPU-time b/a = {cpu_ratio:.3f} (insensitive to other processes' load)")  # fmt: skip
     load1 = os.getloadavg()
     print(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print(
         f"clip_throughput {emb.model_name} {emb.device.type} {emb.precision} bs={emb.batch_size} n={n}: "
-        f"forward {a:,.1f} img/s, with_clip {b:,.1f} img/s, b/a = {b / a:.3f}"
+        f"forward {a:,.1f} img/s, with_clip {b:,.1f} img/s, b/a = {b / a:.3f} (CPU-time b/a {cpu_ratio:.3f})"
     )
     return 0
 

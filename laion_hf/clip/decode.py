@@ -27,7 +27,7 @@ class ImageDecodeError(Exception):
     """One image could not be decoded; the row gets nulls and ``failed_to_decode``."""
 
 
-def open_image(data: bytes | None, path: str | None = None) -> Image.Image:
+def open_image(data: bytes | memoryview | None, path: str | None = None) -> Image.Image:
     """Open encoded image bytes, or a local file when there are no bytes (``datasets`` Image semantics)."""
     if data is not None:
         return Image.open(io.BytesIO(data))
@@ -58,7 +58,7 @@ def preprocess_pil(embedder: "ClipEmbedder", img: Image.Image, draft: bool = Fal
 
 
 def decode_into(
-    out: torch.Tensor, slot: int, data: bytes | None, path: str | None, embedder: "ClipEmbedder", draft: bool = True
+    out: torch.Tensor, slot: int, data: bytes | memoryview | None, path: str | None, embedder: "ClipEmbedder", draft: bool = True
 ) -> str | None:
     """Decode one image into ``out[slot]``. Returns None on success, else ``"ErrorClass: message"``."""
     try:

@@ -94,6 +94,7 @@ class ClipPipeline:
         num_workers: decode threads (default: CPU count, at most 16).
         prefetch: batches decoded ahead of the model.
         draft: JPEG draft decoding (DCT down-scaling to the smallest scale covering the input size).
+        batch_size: rows per forward pass (default: the embedder's).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class ClipPipeline:
         num_workers: int | None = None,
         prefetch: int = 2,
         draft: bool = True,
+        batch_size: int | None = None,
     ) -> None:
         self.embedder = embedder
         self.heads = [load_head(h, embedder.embed_dim, embedder.model_name) for h in heads]
@@ -125,7 +127,9 @@ class ClipPipeline:
         self.num_workers = int(num_workers or _default_workers(embedder.device.type))
         self.prefetch = max(1, int(prefetch))
         self.draft = draft
-        self.batch_size = embedder.batch_size
+        self.batch_size = int(batch_size or embedder.batch_size)
+        if self.batch_size < 1:
+            raise ModelError(f"batch_size={batch_size} must be >= 1")
         self._buffers: list[torch.Tensor] = []
 
     # ---- schema
@@ -188,17 +192,20 @@ class ClipPipeline:
 
     # ---- the pipeline
     def _image_inputs(self, table: pa.Table) -> tuple[list, list]:
-        col = table[self.image_column].combine_chunks() if table.num_rows else None
-        if col is None:
+        """Per row: a zero-copy memoryview of the encoded image (or None) and the path (or None)."""
+        if not table.num_rows:
             return [], []
+        col = table[self.image_column]
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
         if pa.types.is_struct(col.type):
             names = [col.type.field(i).name for i in range(col.type.num_fields)]
-            data = col.field("bytes") if "bytes" in names else pa.nulls(len(col), pa.binary())
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            data = _binary_views(col.field("bytes"), valid) if "bytes" in names else [None] * len(col)
             paths = col.field("path").to_pylist() if "path" in names else [None] * len(col)
-            if col.null_count:
-                data = pc.if_else(col.is_valid(), data, pa.scalar(None, data.type))
-            return data.to_pylist(), paths
-        return col.to_pylist(), [None] * len(col)
+            if not valid.all():
+                paths = [p if v else None for p, v in zip(paths, valid)]
+            return data, paths
+        return _binary_views(col, col.is_valid().to_numpy(zero_copy_only=False)), [None] * len(col)
 
     def _prepare(self, table: pa.Table, pool: ThreadPoolExecutor, free: "queue.Queue[int]", stop: threading.Event) -> _Prepared:
         n = table.num_rows
@@ -411,6 +418,20 @@ class _Failure:
         self.exc = exc
 
 
+def _binary_views(arr: pa.Array, valid: np.ndarray) -> list[memoryview | None]:
+    """Zero-copy views of a (large_)binary array's values; None where null or ``valid`` is False.
+    (``to_pylist`` would copy every image into a new ``bytes`` in the producer thread.)"""
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        arr = arr.cast(pa.binary())
+    bufs = arr.buffers()
+    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1]
+    data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
+    ok = valid & arr.is_valid().to_numpy(zero_copy_only=False)
+    lo, hi = offsets[:-1].tolist(), offsets[1:].tolist()
+    return [data[a:b] if k else None for a, b, k in zip(lo, hi, ok.tolist())]
+
+
 def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, values)
@@ -429,9 +450,7 @@ def _make_pipeline(
 ) -> ClipPipeline:
     if embedder is None:
         embedder = ClipEmbedder(model, pretrained, device=device, precision=precision, batch_size=batch_size)
-    elif batch_size:
-        embedder.batch_size = int(batch_size)
-    return ClipPipeline(embedder, heads, **kwargs)
+    return ClipPipeline(embedder, heads, batch_size=batch_size, **kwargs)
 
 
 def with_clip(

@@ -275,3 +275,22 @@ def test_demo_entry_point_with_cli_flags(h):
 
     with pytest.raises(ModelError, match="hf download"):
         clip_stage(ds, "ViT-B-32-quickgelu", "laion400m_e32")  # a real model whose weights are absent
+
+
+def test_multi_chunk_sliced_and_large_binary_inputs(tiny, h):
+    images = [h.jpeg(256, 256, seed=30 + i) for i in range(7)]
+    t1 = h.image_table(images[:4], [f"c{i}" for i in range(4)])
+    t2 = h.image_table(images[4:] + [None], [f"c{i}" for i in range(4, 8)], ["success"] * 3 + ["timeout"])
+    table = pa.concat_tables([t1, t2])  # two chunks; batches of 3 straddle them
+    assert table["image"].num_chunks == 2
+    out = with_clip(table, tiny, batch_size=3)
+    assert tiny.batch_size == 8  # the shared embedder is not changed by a per-call batch size
+    ref = h.ref_images(tiny, images)
+    got = h.as_matrix(out["image_embedding"].filter(out["image_embedding"].is_valid()))
+    assert got.shape == (7, tiny.embed_dim) and (got * ref).sum(1).min() >= 0.999
+    assert out["status"].to_pylist()[-1] == "timeout"
+    # a plain large_binary image column (no struct) works too
+    plain = pa.table({"image": pa.array(images[:2], pa.large_binary()), "caption": ["a", "b"]})
+    out2 = with_clip(plain, tiny)
+    assert (h.as_matrix(out2["image_embedding"]) * ref[:2]).sum(1).min() >= 0.999
+    assert out2["status"].to_pylist() == ["success", "success"]  # status added when absent

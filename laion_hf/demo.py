@@ -1,8 +1,11 @@
 """``laion-hf demo``: the whole pipeline, end to end, on the embedded sample.
 
-synthesize metadata -> stream + filter (preset, expression, blocklist) -> stats. Later
-stages (fetch from the loopback image server, CLIP features, shards + card, push to the
-local Hub server, reload) run when their modules are present. Nothing leaves loopback.
+synthesize metadata -> stream + filter (preset, expression, blocklist) -> stats -> fetch
+images from the loopback image server (img2dataset-compatible shards, error classes) ->
+stream with images -> CLIP features (tiny random-init model by default) -> parquet shards +
+dataset card -> push to the local Hub-compatible server -> reload with plain
+``datasets.load_dataset(repo, streaming=True)`` -> PyTorch DataLoader with exact resume.
+Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,14 +16,37 @@ import shutil
 import time
 from typing import Any
 
+import pyarrow as pa
+
 
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.time()
 
 
-def run_demo(out_dir: str = "demo_out", rows: int = 2000, *, seed: int = 0, keep: bool = False) -> dict[str, Any]:
-    """Run the demo into ``out_dir``; return a summary dict (also written as ``summary.json``)."""
+STAGES = ("metadata", "images", "clip", "publish", "dataloader")
+
+
+def run_demo(
+    out_dir: str = "demo_out",
+    rows: int = 2000,
+    *,
+    seed: int = 0,
+    keep: bool = False,
+    stages_through: str = "dataloader",
+    clip_model: str = "laion-hf-tiny",
+    clip_pretrained: str | None = None,
+    clip_device: str = "auto",
+) -> dict[str, Any]:
+    """Run the demo into ``out_dir`` up to stage ``stages_through`` (one of :data:`STAGES`);
+    return a summary dict (also written as ``summary.json``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from laion_hf.errors import LaionHFError
+
+    if stages_through not in STAGES:
+        raise LaionHFError(f"unknown demo stage {stages_through!r}; stages: {', '.join(STAGES)}")
     from laion_hf.blocklist import Blocklist
     from laion_hf.builder import make_builder
     from laion_hf.stats import StatsAccumulator, format_stats
@@ -66,7 +92,103 @@ def run_demo(out_dir: str = "demo_out", rows: int = 2000, *, seed: int = 0, keep
     stats = acc.result()
     print(format_stats(stats))
     summary["stats"] = {"rows": stats["rows"], "languages": stats["languages"]}
+    subset = pa.concat_tables(tables) if tables else None
+    if subset is None or subset.num_rows == 0:
+        raise LaionHFError("the demo's filters kept no rows; use more --rows")
+    if stages_through == "metadata":
+        return _finish(out_dir, summary)
 
+    from laion_hf.images.download import download
+    from laion_hf.images.resize import ResizeConfig
+    from laion_hf.testing.image_server import ImageServer
+
+    with ImageServer(latency=(0.005, 0.03), catch_all="image", seed=seed) as srv:
+        t = _step(f"4. fetch images from the loopback image server {srv.base_url} (URLs rewritten, paths kept)")
+        subset = _rewrite_urls(subset, srv, fault_every=25)
+        subset_dir = os.path.join(out_dir, "subset")
+        os.makedirs(subset_dir, exist_ok=True)
+        pq.write_table(subset, os.path.join(subset_dir, "part-00000.parquet"))
+        cache = os.path.join(out_dir, "image_cache")
+        resize = ResizeConfig(image_size=256, resize_mode="center_crop")
+        dl = download(subset_dir, os.path.join(out_dir, "images_webdataset"), output_format="webdataset",
+                      processes=1, shard_size=500, cache_dir=cache, resize=resize, progress=False,
+                      allow_private_networks=["127.0.0.0/8"])
+        print(f"   img2dataset-compatible shards in {os.path.join(out_dir, 'images_webdataset')}: "
+              f"{dl['count']:,} rows, {dl['successes']:,} successes, errors by class: "
+              f"{ {k: v for k, v in dl['status_dict'].items() if k != 'success'} } in {time.time() - t:.2f}s")
+        assert dl["count"] == subset.num_rows, "download stats must sum to the input count"
+        summary["download"] = {k: dl[k] for k in ("count", "successes", "status_dict")}
+        if stages_through == "images":
+            return _finish(out_dir, summary)
+
+        t = _step(f"5. stream: load_laion -> with_images (cache from step 4) -> with_clip ({clip_model})")
+        from laion_hf import load_laion, with_images
+        from laion_hf.clip import clip_stage
+        from laion_hf.clip.stream import SimilarityStats, format_similarity_summary
+
+        stream = with_images(load_laion(subset_dir), cache_dir=cache, resize=resize,
+                             allow_private_networks=["127.0.0.0/8"])
+        stream, embedder = clip_stage(stream, clip_model, clip_pretrained, device=clip_device)
+        sim = SimilarityStats()
+
+        def observed(ds):
+            for table in ds.with_format("arrow").iter(batch_size=256):
+                sim.update(table)
+                yield table
+
+        if stages_through == "clip":
+            for _ in observed(stream):
+                pass
+            print(format_similarity_summary(sim.result()))
+            return _finish(out_dir, summary)
+
+        _step("6. shards + dataset card -> push to the local Hub server -> reload with plain load_dataset")
+        from laion_hf.hub import publish_local
+
+        provenance = {
+            "release": builder.release,
+            "sources": ["synthetic LAION metadata (laion-hf synth, embedded sample)"],
+            "preset": "laion2b-en",
+            "filters": builder.filter_spec.descriptions,
+            "blocklists": [{"name": "blocklist_md5.txt", "entries": 5, "column": "url",
+                            "removed": scan["removed_by_blocklist"]}],
+            "scan": scan,
+            "clip": {"model": clip_model, "pretrained": clip_pretrained, "embedding_dim": embedder.embed_dim},
+            "robots": {"disallowed_header_directives": ["noai", "noimageai", "noindex", "noimageindex"]},
+            "pretty_name": "laion-hf demo subset",
+        }
+        pub = publish_local(observed(stream), os.path.join(out_dir, "published"), "laion-hf/demo-subset",
+                            provenance=provenance, hub_root=os.path.join(out_dir, "hub"), show=3)
+        print(format_similarity_summary(sim.result()))
+        summary["publish"] = {k: pub[k] for k in ("repo_id", "rows", "rows_written", "num_shards", "reloaded_rows")}
+        summary["clip_similarity"] = {k: v for k, v in sim.result().items() if not isinstance(v, (list, dict))}
+
+    if stages_through == "publish":
+        return _finish(out_dir, summary)
+    _step("7. PyTorch DataLoader on the published shards (2 workers, exact resume)")
+    from laion_hf.torch import loader_demo
+
+    ld = loader_demo(os.path.join(out_dir, "published"), batch_size=16, num_workers=2, image_size=64)
+    print(f"   {ld}")
+    summary["dataloader"] = ld
+    return _finish(out_dir, summary)
+
+
+def _rewrite_urls(table: "pa.Table", srv: Any, fault_every: int = 0) -> "pa.Table":
+    """Point every URL at the loopback server (scheme+host replaced, path and query kept);
+    every ``fault_every``-th row gets one of the server's faults instead, so the demo's stats
+    show real error classes."""
+    faults = ["404", "corrupt-jpeg", "robots", "410", "html-as-image"]
+    urls = []
+    for i, url in enumerate(table.column("url").to_pylist()):
+        if fault_every and i % fault_every == fault_every - 1:
+            urls.append(srv.fault_url(faults[(i // fault_every) % len(faults)]))
+        else:
+            urls.append(srv.rewrite_url(url))
+    return table.set_column(table.column_names.index("url"), "url", pa.array(urls, pa.string()))
+
+
+def _finish(out_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"\ndemo done: {os.path.join(out_dir, 'summary.json')}")
@@ -80,4 +202,10 @@ def register_cli(sub) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out, replaced)")
     p.add_argument("--rows", type=int, default=2000, help="synthetic rows (default 2,000)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: run_demo(a.out, a.rows, seed=a.seed) and 0)
+    p.add_argument("--through", choices=STAGES, default="dataloader", help="stop after this stage")
+    from laion_hf.clip.embed import add_clip_arguments
+
+    add_clip_arguments(p)
+    p.set_defaults(func=lambda a: run_demo(a.out, a.rows, seed=a.seed, stages_through=a.through,
+                                           clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
+                                           clip_device=a.clip_device) and 0)

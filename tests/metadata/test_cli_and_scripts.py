@@ -96,9 +96,17 @@ def test_loading_scripts_run_on_the_embedded_sample(tmp_path, script, args, expe
 
 
 def test_demo_runs_end_to_end(tmp_path):
+    """The README's main job: every stage, loopback only, counts consistent end to end."""
     from laion_hf.demo import run_demo
 
-    summary = run_demo(str(tmp_path / "demo"), rows=800)
+    summary = run_demo(str(tmp_path / "demo"), rows=500)
     s = summary["scan"]
-    assert s["rows_in"] == 800 == s["rows_kept"] + s["removed_by_filter"] + s["removed_by_blocklist"]
+    assert s["rows_in"] == 500 == s["rows_kept"] + s["removed_by_filter"] + s["removed_by_blocklist"]
     assert s["removed_by_blocklist"] >= 1
+    dl = summary["download"]
+    assert dl["count"] == s["rows_kept"] == sum(dl["status_dict"].values())
+    assert set(dl["status_dict"]) >= {"success", "http_404"} and dl["status_dict"]["success"] < dl["count"]
+    pub = summary["publish"]
+    assert pub["rows_written"] == pub["reloaded_rows"] == s["rows_kept"]
+    assert summary["dataloader"]["resume_exact"] is True
+    assert (tmp_path / "demo" / "published" / "README.md").read_text().startswith("---")

@@ -95,6 +95,9 @@ class ClipPipeline:
         prefetch: batches decoded ahead of the model.
         draft: JPEG draft decoding (DCT down-scaling to the smallest scale covering the input size).
         batch_size: rows per forward pass (default: the embedder's).
+        where: a filter in laion-hf's filter language applied to the output, e.g.
+            ``"clip_similarity >= 0.28"`` or ``"aesthetic_score_v1 > 5 and punsafe < 0.5"`` (rows
+            where it is null, failed images included, are removed). ``counts`` tracks what it removed.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ClipPipeline:
         prefetch: int = 2,
         draft: bool = True,
         batch_size: int | None = None,
+        where: str | None = None,
     ) -> None:
         self.embedder = embedder
         self.heads = [load_head(h, embedder.embed_dim, embedder.model_name) for h in heads]
@@ -127,6 +131,13 @@ class ClipPipeline:
         self.num_workers = int(num_workers or _default_workers(embedder.device.type))
         self.prefetch = max(1, int(prefetch))
         self.draft = draft
+        self.where = None
+        if where:
+            from laion_hf.filters import parse_filter
+
+            self.where = parse_filter(where)
+        #: rows seen, rows kept, rows removed by ``where`` and rows with decode errors (this process)
+        self.counts = {"rows_in": 0, "rows_out": 0, "removed_by_filter": 0, "decode_errors": 0}
         self.batch_size = int(batch_size or embedder.batch_size)
         if self.batch_size < 1:
             raise ModelError(f"batch_size={batch_size} must be >= 1")
@@ -293,7 +304,7 @@ class ClipPipeline:
                 if isinstance(item, _Failure):
                     raise item.exc
                 try:
-                    yield self._finish(item)
+                    yield self._filtered(self._finish(item))
                 finally:
                     if item.buffer_id >= 0:
                         free.put(item.buffer_id)
@@ -352,6 +363,17 @@ class ClipPipeline:
             out = out.append_column(h.column, pa.array(v, pa.float64(), mask=np.isnan(v)))
         return out
 
+    def _filtered(self, table: pa.Table) -> pa.Table:
+        self.counts["rows_in"] += table.num_rows
+        if self.where is not None:
+            from laion_hf.filters import apply_filter
+
+            kept = apply_filter(table, self.where.expression)
+            self.counts["removed_by_filter"] += table.num_rows - kept.num_rows
+            table = kept
+        self.counts["rows_out"] += table.num_rows
+        return table
+
     def _fixed_list(self, arr: np.ndarray, valid: np.ndarray) -> pa.Array:
         flat = pa.array(arr.astype(self.embedding_dtype, copy=False).reshape(-1))
         return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1], mask=pa.array(~valid))
@@ -369,6 +391,7 @@ class ClipPipeline:
         else:
             err = pa.nulls(n, pa.string())
         if errors:
+            self.counts["decode_errors"] += len(errors)
             st = status.to_pylist()
             em = err.to_pylist()
             for r, msg in errors.items():
@@ -471,21 +494,22 @@ def with_clip(
     num_workers: int | None = None,
     prefetch: int = 2,
     draft: bool = True,
+    where: str | None = None,
 ) -> Any:
     """Add CLIP embeddings, ``clip_similarity`` and score-head columns to a stream.
 
     ``ds`` is a ``datasets.IterableDataset`` (returns one, lazily, in arrow format, sharded like
     the input), a ``datasets.Dataset`` (returns one), or a ``pa.Table`` (returns one). Pass an
     ``embedder`` to reuse a loaded model, else one is built from ``model``/``pretrained``/
-    ``device``/``precision``. Filter on the new columns like on metadata, e.g.
-    ``out.filter(lambda t: pc.greater_equal(t["clip_similarity"], 0.28), batched=True)`` on the
-    arrow-formatted stream.
+    ``device``/``precision``. Filter on the new columns like on metadata with
+    ``where="clip_similarity >= 0.28"`` (laion-hf's filter language, see ``laion_hf.filters``), or
+    with any ``out.filter(fn, batched=True)`` on the arrow-formatted stream.
     """
     pipe = _make_pipeline(
         embedder, model, pretrained, device, precision, batch_size, heads,
         image_column=image_column, text_column=text_column, status_column=status_column,
         error_column=error_column, embedding_dtype=embedding_dtype, num_workers=num_workers,
-        prefetch=prefetch, draft=draft,
+        prefetch=prefetch, draft=draft, where=where,
     )  # fmt: skip
     if isinstance(ds, pa.Table):
         return pipe.embed_table(ds)

@@ -138,6 +138,10 @@ def test_iterable_dataset_stream_keeps_shards_order_features_and_filters(tiny, h
     kept_keys = [k for t in kept.iter(batch_size=10) for k in t["key"].to_pylist()]
     expected = [f"{i:05d}" for i in range(30) if not np.isnan(sims[i]) and sims[i] >= threshold]
     assert kept_keys == expected and 0 < len(kept_keys) < 30
+    # the same filter in laion-hf's filter language, applied inside the stage
+    where = with_clip(ds, tiny, batch_size=4, where=f"clip_similarity >= {threshold!r} and aesthetic_score_v1 > 0",
+                      heads=["aesthetic_v1"])  # fmt: skip
+    assert [k for t in where.iter(batch_size=10) for k in t["key"].to_pylist()] == expected
     # the same rows as a direct table call (one row checked against open_clip's own path)
     ref = h.ref_images(tiny, [images[0]])[0]
     assert float(np.array(table["image_embedding"][0].as_py()) @ ref) >= 0.999
@@ -294,3 +298,15 @@ def test_multi_chunk_sliced_and_large_binary_inputs(tiny, h):
     out2 = with_clip(plain, tiny)
     assert (h.as_matrix(out2["image_embedding"]) * ref[:2]).sum(1).min() >= 0.999
     assert out2["status"].to_pylist() == ["success", "success"]  # status added when absent
+
+
+def test_where_counts_what_it_removes(tiny, h):
+    table = h.image_table([h.jpeg(128, 128, seed=i) for i in range(5)] + [b"junk"], list("abcdef"))
+    pipe = ClipPipeline(tiny, where="clip_similarity >= -1")
+    out = pipe.embed_table(table)
+    assert out.num_rows == 5  # only the undecodable row (null similarity) is removed
+    assert pipe.counts == {"rows_in": 6, "rows_out": 5, "removed_by_filter": 1, "decode_errors": 1}
+    from laion_hf.errors import FilterError
+
+    with pytest.raises(FilterError):
+        ClipPipeline(tiny, where="clip_similarity >=").embed_table(table)

@@ -125,9 +125,13 @@ def _histogram_png(configs: dict[str, Any], out: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    names = sorted({name for _, name, _ in series})
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    names = list(dict.fromkeys(name for _, name, _ in series))
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         for cfg, n, h in series:
             if n != name:
                 continue

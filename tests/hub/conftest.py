@@ -9,7 +9,9 @@ test) points their module constants at this server; every HfApi/push call also p
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -26,6 +28,7 @@ def _free_port() -> int:
 
 
 _TMP = tempfile.mkdtemp(prefix="laion-hf-hub-tests-")
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 PORT = _free_port()
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 os.environ["HF_ENDPOINT"] = ENDPOINT

@@ -24,6 +24,21 @@ How the work is cut:
 
 ``samples_per_epoch`` switches to resampling (open_clip's ``--dataset-resampled``): every
 reader draws units with replacement until it has produced its share of whole batches.
+
+Usage::
+
+    from laion_hf import make_dataloader
+
+    loader = make_dataloader("shards/", batch_size=256, num_workers=8)   # or load_dataset(repo, streaming=True)
+    for epoch in range(start_epoch, epochs):
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:            # batch["image"]: [n,3,224,224] float, batch["text"]: [n,77] long
+            ...
+            checkpoint = {"loader": loader.state_dict(), ...}   # exact resume: loader.load_state_dict(...)
+
+Exact passes give ranks batch counts that can differ by a unit's worth of rows; distributed
+training whose every step synchronises (DDP, all-gathered contrastive losses) should use
+``samples_per_epoch`` so that all ranks run the same number of steps.
 """
 
 from __future__ import annotations
@@ -943,6 +958,7 @@ class _ReaderStream:
         if self.done:
             return
         S, B = self.S, self.B
+        empty_units = 0  # consecutive units without a row (resampling an empty source must not spin)
         while not self.flushing:
             if self.quota is not None and self.batches >= self.quota:
                 self.done = True
@@ -950,10 +966,14 @@ class _ReaderStream:
             unit = self._unit_at(self.pos)
             if unit is None:
                 break
+            empty_units += 1
+            if self.resampled and empty_units > 4 * len(self.units) + 64:
+                raise LoaderError(f"resampled {empty_units} units in a row without finding a row: the source is empty")
             for table in self.ds._source.read(unit, self.row):
                 n = table.num_rows
                 if not n:
                     continue
+                empty_units = 0
                 # between tables every held row is buffered or pending: a safe point to compact
                 if S and sum(len(s.ids) for s in self.segments) > 2 * S + _COMPACT_SLACK:
                     self._compact()

@@ -141,7 +141,6 @@ class ClipPipeline:
         self.batch_size = int(batch_size or embedder.batch_size)
         if self.batch_size < 1:
             raise ModelError(f"batch_size={batch_size} must be >= 1")
-        self._buffers: list[torch.Tensor] = []
 
     # ---- schema
     @property
@@ -184,7 +183,10 @@ class ClipPipeline:
         h, w = self.embedder.image_size
         return (n, h, w, 3) if self.embedder.uint8_path else (n, 3, h, w)
 
-    def _acquire(self, free: "queue.Queue[int]", n: int, stop: threading.Event) -> tuple[int, torch.Tensor | None]:
+    def _acquire(
+        self, buffers: list[torch.Tensor], free: "queue.Queue[int]", n: int, stop: threading.Event
+    ) -> tuple[int, torch.Tensor | None]:
+        """Take a free (pinned on CUDA) host buffer for ``n`` images; blocks while all are in flight."""
         if n == 0:
             return -1, None
         while True:
@@ -194,11 +196,11 @@ class ClipPipeline:
             except queue.Empty:
                 if stop.is_set():
                     raise _Stopped
-        buf = self._buffers[bid]
+        buf = buffers[bid]
         if buf.shape[0] < n:
             dtype = torch.uint8 if self.embedder.uint8_path else torch.float32
             buf = torch.empty(self._buffer_shape(max(n, self.batch_size)), dtype=dtype, pin_memory=self.embedder.pin_memory)
-            self._buffers[bid] = buf
+            buffers[bid] = buf
         return bid, buf[:n]
 
     # ---- the pipeline
@@ -218,7 +220,11 @@ class ClipPipeline:
             return data, paths
         return _binary_views(col, col.is_valid().to_numpy(zero_copy_only=False)), [None] * len(col)
 
-    def _prepare(self, table: pa.Table, pool: ThreadPoolExecutor, free: "queue.Queue[int]", stop: threading.Event) -> _Prepared:
+    def _prepare(
+        self, table: pa.Table, pool: ThreadPoolExecutor, buffers: list[torch.Tensor], free: "queue.Queue[int]",
+        stop: threading.Event,
+    ) -> _Prepared:
+        """Start decoding ``table``'s images into a buffer and tokenizing its captions (returns at once)."""
         n = table.num_rows
         data, paths = self._image_inputs(table)
         if self.status_column in table.column_names:
@@ -233,7 +239,7 @@ class ClipPipeline:
             else:
                 cand.append(int(i))
         cand_rows = np.asarray(cand, dtype=np.int64)
-        bid, buf = self._acquire(free, len(cand_rows), stop)
+        bid, buf = self._acquire(buffers, free, len(cand_rows), stop)
         prep = _Prepared(table, cand_rows, pre_errors, buf, bid)
         if len(cand_rows):
             step = max(1, -(-len(cand_rows) // (self.num_workers * 2)))
@@ -266,7 +272,7 @@ class ClipPipeline:
         stop = threading.Event()
         q: "queue.Queue[Any]" = queue.Queue(maxsize=self.prefetch)
         n_buffers = self.prefetch + 2
-        self._buffers = [torch.empty(0)] * n_buffers
+        buffers: list[torch.Tensor] = [torch.empty(0)] * n_buffers  # per run: runs may overlap
         free: "queue.Queue[int]" = queue.Queue()
         for i in range(n_buffers):
             free.put(i)
@@ -284,7 +290,7 @@ class ClipPipeline:
         def produce() -> None:
             try:
                 for t in self._slices(tables):
-                    put(self._prepare(t, pool, free, stop))
+                    put(self._prepare(t, pool, buffers, free, stop))
                 put(_END)
             except _Stopped:
                 pass
@@ -312,7 +318,7 @@ class ClipPipeline:
             stop.set()
             producer.join(timeout=10)
             pool.shutdown(wait=True, cancel_futures=True)
-            self._buffers = []
+            buffers.clear()
 
     def _finish(self, prep: _Prepared) -> pa.Table:
         emb = self.embedder

@@ -310,13 +310,20 @@ class _ParquetSource:
                 break
 
 
+def _is_text_ext(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1] in ("txt", "json", "text", "cls", "caption")
+
+
 class _TarSource:
+    """img2dataset / webdataset tars: ``{key}.jpg`` (or png/webp), ``{key}.txt``, ``{key}.json``...;
+    extra columns name extensions (``json`` comes as a string, ``npy`` as bytes)."""
+
     kind = "webdataset"
 
     def __init__(self, fs, files: list[str], image_column, caption_column, key_column, columns):
         self.fs, self.files = fs, files
-        self.image_ext = image_column
-        self.caption_ext = caption_column or "txt"
+        self.image_ext = None if image_column in (None, "image") else image_column  # an extension, e.g. "webp"
+        self.caption_ext = "txt" if caption_column in (None, "caption") else caption_column
         self.extra = tuple(columns)
         self.cols = _Columns("image", "caption", "key", self.extra)
         if key_column not in (None, "key", "__key__"):
@@ -358,7 +365,7 @@ class _TarSource:
 
         def flush():
             cols = [pa.array(keys, pa.string()), pa.array(images, pa.binary()), pa.array(captions, pa.string())]
-            cols += [pa.array(extras[c], pa.string()) for c in self.extra]
+            cols += [pa.array(extras[c], pa.string() if _is_text_ext(c) else pa.binary()) for c in self.extra]
             return pa.table(cols, names=["key", "image", "caption", *self.extra])
 
         try:
@@ -378,7 +385,7 @@ class _TarSource:
                 captions.append(txt.decode("utf-8", "replace") if txt is not None else None)
                 for c in self.extra:
                     v = sample.get(c)
-                    extras[c].append(v.decode("utf-8", "replace") if v is not None else None)
+                    extras[c].append(v.decode("utf-8", "replace") if v is not None and _is_text_ext(c) else v)
                 if len(keys) == 256:
                     yield flush()
                     keys, images, captions = [], [], []

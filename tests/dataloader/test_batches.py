@@ -125,3 +125,13 @@ def test_loader_demo_summary(parquet_dir):
     assert out["resume_exact"] is True
     assert out["image"] == [8, 3, 32, 32] and out["text"] == [8, 77]
     assert out["batches_read"] == 3 and len(out["first_keys"]) == 4 and out["samples_per_s"] > 0
+
+
+def test_webdataset_json_passes_through(wds_dir):
+    import json
+
+    ds = LaionTorchDataset(wds_dir, batch_size=8, image_size=32, columns=["json"], shuffle=False, tokenizer=None)
+    batch = next(iter(ds))
+    metas = [json.loads(m) for m in batch["json"]]
+    assert [m["key"] for m in metas] == batch["key"]
+    assert [m["caption"] for m in metas] == batch["caption"]

@@ -293,6 +293,10 @@ class HubServer:
         return self.root / f"{repo_type}s" / repo_id
 
     def get_repo(self, repo_type: str, repo_id: str) -> _Repo | None:
+        parts = repo_id.split("/")
+        if repo_type not in _REPO_TYPES or len(parts) != 2 or not all(_NAME_RE.match(p) for p in parts) \
+                or ".." in repo_id:
+            return None  # never a path outside root
         d = self._repo_dir(repo_type, repo_id)
         return _Repo(d, repo_type, repo_id) if (d / "meta.json").exists() else None
 
@@ -868,7 +872,9 @@ class _Handler(BaseHTTPRequestHandler):
                         raise _HubHTTPError(400, "Only base64 encoded files are supported")
                     changes[path] = self.hub._store_blob(repo, base64.b64decode(value["content"]), lfs=False)
                 elif key == "lfsFile":
-                    oid = value.get("oid", "")
+                    oid = str(value.get("oid", ""))
+                    if not re.fullmatch(r"[0-9a-f]{64}", oid):
+                        raise _HubHTTPError(400, f"lfsFile {path}: oid must be a sha256 hex digest")
                     p = repo.object_path(oid)
                     if not p.exists():
                         raise _HubHTTPError(422, f"Your push was rejected because an LFS pointer pointed to a "

@@ -73,6 +73,9 @@ def test_ranged_reads_and_404_error_codes(hub, tmp_path, token):
                         cache_dir=tmp_path / "c")
     with pytest.raises(RepositoryNotFoundError):
         api.repo_info("laion-hf/does-not-exist", repo_type="dataset")
+    for sneaky in ("/api/datasets/%2E%2E/%2E%2E", "/datasets/..%2F../x/resolve/main/meta.json"):
+        r = get_session().get(hub.url + sneaky)
+        assert r.status_code in (401, 404) and r.headers.get("X-Error-Code") == "RepoNotFound", sneaky
 
 
 def test_private_repos_and_permissions(hub, token, other_token):

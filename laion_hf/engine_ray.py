@@ -578,8 +578,9 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from laion_hf.clip.embed import _atomic_write, _save_npy
-    from laion_hf.clip.stream import CLIP_SIMILARITY, IMAGE_EMBEDDING, TEXT_EMBEDDING
+    from laion_hf.clip.embed import _atomic_write, _save_npy  # (no torch import in writer tasks)
+
+    IMAGE_EMBEDDING, TEXT_EMBEDDING, CLIP_SIMILARITY = spec["columns"]
 
     order = np.argsort(group.column("batch").to_numpy())
     n = int(group.column("part")[0].as_py())
@@ -660,6 +661,7 @@ def embed_shards_ray(
     from laion_hf.clip.embed import _part_done, resolve_inputs
     from laion_hf.clip.heads import load_head
     from laion_hf.clip.model import TINY_MODEL
+    from laion_hf.clip.stream import CLIP_SIMILARITY, IMAGE_EMBEDDING, TEXT_EMBEDDING
     from laion_hf.errors import ShardError
 
     if isinstance(sources, (str, os.PathLike)):
@@ -708,7 +710,8 @@ def embed_shards_ray(
     todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
     spec = {"model": model, "pretrained": pretrained, "precision": precision, "batch_size": bs,
             "cache_dir": cache_dir, "heads": list(heads), "device": model_device, "dtype": dtype,
-            "embed_dim": probe.embed_dim, "decode_threads": num_workers}  # fmt: skip
+            "embed_dim": probe.embed_dim, "decode_threads": num_workers,
+            "columns": (IMAGE_EMBEDDING, TEXT_EMBEDDING, CLIP_SIMILARITY)}  # fmt: skip
     del probe
     totals: dict[str, Any] = {"parts": len(inputs), "parts_skipped": len(inputs) - len(todo), "count": 0,
                               "embedded": 0, "failed": 0, "status_dict": {}}  # fmt: skip
@@ -720,7 +723,7 @@ def embed_shards_ray(
                          num_cpus=1, **_actor_pool(min(n_decode, len(todo))))
             .map_batches(_BatchEmbedder, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
                          num_gpus=num_gpus, num_cpus=0 if num_gpus else 1, **_actor_pool(n_model))
-            .groupby("part")
+            .groupby("part", num_partitions=max(1, min(len(todo), cpus)))
             .map_groups(_write_embed_part, batch_format="pyarrow",
                         fn_kwargs={"out_dir": str(out.resolve()), "paths": inputs, "spec": spec}, num_cpus=1)
         )  # fmt: skip

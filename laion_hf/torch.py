@@ -1046,9 +1046,11 @@ def make_dataloader(
     num_workers: int = 2,
     pin_memory: bool = False,
     prefetch_factor: int | None = 2,
+    multiprocessing_context: Any = None,
     **dataset_kwargs: Any,
 ):
-    """A ``torchdata.stateful_dataloader.StatefulDataLoader`` over ``LaionTorchDataset(source, ...)``.
+    """A ``torchdata.stateful_dataloader.StatefulDataLoader`` over ``LaionTorchDataset(source, ...)``
+    (``batch_size=None``: the dataset yields whole batches; ``dataset_kwargs`` go to the dataset).
 
     Use ``loader.dataset.set_epoch(e)`` before each epoch; save ``loader.state_dict()`` with
     your checkpoint and call ``loader.load_state_dict(...)`` on a fresh loader (same
@@ -1068,6 +1070,7 @@ def make_dataloader(
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             persistent_workers=False,
+            multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
         )
 
 

@@ -31,3 +31,13 @@ def test_published_repo_two_ranks_and_resume(hub, all_keys):
     resumed.load_state_dict(state)
     assert [b["key"] for b in resumed] == full[3:]
     assert any(r["route"].startswith("resolve") or "resolve" in r["path"] for r in hub.requests)
+
+
+def test_published_repo_through_hf_filesystem(hub, all_keys):
+    """``hf://datasets/{repo}`` reads the same shards with fsspec (row-group units, no datasets)."""
+    keys = []
+    for rank in (0, 1):
+        loader = make_dataloader("hf://datasets/laion-hf/dl-test", rank=rank, world_size=2, **KW)
+        assert len(loader.dataset.units_for(4)) == 12  # 3 files x 4 row groups
+        keys += [k for batch in loader for k in batch["key"]]
+    assert sorted(keys) == sorted(all_keys)

@@ -62,8 +62,10 @@ def register_cli(sub) -> None:
     """Register the ``shards``, ``card`` and ``push`` verbs."""
     p = sub.add_parser("shards", help="write parquet (default) or webdataset shards + stats.json from parquet input",
                        description="Write Hub-ready shards data/{config}/train-XXXXX-of-NNNNN.{parquet,tar} and "
-                                   "stats.json from parquet file(s) (e.g. the output of the image/CLIP stages).")
-    p.add_argument("source", help="parquet file or glob")
+                                   "stats.json from parquet file(s) (e.g. the output of the image/CLIP stages) or "
+                                   "from a `laion-hf download` folder.")
+    p.add_argument("source", help="parquet file, glob or folder, or a `laion-hf download` (img2dataset) output "
+                                  "folder (images joined from its tars)")
     p.add_argument("out", help="output folder (one Hub repo)")
     p.add_argument("--format", choices=["parquet", "webdataset"], default="parquet")
     p.add_argument("--config", default="default", help="config name (default 'default')")

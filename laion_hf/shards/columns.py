@@ -3,6 +3,7 @@ float lists, and the ``datasets`` features that declare them."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Iterator
 
 import datasets
@@ -36,9 +37,8 @@ ERROR_COLUMNS = ("error_class", "error_type")
 
 def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
     """Yield ``pa.Table`` batches from a Dataset/IterableDataset, a Table/RecordBatch, parquet
-    path(s), or an iterable of Tables/RecordBatches."""
-    import os
-
+    path(s) or folder, a ``laion-hf download``/img2dataset output folder, or an iterable of
+    Tables/RecordBatches."""
     if isinstance(data, pa.Table):
         for b in data.to_batches(max_chunksize=batch_size):
             yield pa.Table.from_batches([b])
@@ -49,10 +49,16 @@ def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
     if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
         yield from data.with_format("arrow").iter(batch_size=batch_size)
         return
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data) and _is_download_dir(data):
+        yield from iter_download_dir(data, batch_size)
+        return
     if isinstance(data, (str, os.PathLike)):
         import pyarrow.parquet as pq
 
         from glob import glob
+
+        if os.path.isdir(data):
+            data = os.path.join(data, "*.parquet")
 
         paths = sorted(glob(str(data))) or [str(data)]
         for p in paths:
@@ -79,6 +85,44 @@ def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
         f"cannot write shards from a {type(data).__name__}: pass a datasets.Dataset/IterableDataset, "
         "a pyarrow Table, parquet path(s), or an iterable of pyarrow Tables"
     )
+
+
+def _is_download_dir(path: str | os.PathLike) -> bool:
+    from glob import glob
+
+    return bool(glob(os.path.join(path, "[0-9]*_stats.json")))
+
+
+def iter_download_dir(path: str | os.PathLike, batch_size: int = 1000) -> Iterator[pa.Table]:
+    """Tables of an img2dataset-style folder (``laion-hf download`` / img2dataset output): each
+    finished shard's ``{shard}.parquet`` (one row per input row, failures included) with the
+    ``image`` column taken from the parquet itself (``--format parquet``) or joined by ``key``
+    from ``{shard}.tar``'s ``{key}.jpg`` members (``--format webdataset``)."""
+    import tarfile
+    from glob import glob
+
+    import pyarrow.parquet as pq
+
+    for stats_path in sorted(glob(os.path.join(path, "[0-9]*_stats.json"))):
+        shard = os.path.basename(stats_path)[: -len("_stats.json")]
+        pq_path = os.path.join(path, f"{shard}.parquet")
+        if not os.path.exists(pq_path):
+            raise ShardError(f"download shard {shard} has a stats file but no {shard}.parquet: re-run the download")
+        table = pq.read_table(pq_path)
+        if "image" not in table.column_names:
+            images: dict[str, bytes] = {}
+            tar_path = os.path.join(path, f"{shard}.tar")
+            if os.path.exists(tar_path):
+                with tarfile.open(tar_path) as tf:
+                    for m in tf:
+                        stem, _, ext = m.name.rpartition("/")[2].partition(".")
+                        if m.isfile() and ext.lower() in ("jpg", "jpeg", "png", "webp"):
+                            images[stem] = tf.extractfile(m).read()
+            keys = table.column("key").to_pylist() if "key" in table.column_names else []
+            col = pa.array([images.get(k) for k in keys], pa.binary())
+            table = table.append_column("image", col)
+        for b in table.to_batches(max_chunksize=batch_size):
+            yield pa.Table.from_batches([b])
 
 
 def features_of(data: Any) -> datasets.Features | None:

@@ -282,8 +282,8 @@ def write_shards(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``data`` (a Dataset/IterableDataset, pa.Table, parquet path(s) or an iterable of
-    pa.Table) as shards of ``config`` in ``out_dir`` and return this config's stats.
+    """Write ``data`` (a Dataset/IterableDataset, pa.Table, parquet path(s), a ``laion-hf download``
+    folder, or an iterable of pa.Table) as shards of ``config`` in ``out_dir`` and return this config's stats.
 
     Parquet (default) keeps every row and column: images as ``Image()`` (``struct<bytes, path>``
     with the features declared in the schema metadata), embeddings (list-of-float columns, or

@@ -189,3 +189,24 @@ def test_memory_is_flat_in_the_row_count(tmp_path):
     rows, shards, peak = map(int, out.stdout.split()[-3:])
     assert rows == 75_000 and shards >= 3
     assert peak < 60_000_000, f"peak Arrow memory {peak:,} bytes for 150 MB written"
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_from_an_img2dataset_download_folder(tmp_path, output_format):
+    """`laion-hf download` output (tars + per-row parquet, or parquet with images) -> Hub shards."""
+    from laion_hf.images.download import download
+    from laion_hf.testing.image_server import ImageServer
+
+    with ImageServer(catch_all="image", fault_rate=0.25, pool_size=4, pool_sides=(40, 60)) as srv:
+        urls = [srv.url(f"/photos/{i}.jpg") for i in range(30)]
+        meta = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(30)]})
+        run = download(meta, tmp_path / "dl", output_format=output_format, shard_size=12, progress=False,
+                       allow_private_networks=True, timeout=5, retries=0, image_size=32, resize_mode="center_crop")
+    stats = write_shards(str(tmp_path / "dl"), tmp_path / "out", progress=False)
+    assert stats["rows"] == run["count"] == 30
+    assert stats["status"].get("success", 0) == run["successes"] and 0 < run["successes"] < 30
+    table = pa.concat_tables(pq.read_table(tmp_path / "out" / s["path"]) for s in stats["shards"])
+    ok = pa.compute.equal(table["status"], "success")
+    assert table.filter(ok)["image"].null_count == 0 and table.filter(pa.compute.invert(ok))["image"].null_count \
+        == 30 - run["successes"]
+    assert pixels(table.filter(ok)["image"][0]["bytes"].as_py()).shape == (32, 32, 3)

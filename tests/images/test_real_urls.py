@@ -17,14 +17,17 @@ from laion_hf.testing.image_server import ImageServer
 
 from .conftest import FAST
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "web_url_caption_1k.parquet"
+import laion_hf
+
+# the 1k sample embedded in the package (a copy of shared/data/web_url_caption_1k.parquet)
+DATA = Path(laion_hf.__file__).parent / "data" / "web_url_caption_1k.parquet"
 MALFORMED = ["", "not a url", "http://", "ftp://files.example.com/a.jpg", "http://[::1", "//cdn.example.com/a.jpg"]
 
 
 @pytest.fixture(scope="module")
 def real():
     if not DATA.exists():
-        pytest.fail(f"{DATA} is missing: the shared data folder must sit next to the repository")
+        pytest.fail(f"{DATA} is missing: the package's embedded 1k URL sample")
     return pq.read_table(DATA, columns=["URL", "TEXT"])
 
 

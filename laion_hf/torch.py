@@ -255,7 +255,8 @@ class _ParquetSource:
             _pick(names, key_column, _KEY_COLUMNS, "key", where, required=False),
             tuple(_pick(names, c, (), "requested", where) for c in columns),
         )
-        self.read_columns = [c for c in dict.fromkeys([self.cols.key, self.cols.image, self.cols.caption, *self.cols.extra]) if c]
+        wanted = [self.cols.key, self.cols.image, self.cols.caption, *self.cols.extra]
+        self.read_columns = [c for c in dict.fromkeys(wanted) if c]
         self._units: list[_Unit] | None = None
 
     @contextlib.contextmanager
@@ -295,7 +296,8 @@ class _ParquetSource:
             with self._open(unit.file) as pf:
                 yield from self._read_row_group(pf, unit, lo, hi)
         except (OSError, pa.ArrowException) as exc:
-            raise ShardError(f"cannot read row group {unit.row_group} of parquet shard {self.files[unit.file]}: {exc}") from exc
+            raise ShardError(
+                f"cannot read row group {unit.row_group} of parquet shard {self.files[unit.file]}: {exc}") from exc
 
     def _read_row_group(self, pf: pq.ParquetFile, unit: _Unit, lo: int, hi: int) -> Iterator[pa.Table]:
         pos = 0  # row within the row group
@@ -327,7 +329,8 @@ class _TarSource:
         self.extra = tuple(columns)
         self.cols = _Columns("image", "caption", "key", self.extra)
         if key_column not in (None, "key", "__key__"):
-            raise LoaderError(f"webdataset tars carry their key in the member names; key_column={key_column!r} is not supported")
+            raise LoaderError(
+                f"webdataset tars carry their key in the member names; key_column={key_column!r} is not supported")
 
     def units(self) -> list[_Unit]:
         return [_Unit(f) for f in range(len(self.files))]
@@ -570,7 +573,8 @@ class LaionTorchDataset(IterableDataset):
         self.on_error = on_error
         self.drop_last = drop_last
         self.epoch = 0
-        self._source = self._make_source(source, image_column, caption_column, key_column, tuple(columns), config, split)
+        self._source = self._make_source(
+            source, image_column, caption_column, key_column, tuple(columns), config, split)
         self._base_units = self._source.units()  # computed once, shipped to the workers
         if not self._base_units:
             raise LoaderError(f"{source!r} holds no rows")

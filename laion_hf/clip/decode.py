@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,11 +40,12 @@ def prepare_pil(embedder: "ClipEmbedder", img: Image.Image, draft: bool = True) 
     if draft and img.format == "JPEG":
         h, w = embedder.image_size
         img.draft("RGB", (w, h))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # palette-with-transparency etc.
-        img.load()
-        for t in embedder.pil_transforms:
-            img = t(img)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:  # PIL only warns below 2x its limit
+        raise ImageDecodeError(f"decompression bomb: {img.width}x{img.height} pixels > {limit}")
+    img.load()
+    for t in embedder.pil_transforms:
+        img = t(img)
     return img
 
 

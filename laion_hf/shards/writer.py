@@ -30,7 +30,6 @@ from laion_hf.errors import ShardError
 from laion_hf.shards.columns import (
     ERROR_COLUMNS,
     HISTOGRAM_RANGES,
-    IMAGE_STRUCT,
     STATUS_COLUMN,
     SUCCESS,
     Histogram,

@@ -1,5 +1,6 @@
 """loading_scripts/train_open_clip.py: a few contrastive steps of the tiny open_clip model on
-shards lower the loss, and a run resumed from its checkpoint continues where it stopped."""
+shards written by our publisher (``laion_hf.shards.write_shards``, as the demo publishes them)
+lower the loss, and a run resumed from its checkpoint continues where it stopped."""
 
 from __future__ import annotations
 
@@ -27,10 +28,25 @@ def losses(out: str) -> dict[int, float]:
     return {int(m[1]): float(m[2]) for m in re.finditer(r"^step (\d+) epoch \d+ loss ([\d.]+)", out, re.M)}
 
 
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, samples):
+    import pyarrow as pa
+
+    from laion_hf.shards import write_shards
+
+    keys, images, captions, statuses = samples
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"key": keys, "caption": captions, "status": statuses,
+                      "image": pa.array([{"bytes": b, "path": None} for b in images], image_type)})
+    out = tmp_path_factory.mktemp("published")
+    write_shards(table, out, max_shard_rows=60, progress=False)
+    return out
+
+
 @pytest.mark.slow
-def test_loss_decreases_and_training_resumes(parquet_dir, tmp_path):
+def test_loss_decreases_and_training_resumes(published, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    common = ["--data", str(parquet_dir), "--batch-size", "24", "--workers", "2", "--lr", "2e-3",
+    common = ["--data", str(published), "--batch-size", "24", "--workers", "2", "--lr", "2e-3",
               "--epochs", "3", "--checkpoint", str(ckpt), "--buffer-size", "100"]
     first = train(*common, "--steps", "6", "--save-every", "6")
     assert ckpt.exists()
@@ -45,8 +61,8 @@ def test_loss_decreases_and_training_resumes(parquet_dir, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_real_model_on_gpu(parquet_dir):
-    out = train("--data", str(parquet_dir), "--model", "ViT-B-32", "--batch-size", "32", "--steps", "6",
+def test_real_model_on_gpu(published):
+    out = train("--data", str(published), "--model", "ViT-B-32", "--batch-size", "32", "--steps", "6",
                 "--epochs", "3", "--lr", "1e-4")
     assert "model ViT-B-32 on cuda" in out
     got = losses(out)

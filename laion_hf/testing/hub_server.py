@@ -411,24 +411,35 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def _read_body(self) -> bytes:
-        if getattr(self, "_body", None) is not None:
-            return self._body
+    def _iter_body(self, chunk_size: int = 1 << 20):
+        """Yield the request body in chunks (Content-Length or chunked transfer encoding)."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
             while True:
-                line = self.rfile.readline().strip()
-                size = int(line.split(b";")[0], 16)
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    break
-                chunks.append(self.rfile.read(size))
+                    return
+                remaining = size
+                while remaining:
+                    chunk = self.rfile.read(min(chunk_size, remaining))
+                    if not chunk:
+                        raise _HubHTTPError(400, "Truncated request body")
+                    remaining -= len(chunk)
+                    yield chunk
                 self.rfile.readline()
-            self._body = b"".join(chunks)
         else:
-            n = int(self.headers.get("Content-Length") or 0)
-            self._body = self.rfile.read(n) if n else b""
+            remaining = int(self.headers.get("Content-Length") or 0)
+            while remaining:
+                chunk = self.rfile.read(min(chunk_size, remaining))
+                if not chunk:
+                    raise _HubHTTPError(400, "Truncated request body")
+                remaining -= len(chunk)
+                yield chunk
+
+    def _read_body(self) -> bytes:
+        if getattr(self, "_body", None) is None:
+            self._body = b"".join(self._iter_body())
         return self._body
 
     def _json_body(self) -> Any:
@@ -467,21 +478,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self._status = 0
         self._body = None
+        self._streamed = False
         self._route = "unknown"
         split = urlsplit(self.path)
         self._query = parse_qs(split.query)
         raw_parts = [p for p in split.path.split("/") if p != ""]
         try:
-            # drain the request body first so keep-alive connections stay in sync
-            if method in ("POST", "PUT", "DELETE"):
+            # drain the request body first so keep-alive connections stay in sync (LFS object
+            # uploads are streamed to disk by their handler instead)
+            self._streamed = method == "PUT" and split.path.startswith("/_lfs/")
+            if method in ("POST", "PUT", "DELETE") and not self._streamed:
                 self._read_body()
             self._user = self.hub.user_for(self.headers.get("Authorization"))
             self._route_and_call(method, raw_parts)
         except _HubHTTPError as err:
+            if self._streamed and self._body is None:
+                self.close_connection = True  # the unread upload body would desync the connection
             self._send_error(err)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # pragma: no cover - a server bug: answer 500 and keep serving
+            if self._streamed and self._body is None:
+                self.close_connection = True
             self._send_error(_HubHTTPError(500, f"Internal error: {type(exc).__name__}: {exc}"))
         finally:
             self.hub.requests.append(
@@ -827,15 +845,26 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.hub.get_repo(repo_type, repo_id)
         if repo is None:
             raise _HubHTTPError(404, "Repository not found", "RepoNotFound")
-        data = self._read_body()
-        if hashlib.sha256(data).hexdigest() != oid:
-            raise _HubHTTPError(400, f"Uploaded content does not match its sha256 {oid}")
-        expected = self._query.get("size", [None])[0]
-        if expected is not None and int(expected) != len(data):
-            raise _HubHTTPError(400, f"Uploaded size {len(data)} does not match declared size {expected}")
         p = repo.object_path(oid)
-        if not p.exists():
-            _atomic_write(p, data)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".upload-")
+        h, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self._iter_body():  # streamed: memory stays flat in the object size
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+            self._body = b""
+            if h.hexdigest() != oid:
+                raise _HubHTTPError(400, f"Uploaded content does not match its sha256 {oid}")
+            expected = self._query.get("size", [None])[0]
+            if expected is not None and int(expected) != size:
+                raise _HubHTTPError(400, f"Uploaded size {size} does not match declared size {expected}")
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         self._send(200, b"", {"ETag": f'"{oid}"'})
 
     def _lfs_verify(self, repo_type: str, repo_id: str, oid: str) -> None:

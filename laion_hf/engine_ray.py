@@ -329,12 +329,14 @@ class _ShardDownloader:
             t = self.template
             job = replace(t, shard_id=shard_id, input_path=os.path.join(os.path.dirname(t.input_path), f"{shard_id:05d}.arrow"))
             stats_path = os.path.join(job.out_dir, f"{shard_id:05d}_stats.json")
+            cpu0 = time.process_time()  # this worker process, all its threads
             if os.path.exists(stats_path):
                 with open(stats_path) as f:
                     stats = json.load(f)
             else:
                 stats = asyncio.run(_run_shard_async(job, lambda d, s: None))
-            out.append({"shard": shard_id, "count": stats["count"], "successes": stats["successes"]})
+            out.append({"shard": shard_id, "count": stats["count"], "successes": stats["successes"],
+                        "cpu_s": time.process_time() - cpu0, "pid": os.getpid()})  # fmt: skip
         return pa.Table.from_pylist(out)
 
 
@@ -363,7 +365,8 @@ def download_ray(
 
     ``workers`` (or ``processes``) download actors, one CPU each, default one per CPU of the
     cluster; every other argument is the local engine's. Returns the local engine's run stats
-    (plus ``engine="ray"`` and ``workers``).
+    plus ``engine="ray"``, ``workers``, ``worker_pids`` (distinct worker processes that finished
+    shards) and ``worker_cpu_seconds`` (CPU time the workers spent on this run's shards).
     """
     from laion_hf.errors import FetchError, ShardError
     from laion_hf.images import download as dl
@@ -440,7 +443,8 @@ def download_ray(
     elapsed = time.time() - t0
     stats.update(shards=n_shards, shards_done_now=len(pending), duration=elapsed,
                  samples_per_s=(todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(out),
-                 engine="ray", workers=n_workers)  # fmt: skip
+                 engine="ray", workers=n_workers, worker_pids=len({r["pid"] for r in done}),
+                 worker_cpu_seconds=sum(r["cpu_s"] for r in done))  # fmt: skip
     with open(out / "_laion_hf_stats.json", "w") as f:
         json.dump(stats, f, indent=2)
     return stats

@@ -383,6 +383,8 @@ def download_ray(
     if n_workers < 1:
         raise FetchError(f"workers must be >= 1, got {n_workers}")
     out = Path(out_dir)
+    if retry_failed is not None and out.resolve() == Path(retry_failed).resolve():
+        raise FetchError(f"--retry-failed {os.fspath(retry_failed)!r} needs a new --out folder, not the same one")
     out.mkdir(parents=True, exist_ok=True)
     for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
         dl._unlink(stale)

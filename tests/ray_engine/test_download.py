@@ -55,6 +55,12 @@ def test_download_matches_local_and_resumes(ray_local, server, tmp_path):
     assert c["shards_done_now"] == 1 and c["count"] == 30
     assert os.stat(tmp_path / "ray" / "00001.tar").st_mtime_ns == kept
     assert_same_download(str(tmp_path / "local"), str(tmp_path / "ray"))
+    # --retry-failed: only the failed rows again, keys kept, same as the local engine
+    ra = download(None, tmp_path / "local-retry", retry_failed=tmp_path / "local", shard_size=8, **OPTS)
+    rb = download_ray(None, tmp_path / "ray-retry", retry_failed=tmp_path / "ray", shard_size=8, workers=2, **OPTS)
+    assert ra["count"] == rb["count"] == 3 and ra["status_dict"] == rb["status_dict"]
+    assert sorted(_keys(str(tmp_path / "ray-retry"))) == ["000005", "000013", "000021"]  # rows 5, 11, 17
+    assert_same_download(str(tmp_path / "local-retry"), str(tmp_path / "ray-retry"))
 
 
 def test_parquet_format_and_cli(ray_local, server, tmp_path, capsys):

@@ -453,13 +453,12 @@ def download_ray(
 
 
 # ---------------------------------------------------------------------------- embed
-def _build_embedder(spec: dict, device: str) -> Any:
+def _build_embedder(spec: dict, device: str, precision: Optional[str] = None) -> Any:
     from laion_hf.clip.model import ClipEmbedder
 
     return ClipEmbedder(
-        spec["model"], spec["pretrained"], device=device, precision=spec["precision"] if device != "cpu" else
-        ("fp32" if spec["precision"] == "auto" else spec["precision"]), batch_size=spec["batch_size"],
-        allow_download=False, cache_dir=spec["cache_dir"],
+        spec["model"], spec["pretrained"], device=device, precision=precision or spec["precision"],
+        batch_size=spec["batch_size"], allow_download=False, cache_dir=spec["cache_dir"],
     )  # fmt: skip
 
 
@@ -474,7 +473,7 @@ class _PartDecoder:
         from laion_hf.clip.stream import ClipPipeline
 
         self.spec = spec
-        self.embedder = _build_embedder(spec, "cpu")
+        self.embedder = _build_embedder(spec, "cpu", "fp32")  # only its transforms and tokenizer are used
         self.pipe = ClipPipeline(self.embedder, (), embedding_dtype="float32", num_workers=spec["decode_threads"])
         self.pool = ThreadPoolExecutor(self.pipe.num_workers, thread_name_prefix="laion-hf-ray-decode")
 
@@ -682,6 +681,9 @@ def embed_shards_ray(
     ray = init_ray(address)
     _configure(progress)
     gpus = _cluster_count("GPU", default=0)
+    if str(device).startswith("cuda") and not gpus:
+        raise EngineError(f"device={device!r} but the Ray cluster has no GPU (resources: {ray.cluster_resources()}); "
+                          "add GPU nodes or use --device auto/cpu")
     if num_gpus is None:
         num_gpus = 1.0 if gpus and device != "cpu" else 0.0
     model_device = "cuda" if num_gpus else "cpu"
@@ -693,7 +695,7 @@ def embed_shards_ray(
     bs = int(batch_size or (256 if model_device == "cuda" else 32))
     # the driver builds the model once (CPU) for the run config, like the local engine
     probe = _build_embedder({"model": model, "pretrained": pretrained, "precision": precision, "batch_size": bs,
-                             "cache_dir": cache_dir}, "cpu")  # fmt: skip
+                             "cache_dir": cache_dir}, "cpu", "fp32")  # fmt: skip
     head_names = [load_head(h, probe.embed_dim, probe.model_name).name for h in heads]
     config = {"model": probe.model_name, "pretrained": probe.pretrained, "embed_dim": probe.embed_dim,
               "dtype": dtype, "heads": head_names, "inputs": inputs}  # fmt: skip

@@ -88,3 +88,24 @@ def test_embed_matches_local_and_resumes(ray_local, shards, tmp_path):
     assert c["parts_skipped"] == 2 and c["count"] == 13
     assert os.stat(tmp_path / "ray" / "img_emb" / "img_emb_0.npy").st_mtime_ns == kept
     _assert_same(str(tmp_path / "local"), str(tmp_path / "ray"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_embed_on_gpu_actor_matches_local_gpu(ray_local, shards, tmp_path):
+    """On a GPU machine the model actors ask Ray for a GPU (num_gpus=1) and match the local
+    engine on the same GPU (fp32; CUDA kernels may differ in the last bits between processes)."""
+    assert ray_local.cluster_resources().get("GPU", 0) >= 1
+    opts = dict(OPTS, device="auto", precision="fp32")
+    a = embed_shards(shards, tmp_path / "local", **opts)
+    b = embed_shards_ray(shards, tmp_path / "ray", **opts)
+    for k in ("count", "embedded", "failed", "status_dict"):
+        assert a[k] == b[k], k
+    for n in range(3):
+        for sub, name in (("img_emb", "img_emb"), ("text_emb", "text_emb")):
+            u = np.load(tmp_path / "local" / sub / f"{name}_{n}.npy")
+            v = np.load(tmp_path / "ray" / sub / f"{name}_{n}.npy")
+            assert u.shape == v.shape and np.allclose(u.astype(np.float32), v.astype(np.float32), atol=2e-3)
+        x = pq.read_table(tmp_path / "local" / "metadata" / f"metadata_{n}.parquet")
+        y = pq.read_table(tmp_path / "ray" / "metadata" / f"metadata_{n}.parquet")
+        assert x["key"].to_pylist() == y["key"].to_pylist()

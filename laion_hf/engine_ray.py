@@ -134,6 +134,27 @@ def _laion_error(e: BaseException) -> Optional[LaionHFError]:
     return None
 
 
+def _error_text(e: BaseException) -> str:
+    """An exception as data (Ray keeps only the traceback text of a failed Ray Data task):
+    ``ClassName<TAB>message``, raised again on the driver by :func:`_raise_errors`."""
+    return f"{type(e).__name__}\t{e}"
+
+
+def _raise_errors(rows: list[dict], what: str) -> None:
+    """Raise the first error a task returned as data, as its own laion-hf class."""
+    from laion_hf import errors
+
+    texts = [r["error"] for r in rows if r.get("error")]
+    if not texts:
+        return
+    name, _, msg = texts[0].partition("\t")
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, LaionHFError)):
+        cls, msg = EngineError, f"{what}: {name}: {msg}"
+    more = f" (and {len(texts) - 1} more failure(s))" if len(texts) > 1 else ""
+    raise cls(msg + more)
+
+
 def _collect(ds: Any) -> list[dict]:
     """Run a Ray dataset to completion; a laion-hf error raised in a task is re-raised as is."""
     try:
@@ -179,12 +200,17 @@ def _filter_shard(batch: pa.Table, builder_ref: Any, staging: str) -> pa.Table:
         idx, tagged = row["shard"], row["file"]
         rgs = tuple(row["row_groups"]) if row["row_groups"] is not None else None
         builder.stats = ScanStats()
-        tables = [t for _, t in builder._generate_tables_sync([tagged], [rgs])]
+        try:
+            tables = [t for _, t in builder._generate_tables_sync([tagged], [rgs])]
+        except LaionHFError as e:  # on_error="raise": the driver raises it, naming the file
+            out.append({"shard": idx, "rows": 0, "stats": None, "error": _error_text(e)})
+            continue
         table = pa.concat_tables(tables) if tables else builder.out_schema.empty_table()
         path = os.path.join(staging, f"{idx:07d}.parquet")
         _atomic_write_bytes(path, lambda p: pq.write_table(table, p, compression="zstd"))
-        out.append({"shard": idx, "rows": table.num_rows, "stats": json.dumps(builder.stats.as_dict())})
-    return pa.Table.from_pylist(out)
+        out.append({"shard": idx, "rows": table.num_rows, "stats": json.dumps(builder.stats.as_dict()), "error": None})
+    return pa.Table.from_pylist(out, schema=pa.schema([("shard", pa.int64()), ("rows", pa.int64()),
+                                                      ("stats", pa.string()), ("error", pa.string())]))  # fmt: skip
 
 
 def _write_filter_part(batch: pa.Table, out_dir: str, staging: str, schema_bytes: bytes) -> pa.Table:
@@ -272,6 +298,11 @@ def filter_to_parquet_ray(
         num_cpus=1, **_task_pool(min(workers, len(shards)) if workers else None),
     )  # fmt: skip
     results = sorted(_collect(ds), key=lambda r: r["shard"])
+    if any(r["error"] for r in results):
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        _raise_errors(results, "filter on Ray")
     if len(results) != len(shards):
         raise EngineError(f"filter on Ray: {len(results)} shard results for {len(shards)} shards")
     total = ScanStats(files=plan_stats.files)
@@ -311,6 +342,10 @@ def filter_to_parquet_ray(
 
 
 # ---------------------------------------------------------------------------- download
+_DOWNLOAD_ROW = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("successes", pa.int64()),
+                           ("cpu_s", pa.float64()), ("pid", pa.int64()), ("error", pa.string())])  # fmt: skip
+
+
 class _ShardDownloader:
     """Ray actor: downloads whole shards with the image stage's shard worker (our aiohttp
     fetcher, ``concurrency`` fetches in flight). A shard already finished (its stats file
@@ -330,14 +365,19 @@ class _ShardDownloader:
             job = replace(t, shard_id=shard_id, input_path=os.path.join(os.path.dirname(t.input_path), f"{shard_id:05d}.arrow"))
             stats_path = os.path.join(job.out_dir, f"{shard_id:05d}_stats.json")
             cpu0 = time.process_time()  # this worker process, all its threads
-            if os.path.exists(stats_path):
-                with open(stats_path) as f:
-                    stats = json.load(f)
-            else:
-                stats = asyncio.run(_run_shard_async(job, lambda d, s: None))
+            try:
+                if os.path.exists(stats_path):
+                    with open(stats_path) as f:
+                        stats = json.load(f)
+                else:
+                    stats = asyncio.run(_run_shard_async(job, lambda d, s: None))
+            except Exception as e:  # reported like the local engine's failed shard; the others go on
+                out.append({"shard": shard_id, "count": 0, "successes": 0, "cpu_s": time.process_time() - cpu0,
+                            "pid": os.getpid(), "error": f"shard {shard_id:05d} failed: {type(e).__name__}: {e}"})
+                continue
             out.append({"shard": shard_id, "count": stats["count"], "successes": stats["successes"],
-                        "cpu_s": time.process_time() - cpu0, "pid": os.getpid()})  # fmt: skip
-        return pa.Table.from_pylist(out)
+                        "cpu_s": time.process_time() - cpu0, "pid": os.getpid(), "error": None})  # fmt: skip
+        return pa.Table.from_pylist(out, schema=_DOWNLOAD_ROW)
 
 
 def download_ray(
@@ -425,7 +465,7 @@ def download_ray(
             try:
                 for row in ds.iter_rows():
                     done.append(row)
-                    if bar is not None:
+                    if bar is not None and not row["error"]:
                         bar.update(row["count"])
             except LaionHFError:
                 raise
@@ -438,6 +478,9 @@ def download_ray(
             bar.close()
     for stale in glob.glob(str(out / "*.tmp-*")):  # a worker killed mid-shard left these; its shard was redone
         dl._unlink(stale)
+    failures = sorted({r["error"] for r in done if r["error"]})
+    if failures:
+        raise ShardError("; ".join(failures) + " (rerun the same command to redo the unfinished shards)")
     missing = sorted(set(pending) - {r["shard"] for r in done})
     if missing or any(not (out / f"{i:05d}_stats.json").exists() for i in pending):
         raise ShardError(f"download on Ray: shards {missing[:10]} not finished (rerun the same command)")
@@ -478,6 +521,20 @@ class _PartDecoder:
         self.pool = ThreadPoolExecutor(self.pipe.num_workers, thread_name_prefix="laion-hf-ray-decode")
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for part, path in zip(batch.column("part").to_pylist(), batch.column("path").to_pylist()):
+            n_batches = 0
+            try:
+                for out in self._part(part, path):
+                    yield out
+                    n_batches += 1
+            except LaionHFError as e:  # a shard that cannot be read: the driver raises it, naming the file
+                yield pa.table({"part": [part], "batch": [-2], "payload": pa.array([_error_text(e).encode()], pa.binary())})
+                continue
+            if n_batches == 0:  # an empty shard still becomes a (empty) part
+                yield pa.table({"part": [part], "batch": [-1], "payload": pa.array([b""], pa.binary())})
+
+    def _part(self, part: int, path: str) -> Iterator[pa.Table]:
+        """The model batches of one shard (the CLIP stage's slicing: same batches as the local engine)."""
         import numpy as np
         import pyarrow.compute as pc
         import torch
@@ -485,42 +542,39 @@ class _PartDecoder:
         from laion_hf.clip.embed import read_shards
 
         emb, pipe = self.embedder, self.pipe
-        for part, path in zip(batch.column("part").to_pylist(), batch.column("path").to_pylist()):
-            n_batches = 0
-            for t in pipe._slices(read_shards(path, batch_rows=max(emb.batch_size, 256))):
-                n = t.num_rows
-                data, paths = pipe._image_inputs(t)
-                if pipe.status_column in t.column_names:
-                    ok = pc.fill_null(pc.equal(t[pipe.status_column], "success"), False).to_numpy(zero_copy_only=False)
+        n_batches = 0
+        for t in pipe._slices(read_shards(path, batch_rows=max(emb.batch_size, 256))):
+            n = t.num_rows
+            data, paths = pipe._image_inputs(t)
+            if pipe.status_column in t.column_names:
+                ok = pc.fill_null(pc.equal(t[pipe.status_column], "success"), False).to_numpy(zero_copy_only=False)
+            else:
+                ok = np.ones(n, dtype=bool)
+            pre_errors: dict[int, str] = {}
+            cand = []
+            for i in np.flatnonzero(ok):
+                if data[i] is None and not paths[i]:
+                    pre_errors[int(i)] = "no image bytes"
                 else:
-                    ok = np.ones(n, dtype=bool)
-                pre_errors: dict[int, str] = {}
-                cand = []
-                for i in np.flatnonzero(ok):
-                    if data[i] is None and not paths[i]:
-                        pre_errors[int(i)] = "no image bytes"
-                    else:
-                        cand.append(int(i))
-                cand_rows = np.asarray(cand, dtype=np.int64)
-                dtype = torch.uint8 if emb.uint8_path else torch.float32
-                buf = torch.empty(pipe._buffer_shape(len(cand_rows)), dtype=dtype)
-                step = max(1, -(-len(cand_rows) // (pipe.num_workers * 2)))
-                jobs = [self.pool.submit(pipe._decode_slots, buf, range(s, min(s + step, len(cand_rows))), cand_rows,
-                                         data, paths) for s in range(0, len(cand_rows), step)]  # fmt: skip
-                slot_errors = [e for j in jobs for e in j.result()]
-                captions = t[pipe.text_column].to_pylist()
-                text_valid = np.array([c is not None for c in captions], dtype=bool)
-                tokens = emb.tokenize([c if c is not None else "" for c in captions]) if n else None
-                meta = t.drop_columns([pipe.image_column]) if pipe.image_column in t.column_names else t
-                payload = pickle.dumps({
-                    "table": _ipc(meta), "cand_rows": cand_rows, "pre_errors": pre_errors,
-                    "pixels": buf.numpy(), "slot_errors": slot_errors, "text_valid": text_valid,
-                    "tokens": tokens.numpy() if tokens is not None else None,
-                }, protocol=5)  # fmt: skip
-                yield pa.table({"part": [part], "batch": [n_batches], "payload": pa.array([payload], pa.binary())})
-                n_batches += 1
-            if n_batches == 0:  # an empty shard still becomes a (empty) part
-                yield pa.table({"part": [part], "batch": [-1], "payload": pa.array([b""], pa.binary())})
+                    cand.append(int(i))
+            cand_rows = np.asarray(cand, dtype=np.int64)
+            dtype = torch.uint8 if emb.uint8_path else torch.float32
+            buf = torch.empty(pipe._buffer_shape(len(cand_rows)), dtype=dtype)
+            step = max(1, -(-len(cand_rows) // (pipe.num_workers * 2)))
+            jobs = [self.pool.submit(pipe._decode_slots, buf, range(s, min(s + step, len(cand_rows))), cand_rows,
+                                     data, paths) for s in range(0, len(cand_rows), step)]  # fmt: skip
+            slot_errors = [e for j in jobs for e in j.result()]
+            captions = t[pipe.text_column].to_pylist()
+            text_valid = np.array([c is not None for c in captions], dtype=bool)
+            tokens = emb.tokenize([c if c is not None else "" for c in captions]) if n else None
+            meta = t.drop_columns([pipe.image_column]) if pipe.image_column in t.column_names else t
+            payload = pickle.dumps({
+                "table": _ipc(meta), "cand_rows": cand_rows, "pre_errors": pre_errors,
+                "pixels": buf.numpy(), "slot_errors": slot_errors, "text_valid": text_valid,
+                "tokens": tokens.numpy() if tokens is not None else None,
+            }, protocol=5)  # fmt: skip
+            yield pa.table({"part": [part], "batch": [n_batches], "payload": pa.array([payload], pa.binary())})
+            n_batches += 1
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -554,8 +608,8 @@ class _BatchEmbedder:
         outs = []
         for part, b, payload in zip(batch.column("part").to_pylist(), batch.column("batch").to_pylist(),
                                     batch.column("payload").to_pylist()):  # fmt: skip
-            if b < 0:
-                outs.append({"part": part, "batch": b, "result": b""})
+            if b < 0:  # -1: an empty shard, -2: an unreadable one (payload = the error)
+                outs.append({"part": part, "batch": b, "result": payload})
                 continue
             p = pickle.loads(payload)
             table = _from_ipc(p["table"])
@@ -587,7 +641,17 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
 
     IMAGE_EMBEDDING, TEXT_EMBEDDING, CLIP_SIMILARITY = spec["columns"]
 
-    order = np.argsort(group.column("batch").to_numpy())
+    batches = group.column("batch").to_numpy()
+    schema = pa.schema([("part", pa.int64()), ("count", pa.int64()), ("embedded", pa.int64()),
+                        ("failed", pa.int64()), ("status_dict", pa.string()), ("error", pa.string())])  # fmt: skip
+    if (batches == -2).any():  # the shard could not be read: no part is written, the driver raises
+        err = group.column("result")[int(np.flatnonzero(batches == -2)[0])].as_py().decode()
+        return pa.Table.from_pylist([{"part": int(group.column("part")[0].as_py()), "count": 0, "embedded": 0,
+                                      "failed": 0, "status_dict": "{}", "error": err}], schema=schema)  # fmt: skip
+    order = np.argsort(batches, kind="stable")
+    # a decode task retried after its worker died re-emits the same (deterministic) batches:
+    # keep one copy of each batch index
+    order = [i for j, i in enumerate(order) if j == 0 or batches[i] != batches[order[j - 1]]]
     n = int(group.column("part")[0].as_py())
     d = spec["embed_dim"]
     np_dtype = np.float16 if spec["dtype"] == "float16" else np.float32
@@ -629,8 +693,8 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
     _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
     _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
     _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
-    return pa.table({"part": [n], "count": [count], "embedded": [embedded], "failed": [count - embedded],
-                     "status_dict": [json.dumps(status_dict)]})  # fmt: skip
+    return pa.Table.from_pylist([{"part": n, "count": count, "embedded": embedded, "failed": count - embedded,
+                                  "status_dict": json.dumps(status_dict), "error": None}], schema=schema)  # fmt: skip
 
 
 def embed_shards_ray(
@@ -736,6 +800,7 @@ def embed_shards_ray(
                         fn_kwargs={"out_dir": str(out.resolve()), "paths": inputs, "spec": spec}, num_cpus=1)
         )  # fmt: skip
         rows = _collect(ds)
+        _raise_errors(rows, "embed on Ray")  # e.g. a ShardError naming an unreadable shard
         for r in rows:
             totals["count"] += r["count"]
             totals["embedded"] += r["embedded"]

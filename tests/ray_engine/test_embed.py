@@ -90,6 +90,20 @@ def test_embed_matches_local_and_resumes(ray_local, shards, tmp_path):
     _assert_same(str(tmp_path / "local"), str(tmp_path / "ray"))
 
 
+def test_unreadable_shard_is_a_shard_error_and_other_parts_are_written(ray_local, shards, tmp_path):
+    bad = tmp_path / "00001.parquet"
+    bad.write_bytes(b"PAR1 this is not a parquet file")
+    inputs = [os.path.join(shards, "00000.parquet"), str(bad)]
+    from laion_hf.errors import ShardError
+
+    with pytest.raises(ShardError, match="00001.parquet"):
+        embed_shards(inputs, tmp_path / "local", **OPTS)
+    with pytest.raises(ShardError, match="00001.parquet: cannot read the parquet shard"):
+        embed_shards_ray(inputs, tmp_path / "ray", **OPTS)
+    assert os.path.exists(tmp_path / "ray" / "metadata" / "metadata_0.parquet")
+    assert not os.path.exists(tmp_path / "ray" / "metadata" / "metadata_1.parquet")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_embed_on_gpu_actor_matches_local_gpu(ray_local, shards, tmp_path):

@@ -79,3 +79,15 @@ def test_filter_bad_expression_is_a_clear_error(ray_local, src, tmp_path):
 
     with pytest.raises(FilterError, match="nope"):
         filter_to_parquet_ray(src, str(tmp_path / "bad"), where="nope > 1", progress=False, on_error="skip")
+
+
+def test_unreadable_file_raises_its_error_naming_it(ray_local, src, tmp_path):
+    """on_error='raise' (the default): the task's SourceError reaches the caller as is."""
+    from laion_hf.errors import SourceError
+
+    with pytest.raises(SourceError, match="part-00003.parquet") as local:
+        filter_to_parquet(src, str(tmp_path / "l"), progress=False)
+    with pytest.raises(SourceError, match="part-00003.parquet") as on_ray:
+        filter_to_parquet_ray(src, str(tmp_path / "r"), progress=False)
+    assert str(on_ray.value) == str(local.value)
+    assert not os.path.exists(tmp_path / "r" / "stats.json")

@@ -9,7 +9,10 @@ resume on the other:
               stages its rows; then one task per output part writes ``part-{i:05d}.parquet``
               from the staged rows (global row order kept, so parts hold the same rows as the
               local engine's), and the driver writes ``stats.json`` from the tasks' counts.
-``download``  the driver splits the input into shards exactly like the local engine; a pool
+``download``  metadata parquet files are cut into the local engine's input shards by one Ray
+              task per file (the driver reads only footers; other inputs, such as a table, a
+              ``datasets`` stream, csv/txt or ``retry_failed``, are split on the driver as the
+              local engine does); a pool
               of Ray actors (``workers``, one CPU each) runs the image stage's shard worker
               (our aiohttp fetcher, ``concurrency`` fetches in flight per actor). Each shard is
               written under temporary names and renamed, stats last: a shard whose actor died
@@ -342,6 +345,137 @@ def filter_to_parquet_ray(
 
 
 # ---------------------------------------------------------------------------- download
+def _write_ipc(path: str, table: pa.Table) -> None:
+    tmp = path + ".tmp"
+    with pa.ipc.new_file(tmp, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+def _split_file(batch: pa.Table, files: list, offsets: list, counts: list, shard_size: int, inputs: str,
+                schema_bytes: bytes) -> pa.Table:
+    """Ray task: cut one metadata parquet file into the download's input shards.
+
+    Shard ``i`` holds the global rows ``[i * shard_size, (i + 1) * shard_size)`` of the files
+    read in order, as the local engine's split writes them. Shards inside this file are
+    written whole (``{i:05d}.arrow``); a shard that straddles a file boundary gets a piece
+    from each file (``.piece-{i:05d}-{file:05d}.arrow``), joined by the driver.
+    """
+    import pyarrow.parquet as pq
+
+    from laion_hf.errors import FetchError
+
+    schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
+    done = []
+    for idx in batch.column("file").to_pylist():
+        path, start, n = files[idx], offsets[idx], counts[idx]
+        pf = pq.ParquetFile(path)
+        buf: list[pa.Table] = []
+        pos = start  # global index of the first buffered row
+        buffered = 0
+
+        def flush(upto: int) -> None:
+            """Write the buffered rows up to global row ``upto`` (a shard boundary or the file's end)."""
+            nonlocal buf, buffered, pos
+            whole = pa.concat_tables(buf).combine_chunks()
+            take = upto - pos
+            part, rest = whole.slice(0, take), whole.slice(take)
+            shard = pos // shard_size
+            whole_shard = pos == shard * shard_size and (upto == (shard + 1) * shard_size or upto == offsets[-1] + counts[-1])
+            name = f"{shard:05d}.arrow" if whole_shard else f".piece-{shard:05d}-{idx:05d}.arrow"
+            _write_ipc(os.path.join(inputs, name), part)
+            buf, buffered, pos = ([rest] if rest.num_rows else []), rest.num_rows, upto
+
+        for b in pf.iter_batches(batch_size=min(shard_size, 65_536)):
+            t = pa.Table.from_batches([b])
+            if t.schema != schema:
+                try:
+                    t = t.cast(schema)
+                except (pa.ArrowInvalid, ValueError, TypeError) as e:
+                    raise FetchError(f"input files disagree on their columns ({t.schema} vs {schema}): {e}") from e
+            buf.append(t)
+            buffered += t.num_rows
+            while buffered and pos + buffered >= (pos // shard_size + 1) * shard_size:
+                flush((pos // shard_size + 1) * shard_size)
+        if buffered:
+            flush(start + n)
+        done.append({"file": idx})
+    return pa.Table.from_pylist(done)
+
+
+def _split_parallel(source: Any, out: Path, inputs: Path, shard_size: int, url_column: Optional[str],
+                    caption_column: Optional[str], hash_column: Optional[str], output_format: str,
+                    workers: int) -> Optional[dict]:
+    """The local engine's input split, one Ray task per metadata parquet file (the driver only
+    reads footers). None when ``source`` is not a list of local parquet files (then the driver
+    splits it as the local engine does)."""
+    import pyarrow.parquet as pq
+
+    from laion_hf.errors import FetchError
+    from laion_hf.images import download as dl
+
+    if not isinstance(source, (str, os.PathLike, list, tuple)):
+        return None
+    if isinstance(source, (list, tuple)) and not all(isinstance(x, (str, os.PathLike)) for x in source):
+        return None
+    files = dl._source_files(source)
+    if not all(f.lower().endswith(".parquet") for f in files):
+        return None
+    counts, schemas = [], []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as e:
+            raise FetchError(f"cannot read {f!r} as parquet: {e}") from e
+        counts.append(pf.metadata.num_rows)
+        schemas.append(pf.schema_arrow)
+    keep = [i for i, c in enumerate(counts) if c > 0]
+    if not keep:
+        raise FetchError(f"no rows to download in {source!r}")
+    files, counts, schemas = [files[i] for i in keep], [counts[i] for i in keep], [schemas[i] for i in keep]
+    schema = schemas[0]
+    cols = {"url": dl._pick(schema.names, url_column, dl._URL_NAMES, "url", True),
+            "caption": dl._pick(schema.names, caption_column, dl._CAPTION_NAMES, "caption", False),
+            "hash": dl._pick(schema.names, hash_column, (), "hash", False) if hash_column else None}  # fmt: skip
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    total = offsets[-1] + counts[-1]
+    n_shards = -(-total // shard_size)
+    inputs.mkdir(exist_ok=True)
+    for old in glob.glob(str(inputs / ".piece-*")):
+        os.unlink(old)
+    ds = _items([{"file": i} for i in range(len(files))]).map_batches(
+        _split_file, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"files": files, "offsets": offsets, "counts": counts, "shard_size": shard_size,
+                   "inputs": str(inputs), "schema_bytes": schema.serialize().to_pybytes()},
+        num_cpus=1, **_task_pool(min(workers, len(files))),
+    )  # fmt: skip
+    _collect(ds)
+    for i in range(n_shards):  # shards straddling files: join their pieces in file order
+        pieces = sorted(glob.glob(str(inputs / f".piece-{i:05d}-*.arrow")))
+        if pieces:
+            parts = [pa.ipc.open_file(p).read_all() for p in pieces]
+            _write_ipc(str(inputs / f"{i:05d}.arrow"), pa.concat_tables(parts).combine_chunks())
+            for p in pieces:
+                os.unlink(p)
+    rows = [min(shard_size, total - i * shard_size) for i in range(n_shards)]
+    missing = [i for i in range(n_shards) if not (inputs / f"{i:05d}.arrow").exists()]
+    if missing:
+        raise EngineError(f"download on Ray: input shards {missing[:10]} were not written")
+    image_metadata = None
+    if output_format == "parquet":
+        sample = pa.ipc.open_file(str(inputs / "00000.arrow")).read_all().slice(0, 0)
+        probe = dl._with_results(sample, [], [], image=True)
+        image_metadata = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                          for k, v in dl._parquet_image_metadata(probe.schema).items()}  # fmt: skip
+    manifest = {"shard_size": shard_size, "format": output_format, "shards": n_shards, "rows": rows,
+                "url_column": cols["url"], "caption_column": cols["caption"], "hash_column": cols["hash"],
+                "retry_of": None, "image_metadata": image_metadata}  # fmt: skip
+    tmp = out / (dl.MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / dl.MANIFEST)
+    return manifest
+
+
 _DOWNLOAD_ROW = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("successes", pa.int64()),
                            ("cpu_s", pa.float64()), ("pid", pa.int64()), ("error", pa.string())])  # fmt: skip
 
@@ -437,8 +571,13 @@ def download_ray(
                          f"format={manifest.get('format')}; resume with the same settings or use a new --out")
     if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
                                    for i in range(manifest["shards"])):
-        manifest = dl._split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
-                                   out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
+        manifest = None
+        if retry_failed is None:  # parquet files: split by Ray tasks, one per file
+            manifest = _split_parallel(source, out, inputs, shard_size, url_column, caption_column, hash_column,
+                                       output_format, n_workers)
+        if manifest is None:  # a table, a dataset, csv/txt, --retry-failed: the driver splits, as the local engine
+            manifest = dl._split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
+                                       out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
     n_shards = manifest["shards"]
     pending = [i for i in range(n_shards) if not (out / f"{i:05d}_stats.json").exists()]
     todo_rows = sum(manifest["rows"][i] for i in pending)

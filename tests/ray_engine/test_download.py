@@ -79,6 +79,30 @@ def test_parquet_format_and_cli(ray_local, server, tmp_path, capsys):
     assert img.null_count == 1 and not img[0].is_valid and img[1]["bytes"].as_py()[:2] == b"\xff\xd8"
 
 
+def test_parquet_folder_is_split_by_ray_tasks(ray_local, server, tmp_path):
+    """A folder of metadata files is cut into input shards by one Ray task per file: shards
+    that straddle files (and an empty file, and a column stored with another type) come out
+    as the local engine's split makes them."""
+    t = _table(server, n_ok=20)
+    src = tmp_path / "meta"
+    src.mkdir()
+    pq.write_table(t.slice(0, 7), src / "a.parquet")
+    pq.write_table(t.slice(0, 0), src / "b.parquet")
+    last = t.slice(7)
+    pq.write_table(last.set_column(2, "similarity", last["similarity"].cast(pa.float32())), src / "c.parquet")
+    a = download(str(src), tmp_path / "local", shard_size=5, **OPTS)
+    b = download_ray(str(src), tmp_path / "ray", shard_size=5, workers=2, **OPTS)
+    assert a["count"] == b["count"] == 20 and a["status_dict"] == b["status_dict"]
+    for name in ("00000", "00001", "00002", "00003"):  # 00001 = 2 rows of a + 3 rows of c
+        x = pa.ipc.open_file(tmp_path / "local" / "_laion_hf_inputs" / f"{name}.arrow").read_all()
+        y = pa.ipc.open_file(tmp_path / "ray" / "_laion_hf_inputs" / f"{name}.arrow").read_all()
+        assert x.schema == y.schema and x.equals(y), name
+    assert json.load(open(tmp_path / "ray" / "_laion_hf_download.json")) == json.load(
+        open(tmp_path / "local" / "_laion_hf_download.json"))
+    assert not glob.glob(str(tmp_path / "ray" / "_laion_hf_inputs" / ".piece-*"))
+    assert_same_download(str(tmp_path / "local"), str(tmp_path / "ray"))
+
+
 def test_killed_worker_is_retried(ray_local, tmp_path):
     """SIGKILL the Ray worker that is writing a shard (its PID is in the shard's temporary
     file name): Ray restarts the actor and redoes the shard; nothing is lost or duplicated."""

@@ -12,9 +12,9 @@ resume on the other:
 ``download``  metadata parquet files are cut into the local engine's input shards by one Ray
               task per file (the driver reads only footers; other inputs, such as a table, a
               ``datasets`` stream, csv/txt or ``retry_failed``, are split on the driver as the
-              local engine does); a pool
-              of Ray actors (``workers``, one CPU each) runs the image stage's shard worker
-              (our aiohttp fetcher, ``concurrency`` fetches in flight per actor). Each shard is
+              local engine does); a pool of Ray actors (``workers``, one CPU each) runs the
+              image stage's shard worker on whole shards (our aiohttp fetcher, ``concurrency``
+              fetches in flight per actor, the same writer). Each shard is
               written under temporary names and renamed, stats last: a shard whose actor died
               is redone by Ray on a restarted actor and never half-written or duplicated.
 ``embed``     CPU actors read each input shard and decode + preprocess its images into model
@@ -302,8 +302,6 @@ def filter_to_parquet_ray(
     )  # fmt: skip
     results = sorted(_collect(ds), key=lambda r: r["shard"])
     if any(r["error"] for r in results):
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
         _raise_errors(results, "filter on Ray")
     if len(results) != len(shards):

@@ -122,39 +122,42 @@ def fast_clip_preprocess(
     successes). Failed rows are zeros.
     """
     n = len(images)
-    staging = _staging(n, image_size)  # uint8, channels first: the float conversion below is contiguous
+    if out is None:
+        out = _alloc((n, 3, image_size, image_size), torch.float32)
+    staging = _staging(image_size)  # one image, uint8 channels-first: converted while still in cache
+    dst = out.numpy()  # numpy ufuncs: single-threaded, no per-call OpenMP fan-out for 150k-element ops
+    scale = np.array([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(3, 1, 1)
+    bias = np.array([-m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(3, 1, 1)
     ok = np.zeros(n, dtype=bool)
     errors: list[str | None] = [None] * n
     for i, data in enumerate(images):
+        o = dst[i]
         if data is None:
             errors[i] = "MissingImage"
+            o[:] = 0.0
             continue
         try:
             im = _resized_rgb(data, image_size, draft)
             for c, band in enumerate(im.split()):
-                staging[i, c] = band
-            ok[i] = True
+                staging[c] = band
         except Exception as exc:  # any undecodable input is a marked row, never a crash
             errors[i] = type(exc).__name__
-    if out is None:
-        out = _alloc((n, 3, image_size, image_size), torch.float32)
-    out.copy_(torch.from_numpy(staging))
-    for c in range(3):
-        out[:, c].mul_(1.0 / (255.0 * std[c])).add_(-mean[c] / std[c])
-    if not ok.all():
-        out[torch.from_numpy(~ok)] = 0.0
+            o[:] = 0.0
+            continue
+        np.multiply(staging, scale, out=o)
+        np.add(o, bias, out=o)
+        ok[i] = True
     return out, ok, errors
 
 
-_STAGING: dict[tuple[int, int], np.ndarray] = {}
+_STAGING: dict[int, np.ndarray] = {}
 
 
-def _staging(n: int, size: int) -> np.ndarray:
-    """A reused ``[n, 3, size, size]`` uint8 buffer (one per shape and process)."""
-    buf = _STAGING.get((n, size))
+def _staging(size: int) -> np.ndarray:
+    """A reused ``[3, size, size]`` uint8 buffer (one per size and process)."""
+    buf = _STAGING.get(size)
     if buf is None:
-        _STAGING.clear()
-        buf = _STAGING[(n, size)] = np.empty((n, 3, size, size), dtype=np.uint8)
+        buf = _STAGING[size] = np.empty((3, size, size), dtype=np.uint8)
     return buf
 
 

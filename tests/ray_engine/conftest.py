@@ -1,7 +1,8 @@
 """Fixtures of the Ray engine tests: one real local Ray instance (2 CPUs, temp dir under a
 temporary folder, shut down at the end) and a real loopback image server.
 
-Skipped as a whole when Ray Data is not installed (``pip install 'laion-hf[ray]'``)."""
+Every test module skips as a whole when Ray Data is not installed (``pip install 'laion-hf[ray]'``);
+the skip is in the modules, not here: a skip raised while pytest loads a conftest aborts the run."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ import tempfile
 import pyarrow.parquet as pq
 import pytest
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'laion-hf[ray]'")
-pytest.importorskip("ray.data", reason="the Ray engine needs Ray Data: pip install 'laion-hf[ray]'")
+from laion_hf.testing.image_server import ImageServer
 
-from laion_hf.testing.image_server import ImageServer  # noqa: E402
+RAY_MISSING = "the Ray engine needs the ray extra: pip install 'laion-hf[ray]'"
 
 # Short bounds so every fault resolves in about a second (as the image tests do).
 FAST = dict(allow_private_networks=True, timeout=1.5, connect_timeout=1.0, read_timeout=1.0,
@@ -28,6 +28,8 @@ FAST = dict(allow_private_networks=True, timeout=1.5, connect_timeout=1.0, read_
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray instance with 2 CPUs for the whole session (reused by the engine)."""
+    ray = pytest.importorskip("ray", reason=RAY_MISSING)
+    pytest.importorskip("ray.data", reason=RAY_MISSING)
     if ray.is_initialized():  # pragma: no cover - someone else started one
         yield ray
         return

@@ -16,12 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laion_hf.cli import main as cli_main
-from laion_hf.engine_ray import download_ray
-from laion_hf.images.download import download
-from laion_hf.testing.image_server import ImageServer
+pytest.importorskip("ray.data", reason="the Ray engine needs the ray extra: pip install 'laion-hf[ray]'")
 
-from .conftest import FAST, assert_same_download
+from laion_hf.cli import main as cli_main  # noqa: E402
+from laion_hf.engine_ray import download_ray  # noqa: E402
+from laion_hf.images.download import download  # noqa: E402
+from laion_hf.testing.image_server import ImageServer  # noqa: E402
+
+from .conftest import FAST, assert_same_download  # noqa: E402
 
 OPTS = dict(FAST, progress=False, image_size=64, resize_mode="center_crop")
 

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("open_clip")
+pytest.importorskip("ray.data", reason="the Ray engine needs the ray extra: pip install 'laion-hf[ray]'")
+pytest.importorskip("torch", reason="embed needs the clip extra: pip install 'laion-hf[clip]'")
+pytest.importorskip("open_clip", reason="embed needs the clip extra: pip install 'laion-hf[clip]'")
 
 from laion_hf.clip.embed import embed_shards  # noqa: E402
 from laion_hf.engine_ray import embed_shards_ray  # noqa: E402

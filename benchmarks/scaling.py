@@ -90,13 +90,14 @@ def main() -> None:
                 resize_mode="center_crop", encode_format="jpg", encode_quality=95, timeout=10, retries=0,
                 allow_private_networks=True, progress=False)  # fmt: skip
     results: dict[str, dict] = {}
+    ray_tmp = tempfile.mkdtemp(prefix="lhf-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     try:
         inp = work / "input.parquet"
         pq.write_table(pa.table({"url": [f"{base}/pool/{i:07d}.jpg" for i in range(a.n)],
                                  "caption": [f"a generated photo number {i}" for i in range(a.n)]}), inp)  # fmt: skip
         t0 = time.perf_counter()
         ray.init(num_cpus=a.ray_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="lhf-ray-", dir="/tmp"))  # fmt: skip
+                 _temp_dir=ray_tmp)  # fmt: skip
         ray_init = time.perf_counter() - t0
         load = os.getloadavg()
         print(f"input: {a.n} URLs in {-(-a.n // a.shard_size)} shards, concurrency {a.concurrency} per process; "
@@ -169,6 +170,9 @@ def main() -> None:
         server.wait(10)
         if ray.is_initialized():
             ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        for d in work.glob("*out*"):  # the images; scaling.json stays
+            shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

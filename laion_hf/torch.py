@@ -672,8 +672,12 @@ class LaionTorchDataset(IterableDataset):
             return None
         if self._tok is None:  # built once per process
             if self.tokenizer == "clip":
-                from open_clip.tokenizer import SimpleTokenizer
-
+                try:
+                    from open_clip.tokenizer import SimpleTokenizer
+                except ImportError as exc:
+                    raise LoaderError(
+                        "tokenizer='clip' needs open_clip: pip install 'laion-hf[clip]', or pass tokenizer=None "
+                        f"(captions as strings) or your own callable ({exc})") from exc
                 self._tok = SimpleTokenizer()
             elif callable(self.tokenizer):
                 self._tok = self.tokenizer

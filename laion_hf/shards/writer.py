@@ -127,16 +127,26 @@ class _ParquetSink(_ShardSink):
         if self._buffered >= self._row_group_rows:
             self._flush()
 
-    def _flush(self) -> None:
-        if self._buffer:
-            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=max(self._buffered, 1))
-            self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
+    def _flush(self, final: bool = False) -> None:
+        """Write whole row groups of ``row_group_rows`` rows (row groups are the readers' unit
+        of sharding and shuffling); the remainder waits for more rows, or the end of the shard."""
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer)
+        rg = max(self._row_group_rows, 1)
+        n = table.num_rows if final else (table.num_rows // rg) * rg
+        if n:
+            self._writer.write_table(table.slice(0, n), row_group_size=rg)
+        rest = table.slice(n)
+        self._buffer = [rest] if rest.num_rows else []
+        self._buffered = rest.num_rows
+        self._buffered_bytes = rest.nbytes if rest.num_rows else 0
 
     def size(self) -> int:
         return self._file.tell() + self._buffered_bytes
 
     def close(self) -> None:
-        self._flush()
+        self._flush(final=True)
         self._writer.close()
         self._file.close()
 
@@ -165,7 +175,11 @@ class _TarSink(_ShardSink):
 
         self.rows += table.num_rows
         img = table.column(self._image).combine_chunks() if self._image in table.column_names else None
-        ok = pc.is_valid(img.field("bytes")) if img is not None else pa.array([False] * table.num_rows)
+        if img is not None:  # struct_field honours a null image (field() alone would not)
+            data = pc.struct_field(img, "bytes")
+            ok = pc.fill_null(pc.greater(pc.binary_length(data), 0), False)
+        else:
+            ok = pa.array([False] * table.num_rows)
         for name in self._emb:
             ok = pc.and_(ok, pc.is_valid(table.column(name).combine_chunks()))
         ok_np = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)

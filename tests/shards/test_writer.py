@@ -210,3 +210,31 @@ def test_from_an_img2dataset_download_folder(tmp_path, output_format):
     assert table.filter(ok)["image"].null_count == 0 and table.filter(pa.compute.invert(ok))["image"].null_count \
         == 30 - run["successes"]
     assert pixels(table.filter(ok)["image"][0]["bytes"].as_py()).shape == (32, 32, 3)
+
+
+def test_null_image_structs_are_not_written_as_empty_samples(tmp_path):
+    """with_images emits Image() structs whose parent is null on failure; the child bytes of a
+    null struct must not make a 0-byte .jpg sample."""
+    table = make_rows(10)
+    raw = table.column("image").combine_chunks()
+    failed = raw.is_null()
+    filled = pa.array([b if b is not None else b"" for b in raw.to_pylist()], pa.binary())
+    struct = pa.StructArray.from_arrays([filled, pa.nulls(10, pa.string())], names=["bytes", "path"], mask=failed)
+    table = table.set_column(table.column_names.index("image"), "image", struct)
+    stats = write_shards(table, tmp_path, format="webdataset", progress=False)
+    assert stats["rows_written"] == 8 and sum(stats["skipped"].values()) == 2
+    with tarfile.open(tmp_path / stats["shards"][0]["path"]) as tf:
+        jpgs = [m for m in tf.getmembers() if m.name.endswith(".jpg")]
+    assert len(jpgs) == 8 and all(m.size > 0 for m in jpgs)
+
+
+def test_row_groups_have_the_requested_size(tmp_path):
+    """Row groups are the loaders' unit of sharding: 1,000-row input batches still give
+    10-row groups."""
+    stats = write_shards(make_rows(95), tmp_path, row_group_rows=10, max_shard_rows=60, progress=False,
+                         batch_size=1000)
+    sizes = []
+    for shard in stats["shards"]:
+        md = pq.ParquetFile(tmp_path / shard["path"]).metadata
+        sizes.append([md.row_group(i).num_rows for i in range(md.num_row_groups)])
+    assert sizes == [[10] * 6, [10, 10, 10, 5]]

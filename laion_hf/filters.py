@@ -520,6 +520,11 @@ def filter_to_parquet(
 
     builder = make_builder(source, **load_kwargs)
     os.makedirs(out_dir, exist_ok=True)
+    import glob
+
+    for old in glob.glob(os.path.join(out_dir, "part-*.parquet")) + [os.path.join(out_dir, "stats.json")]:
+        if os.path.exists(old):  # a previous, larger run must not leave parts behind
+            os.remove(old)
     files: list[str] = []
     writer = None
     written_in_file = 0

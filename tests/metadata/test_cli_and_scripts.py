@@ -110,3 +110,16 @@ def test_demo_runs_end_to_end(tmp_path):
     assert pub["rows_written"] == pub["reloaded_rows"] == s["rows_kept"]
     assert summary["dataloader"]["resume_exact"] is True
     assert (tmp_path / "demo" / "published" / "README.md").read_text().startswith("---")
+
+
+def test_filter_rerun_into_the_same_folder_leaves_no_stale_parts(tmp_path):
+    from laion_hf.filters import filter_to_parquet
+    from laion_hf.synth import synthesize
+
+    synthesize(2000, tmp_path / "src", seed=2)
+    first = filter_to_parquet(str(tmp_path / "src"), str(tmp_path / "out"), rows_per_file=300, progress=False)
+    assert len(first["output_files"]) > 2
+    second = filter_to_parquet(str(tmp_path / "src"), str(tmp_path / "out"), where="similarity > 0.35",
+                               rows_per_file=300, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").glob("part-*.parquet")) == second["output_files"]
+    assert read_parts(tmp_path / "out").num_rows == second["rows_kept"]

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -153,6 +154,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: message`` without object addresses (Pillow names ``<_io.BytesIO object at 0x..>``),
+    so the same bad image gives the same error text on every run and machine."""
+    return _ADDRESS.sub("", f"{type(e).__name__}: {e}")
+
+
 def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
     """Sniff, decode (EXIF-oriented, RGB), check, resize and encode ``data`` per ``cfg``.
 
@@ -168,7 +178,7 @@ def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
     except Image.DecompressionBombError as e:
         return ImageResult(st.DECOMPRESSION_BOMB, f"{fmt}: {e}")
     except Exception as e:
-        return ImageResult(st.DECODE_ERROR, f"{fmt} header cannot be read: {type(e).__name__}: {e}")
+        return ImageResult(st.DECODE_ERROR, f"{fmt} header cannot be read: {_describe(e)}")
     try:
         ow, oh = img.size
         if ow <= 0 or oh <= 0:
@@ -213,7 +223,7 @@ def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
         except Image.DecompressionBombError as e:
             return ImageResult(st.DECOMPRESSION_BOMB, str(e), original_width=ow, original_height=oh)
         except Exception as e:
-            return ImageResult(st.DECODE_ERROR, f"{fmt} data cannot be decoded: {type(e).__name__}: {e}",
+            return ImageResult(st.DECODE_ERROR, f"{fmt} data cannot be decoded: {_describe(e)}",
                                original_width=ow, original_height=oh)
         if needs_resize:
             img = _resize(img, ow, oh, cfg)
@@ -225,7 +235,7 @@ def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
             else:
                 img.save(buf, format=out_pil, quality=cfg.encode_quality)
         except Exception as e:
-            return ImageResult(st.ENCODE_ERROR, f"encoding {cfg.encode_format} failed: {type(e).__name__}: {e}",
+            return ImageResult(st.ENCODE_ERROR, f"encoding {cfg.encode_format} failed: {_describe(e)}",
                                original_width=ow, original_height=oh)
         out = buf.getvalue()
         return ImageResult(st.SUCCESS, None, out, w, h, ow, oh, hashlib.sha256(out).hexdigest())

@@ -97,3 +97,14 @@ def test_bad_config_is_a_clear_error():
         ResizeConfig(resize_mode="fit")
     with pytest.raises(FetchError, match="encode_format"):
         ResizeConfig(encode_format="avif")
+
+
+def test_error_text_has_no_object_addresses():
+    """The same bad image gives the same error text on every run (no '<... at 0x7f..>')."""
+    from laion_hf.images.resize import _describe
+
+    class Thing:
+        pass
+
+    text = _describe(OSError(f"cannot identify image file {Thing()!r}"))
+    assert " at 0x" not in text and text.startswith("OSError: cannot identify image file <")

@@ -13,21 +13,23 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.builder import Key
 
 from laion_hf.blocklist import Blocklist
 from laion_hf.errors import LaionHFError, SchemaError, SourceError
-from laion_hf.filters import FilterSpec, apply_filter, combine_filters
+from laion_hf.filters import FilterSpec, combine_filters
 from laion_hf.sampling import sample_mask
 from laion_hf.schema import (
     CANONICAL_COLUMNS,
     CANONICAL_SCHEMA,
     detect_release,
+    keys_for_rows,
     normalize_table,
     output_schema,
     release_info,
@@ -57,7 +59,8 @@ class ScanStats:
         for name in ("files", "files_read", "rows_in", "rows_kept", "removed_by_filter",
                      "removed_by_blocklist", "removed_by_sample", "row_groups_pruned"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.files_skipped.extend(other.files_skipped)
+        seen = {s["file"] for s in self.files_skipped}
+        self.files_skipped.extend(s for s in other.files_skipped if s["file"] not in seen)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,8 +88,9 @@ class LaionConfig(datasets.BuilderConfig):
         batch_size: rows per Arrow batch read from parquet.
         shard_by_row_group: one shard per (file, row group) instead of per file.
         on_error: "raise" (default) or "skip"/"warn": skip a bad file and count it.
-        readahead: batches read, normalized and filtered ahead of the consumer in a
-            background thread (0 = read in the consumer's thread).
+        threads: shards (row groups) read, normalized and filtered at once in a thread
+            pool, ahead of the consumer and yielded in order (pyarrow releases the GIL);
+            default one per core (at most 8); 0 or 1 reads in the consumer's thread.
     """
 
     release: str | None = None
@@ -101,7 +105,7 @@ class LaionConfig(datasets.BuilderConfig):
     shard_by_row_group: bool = True
     on_error: Literal["raise", "skip", "warn"] = "raise"
     storage_options: dict | None = None
-    readahead: int = 2
+    threads: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,54 +129,49 @@ class _LocalPath:
         return None
 
 
-_DONE = object()
+_ROW = "__laion_hf_row__"
 
 
-def _readahead(gen: Iterator, depth: int) -> Iterator:
-    """Run ``gen`` in a daemon thread, ``depth`` items ahead; exceptions re-raise here.
+@dataclass
+class _ShardPlan:
+    """What reading one shard needs: its fragment, column mapping and kept row groups."""
 
-    Closing the consumer (break, garbage collection) stops the producer at its next item.
-    """
-    if depth <= 0:
-        yield from gen
-        return
-    import queue
-    import threading
+    file: str
+    fragment: Any
+    schema: pa.Schema
+    mapping: dict[str, str | None]
+    kept: list[int]
+    starts: list[int]
+    read: list[str]
+    key_prefix: str | None
+    late_keys: bool
+    file_idx: int = 0
+    rgs: tuple[int, ...] | None = None
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def produce() -> None:
+def _is_local(file: str) -> bool:
+    return "://" not in str(file) and os.path.exists(file)
+
+
+def _ordered_parallel(items: Iterable, fn, threads: int) -> Iterator:
+    """``fn(item)`` for each item on a thread pool, at most ``2 * threads`` in flight, results
+    yielded in input order. Exceptions re-raise here, in order; closing the consumer cancels
+    what has not started."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="laion-hf-read") as pool:
+        pending: deque = deque()
         try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-            else:
-                q.put((_DONE, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put((_DONE, e))
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         finally:
-            if stop.is_set():
-                gen.close()
-
-    thread = threading.Thread(target=produce, name="laion-hf-readahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = q.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
+            for future in pending:
+                future.cancel()
 
 
 def _local_fs():
@@ -184,7 +183,7 @@ def _local_fs():
 def _open(file: str):
     """Open a data file: local paths natively, URLs through ``open`` (which ``datasets``
     extends to stream hf://, https://, s3:// ... in streaming mode)."""
-    if "://" not in str(file) and os.path.exists(file):
+    if _is_local(file):
         return _LocalPath(str(file))
     return open(file, "rb")
 
@@ -298,42 +297,100 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         for file, rgs in zip(files, row_groups_list):
             yield {"file": file.split("\t", 1)[1], "row_groups": rgs}
 
-    def _skipped(self, file: str, error: Exception) -> None:
-        stats = getattr(self, "stats", None)
+    def _skipped(self, file: str, error: Exception, stats: ScanStats | None = None) -> None:
+        stats = stats if stats is not None else getattr(self, "stats", None)
         if stats is not None and not any(s["file"] == str(file) for s in stats.files_skipped):
             stats.files_skipped.append({"file": str(file), "error": str(error)})
         if self.config.on_error == "warn":
             logger.warning("skipping %s", error)
 
     # -- reading -----------------------------------------------------------------------
+    def _threads(self) -> int:
+        return self.config.threads if self.config.threads is not None else min(os.cpu_count() or 1, 8)
+
     def _generate_tables(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
-        # Reading, normalizing and filtering run in a background thread (pyarrow releases
-        # the GIL), one batch ahead of the consumer.
-        yield from _readahead(self._generate_tables_sync(files, row_groups_list), depth=self.config.readahead)
+        threads = self._threads()
+        shards = list(enumerate(zip(files, row_groups_list)))
+        if threads <= 1:
+            yield from self._generate_tables_sync(files, row_groups_list)
+        elif all(_is_local(tagged.split("\t", 1)[1]) for tagged in files):
+            yield from self._generate_local(shards)
+        else:  # remote files: whole shards on a thread pool (hides latency), in order
+            def work(item):
+                shard_idx, (tagged, rgs) = item
+                stats = ScanStats()
+                return list(self._read_shard(shard_idx, tagged, rgs, stats)), stats
+
+            for tables, stats in _ordered_parallel(shards, work, threads):
+                self.stats.add(stats)
+                yield from tables
+
+    def _generate_local(self, shards: list) -> Iterator[tuple[Key, pa.Table]]:
+        """Local shards: consecutive shards whose files share a schema are scanned together
+        by one pyarrow scanner; a shard that cannot be planned or scanned is read alone, so
+        its error names its file (or it is skipped and counted), and no row is duplicated
+        (a shard's output is yielded only once it is complete)."""
+        group: list[tuple[int, _ShardPlan, ScanStats]] = []
+
+        def flush():
+            try:
+                for shard_idx, tables, stats in self._scan_local_group(group):
+                    self.stats.add(stats)
+                    for i, table in enumerate(tables):
+                        yield Key(shard_idx, i), table
+                    finished.add(shard_idx)
+            except Exception:  # noqa: BLE001 - re-read what is unfinished, shard by shard
+                for shard_idx, plan, _ in group:
+                    if shard_idx not in finished:
+                        yield from self._read_shard(shard_idx, f"{plan.file_idx}\t{plan.file}", plan.rgs, self.stats)
+
+        finished: set[int] = set()
+        for shard_idx, (tagged, rgs) in shards:
+            file_idx_s, file = tagged.split("\t", 1)
+            stats = ScanStats()
+            try:
+                plan = self._plan_shard(file, file, int(file_idx_s), rgs, stats)
+                plan.file_idx, plan.rgs = int(file_idx_s), rgs
+            except Exception:  # noqa: BLE001 - read alone: raises or skips with the file's name
+                yield from flush()
+                group = []
+                yield from self._read_shard(shard_idx, tagged, rgs, self.stats)
+                continue
+            if group and (plan.schema != group[0][1].schema or plan.read != group[0][1].read):
+                yield from flush()
+                group = []
+            group.append((shard_idx, plan, stats))
+        yield from flush()
 
     def _generate_tables_sync(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
         for shard_idx, (tagged, rgs) in enumerate(zip(files, row_groups_list)):
-            file_idx_s, file = tagged.split("\t", 1)
-            file_idx = int(file_idx_s)
-            batch_idx = 0
-            try:
-                with _open(file) as f:
-                    for table in self._scan_file(f, file, file_idx, rgs, self.stats):
-                        yield Key(shard_idx, batch_idx), table
-                        batch_idx += 1
-            except LaionHFError as e:
-                if self.config.on_error == "raise":
-                    raise
-                self._skipped(file, e)
-            except Exception as e:  # noqa: BLE001 - name the file that broke
-                err = SourceError(f"{file}: cannot read ({type(e).__name__}: {e})")
-                if self.config.on_error == "raise":
-                    raise err from e
-                self._skipped(file, err)
+            yield from self._read_shard(shard_idx, tagged, rgs, self.stats)
 
-    def _scan_file(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None,
-                   stats: ScanStats) -> Iterator[pa.Table]:
-        cfg = self.config
+    def _read_shard(self, shard_idx: int, tagged: str, rgs, stats: ScanStats) -> Iterator[tuple[Key, pa.Table]]:
+        """One shard (a file, or one row group of it), its counts in ``stats``; a bad file
+        raises a :class:`SourceError` naming it, or is skipped and listed (``on_error``)."""
+        file_idx_s, file = tagged.split("\t", 1)
+        file_idx = int(file_idx_s)
+        batch_idx = 0
+        try:
+            with _open(file) as f:
+                for table in self._scan_file(f, file, file_idx, rgs, stats):
+                    yield Key(shard_idx, batch_idx), table
+                    batch_idx += 1
+        except LaionHFError as e:
+            if self.config.on_error == "raise":
+                raise
+            self._skipped(file, e, stats)
+        except Exception as e:  # noqa: BLE001 - name the file that broke
+            err = SourceError(f"{file}: cannot read ({type(e).__name__}: {e})")
+            if self.config.on_error == "raise":
+                raise err from e
+            self._skipped(file, err, stats)
+
+    def _plan_shard(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None, stats: ScanStats) -> "_ShardPlan":
+        """Open a shard's file, prune its row groups by statistics (counted as filtered)."""
+        import pyarrow.dataset as pads
+
         pf = pq.ParquetFile(f)
         meta = pf.metadata
         mapping = resolve_columns(pf.schema_arrow.names, where=file)
@@ -343,43 +400,106 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         starts = [0]
         for i in range(meta.num_row_groups):
             starts.append(starts[-1] + meta.row_group(i).num_rows)
-        keep_groups = set(row_groups)
+        fragment = pads.ParquetFileFormat().make_fragment(f, filesystem=_local_fs() if isinstance(f, str) else None)
+        kept = list(row_groups)
         pushdown = self._pushdown(pf.schema_arrow)
         if pushdown is not None and row_groups:
-            import pyarrow.dataset as pads
-
-            fragment = pads.ParquetFileFormat().make_fragment(f, filesystem=_local_fs() if isinstance(f, str) else None)
             try:
-                kept = {rg.id for rg in fragment.subset(row_group_ids=row_groups).subset(filter=pushdown).row_groups}
+                ids = {rg.id for rg in fragment.subset(row_group_ids=row_groups).subset(filter=pushdown).row_groups}
+                kept = [rg for rg in row_groups if rg in ids]
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                kept = keep_groups
+                pass
             for rg in row_groups:
                 if rg not in kept:
                     n = meta.row_group(rg).num_rows
                     stats.rows_in += n
                     stats.removed_by_filter += n
                     stats.row_groups_pruned += 1
-            keep_groups = kept
         available = set(pf.schema_arrow.names)
-        read = [c for c in self.read_columns if c in available]
         key_prefix = None if mapping.get("key") else f"{file_idx:05d}"
-        for rg in row_groups:
-            if rg not in keep_groups:
-                continue
-            offset = starts[rg]
-            for batch in pf.iter_batches(batch_size=cfg.batch_size, row_groups=[rg], columns=read, use_threads=True):
-                table = pa.Table.from_batches([batch])
-                n = table.num_rows
-                table = normalize_table(table, mapping=mapping, where=file, key_prefix=key_prefix, row_offset=offset)
-                offset += n
-                yield self._select(table, stats, file)
+        return _ShardPlan(
+            file=file, fragment=fragment, schema=pf.schema_arrow, mapping=mapping, kept=kept, starts=starts,
+            read=[c for c in self.read_columns if c in available], key_prefix=key_prefix,
+            # keys made from row numbers are built after the filter, for the kept rows only
+            late_keys=key_prefix is not None and "key" not in self.filter_spec.columns,
+        )
 
-    def _select(self, table: pa.Table, stats: ScanStats, file: str) -> pa.Table:
+    def _process_batch(self, plan: "_ShardPlan", batch: pa.RecordBatch, offset: int, stats: ScanStats) -> pa.Table:
+        """Normalize, filter, blocklist and sample one batch whose first row is ``offset``."""
+        table = pa.Table.from_batches([batch])
+        n = table.num_rows
+        table = normalize_table(table, mapping=plan.mapping, where=plan.file,
+                                key_prefix=None if plan.late_keys else plan.key_prefix, row_offset=offset)
+        if plan.late_keys:
+            table = table.append_column(_ROW, pa.array(np.arange(offset, offset + n, dtype=np.int64)))
+        return self._select(table, stats, plan.file, plan.key_prefix if plan.late_keys else None)
+
+    def _scan_file(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None,
+                   stats: ScanStats) -> Iterator[pa.Table]:
+        plan = self._plan_shard(f, file, file_idx, rgs, stats)
+        for rg in plan.kept:
+            offset = plan.starts[rg]
+            for batch in plan.fragment.subset(row_group_ids=[rg]).to_batches(
+                    columns=plan.read, batch_size=self.config.batch_size):
+                yield self._process_batch(plan, batch, offset, stats)
+                offset += batch.num_rows
+
+    def _scan_local_group(self, group: list[tuple[int, "_ShardPlan", ScanStats]]) -> Iterator[tuple[int, list, ScanStats]]:
+        """Scan the kept row groups of several local shards with one pyarrow dataset scanner
+        (parallel, pre-buffered reads, like a raw ``pyarrow.dataset`` scan), in order; yield
+        ``(shard_idx, tables, stats)`` per finished shard."""
+        import pyarrow.dataset as pads
+
+        owner: dict[tuple[str, int], int] = {}
+        fragments = []
+        for pos, (_, plan, _) in enumerate(group):
+            for rg in plan.kept:
+                fragments.append(plan.fragment.subset(row_group_ids=[rg]))
+                owner[(plan.fragment.path, rg)] = pos
+        if not fragments:
+            for shard_idx, _, stats in group:
+                yield shard_idx, [], stats
+            return
+        dataset = pads.FileSystemDataset(fragments, schema=group[0][1].schema, format=pads.ParquetFileFormat(),
+                                         filesystem=_local_fs())
+        scanner = dataset.scanner(columns=group[0][1].read, batch_size=self.config.batch_size)
+        offsets: dict[tuple[str, int], int] = {}
+
+        def batches():  # (group position, plan, batch, first row) in scan order
+            for tagged in scanner.scan_batches():
+                where = (tagged.fragment.path, tagged.fragment.row_groups[0].id)
+                pos = owner[where]
+                plan = group[pos][1]
+                offset = offsets.get(where, plan.starts[where[1]])
+                offsets[where] = offset + tagged.record_batch.num_rows
+                yield pos, plan, tagged.record_batch, offset
+
+        def process(item):  # on the pool: pyarrow compute releases the GIL
+            pos, plan, batch, offset = item
+            stats = ScanStats()
+            return pos, self._process_batch(plan, batch, offset, stats), stats
+
+        done = 0  # group positions before this one are finished
+        tables: list[pa.Table] = []
+        for pos, table, batch_stats in _ordered_parallel(batches(), process, self._threads()):
+            while done < pos:  # shards before this one are complete
+                yield group[done][0], tables, group[done][2]
+                tables, done = [], done + 1
+            group[pos][2].add(batch_stats)
+            tables.append(table)
+        while done < len(group):
+            yield group[done][0], tables, group[done][2]
+            tables, done = [], done + 1
+
+    def _select(self, table: pa.Table, stats: ScanStats, file: str, key_prefix: str | None = None) -> pa.Table:
         cfg = self.config
         n = table.num_rows
         stats.rows_in += n
-        table = apply_filter(table, self.filter_spec.expression)
+        table = self.filter_spec.apply(table)
         stats.removed_by_filter += n - table.num_rows
+        if key_prefix is not None:
+            keys = keys_for_rows(key_prefix, table.column(_ROW))
+            table = table.drop_columns([_ROW]).set_column(CANONICAL_COLUMNS.index("key"), "key", keys)
         if cfg.blocklist is not None and table.num_rows:
             table, removed = cfg.blocklist.filter_table(table)
             stats.removed_by_blocklist += removed

@@ -292,58 +292,64 @@ def _columns_of(node) -> set[str]:
     return out
 
 
-def _compile(node, rename: dict[str, str] | None = None) -> Any:
+_CMP = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal, "==": pc.equal,
+        "!=": pc.not_equal}
+_ARITH = {"+": pc.add, "-": pc.subtract, "*": pc.multiply, "/": pc.divide}
+_UNARY = {"abs": pc.abs, "len": pc.utf8_length, "length": pc.utf8_length, "lower": pc.utf8_lower,
+          "upper": pc.utf8_upper}
+_MATCH = {"contains": pc.match_substring, "startswith": pc.starts_with, "endswith": pc.ends_with}
+
+
+def _compile(node, leaf: Any = None) -> Any:
+    """Build the filter from its tree with pyarrow compute functions.
+
+    ``leaf(name)`` gives a column: ``pc.field`` (the default) makes a pyarrow Expression (for
+    parquet push-down and row-group pruning); ``table.column`` evaluates the filter directly
+    on a table, which skips Acero's per-call overhead on the hot path.
+    """
+    leaf = leaf or pc.field
     kind = node[0]
     if kind == "col":
-        return pc.field(rename.get(node[1], node[1]) if rename else node[1])
+        return leaf(node[1])
     if kind == "lit":
-        return pc.scalar(node[1])
+        return pa.scalar(node[1])
     if kind == "neg":
-        return pc.negate(_compile(node[1], rename))
+        return pc.negate(_compile(node[1], leaf))
     if kind == "cmp":
         _, op, a, b = node
-        a, b = _compile(a, rename), _compile(b, rename)
-        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b}[op]
+        return _CMP[op](_compile(a, leaf), _compile(b, leaf))
     if kind == "and":
-        return _compile(node[1], rename) & _compile(node[2], rename)
+        return pc.and_kleene(_compile(node[1], leaf), _compile(node[2], leaf))
     if kind == "or":
-        return _compile(node[1], rename) | _compile(node[2], rename)
+        return pc.or_kleene(_compile(node[1], leaf), _compile(node[2], leaf))
     if kind == "not":
-        return ~_compile(node[1], rename)
+        return pc.invert(_compile(node[1], leaf))
     if kind == "in":
         _, a, values, negate = node
-        expr = _compile(a, rename).isin(values)
-        return ~expr if negate else expr
+        expr = pc.is_in(_compile(a, leaf), value_set=pa.array(values))
+        return pc.invert(expr) if negate else expr
     if kind == "isnull":
-        expr = _compile(node[1], rename).is_null()
-        return ~expr if node[2] else expr
+        expr = pc.is_null(_compile(node[1], leaf))
+        return pc.invert(expr) if node[2] else expr
     if kind == "arith":
         _, op, a, b = node
-        fn = {"+": pc.add, "-": pc.subtract, "*": pc.multiply, "/": pc.divide}[op]
-        a, b = _compile(a, rename), _compile(b, rename)
+        a, b = _compile(a, leaf), _compile(b, leaf)
         if op == "/":
             a = a.cast(pa.float64())
-        return fn(a, b)
+        return _ARITH[op](a, b)
     if kind == "call":
         _, fname, args = node
-        cargs = [_compile(a, rename) for a in args]
+        cargs = [_compile(a, leaf) for a in args]
         if fname == "min":
             return pc.min_element_wise(*cargs)
         if fname == "max":
             return pc.max_element_wise(*cargs)
-        if fname == "abs":
-            return pc.abs(cargs[0])
-        if fname in ("len", "length"):
-            return pc.utf8_length(cargs[0])
-        if fname == "lower":
-            return pc.utf8_lower(cargs[0])
-        if fname == "upper":
-            return pc.utf8_upper(cargs[0])
+        if fname in _UNARY:
+            return _UNARY[fname](cargs[0])
         pattern = args[1]
         if pattern[0] != "lit" or not isinstance(pattern[1], str):
             raise FilterError(f"{fname}() takes a string literal as its second argument")
-        fn = {"contains": pc.match_substring, "startswith": pc.starts_with, "endswith": pc.ends_with}[fname]
-        return fn(cargs[0], pattern=pattern[1])
+        return _MATCH[fname](cargs[0], pattern=pattern[1])
     raise FilterError(f"cannot compile filter node {kind!r}")  # pragma: no cover
 
 
@@ -361,7 +367,11 @@ class ParsedFilter:
 
     def renamed(self, rename: dict[str, str]) -> Any:
         """The same expression over renamed columns (used to push filters down to sources)."""
-        return _compile(self.tree, rename)
+        return _compile(self.tree, lambda name: pc.field(rename.get(name, name)))
+
+    def evaluate(self, table: pa.Table) -> Any:
+        """The boolean mask of this filter over ``table`` (null where a value is null)."""
+        return _compile(self.tree, table.column)
 
 
 def parse_filter(text: str, known_columns: Iterable[str] | None = None) -> ParsedFilter:
@@ -432,6 +442,24 @@ class FilterSpec:
     raw: list[Any]
     descriptions: list[str]
     columns: frozenset[str]
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """Keep the rows for which every filter is true (null counts as false)."""
+        if self.expression is None:
+            return table
+        if self.raw:
+            return apply_filter(table, self.expression)
+        try:
+            mask = None
+            for p in self.parsed:
+                m = p.evaluate(table)
+                mask = m if mask is None else pc.and_kleene(mask, m)
+            if isinstance(mask, (pa.Scalar,)):
+                mask = pa.array([mask.as_py()] * table.num_rows, pa.bool_())
+            return table.filter(mask, null_selection_behavior="drop")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError) as e:
+            raise FilterError(f"filter {self.descriptions} cannot be applied to columns "
+                              f"{table.column_names}: {e}") from None
 
     def pushdown(self, rename: dict[str, str]) -> Any | None:
         """The parsed part of the filter over source columns (None when nothing can be pushed)."""

@@ -163,7 +163,12 @@ def generated_keys(prefix: str, start: int, n: int) -> pa.Array:
     """Keys ``f"{prefix}{start + i:09d}"`` for rows without a key column (vectorized)."""
     import numpy as np
 
-    numbers = pc.cast(pa.array(np.arange(start, start + n, dtype=np.int64)), pa.string())
+    return keys_for_rows(prefix, pa.array(np.arange(start, start + n, dtype=np.int64)))
+
+
+def keys_for_rows(prefix: str, rows: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Keys ``f"{prefix}{row:09d}"`` for the given row numbers (vectorized)."""
+    numbers = pc.cast(rows, pa.string())
     return pc.binary_join_element_wise(prefix, pc.utf8_lpad(numbers, width=9, padding="0"), "")
 
 

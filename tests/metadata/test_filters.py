@@ -129,3 +129,19 @@ def test_keyword_filters_and_combination_with_pyarrow_expression():
                            min_similarity=0.28, language=["en"])
     assert apply_filter(t, spec.expression).column("url").to_pylist() == ["u0"]
     assert len(spec.descriptions) == 3
+
+
+@pytest.mark.parametrize("text", [
+    "similarity >= 0.28 and punsafe < 0.1 and min(width, height) >= 1024 and language in ('en', 'de')",
+    "not (similarity > 0.4 or width == 10) or caption is null",
+    "width / height >= 2 and len(caption) > 3 and startswith(lower(caption), 'a')",
+    "-similarity < -0.3 and language not in ('fr')",
+])
+def test_direct_evaluation_equals_the_pyarrow_expression(text):
+    """The hot path evaluates the tree with pyarrow compute; push-down uses the Expression:
+    both must keep the same rows."""
+    t = _table(similarity=[0.1, 0.5, 0.3, None, 0.29], width=[10, 2048, 30, 4000, 1100],
+               height=[10, 1024, 30, 1024, 1100], caption=["a cat", None, "dog", "a big one", "an apple"],
+               language=["en", "de", "fr", None, "en"], punsafe=[0.0, 0.05, 0.5, 0.0, 0.01])
+    spec = combine_filters(text, known_columns=t.column_names)
+    assert spec.apply(t).equals(apply_filter(t, spec.expression))

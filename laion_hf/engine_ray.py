@@ -901,21 +901,9 @@ def embed_shards_ray(
     config = {"model": probe.model_name, "pretrained": probe.pretrained, "embed_dim": probe.embed_dim,
               "dtype": dtype, "heads": head_names, "inputs": inputs}  # fmt: skip
     out = Path(out_dir)
-    for sub in ("img_emb", "text_emb", "metadata", "stats"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "embed_config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        diff = [k for k in config if old.get(k) != config[k]]
-        if diff:
-            raise ShardError(
-                f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
-                f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
-            )
-    else:
-        from laion_hf.clip.embed import _atomic_write
+    from laion_hf.clip.embed import prepare_output
 
-        _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+    prepare_output(out, config)
     todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
     spec = {"model": model, "pretrained": pretrained, "precision": precision, "batch_size": bs,
             "cache_dir": cache_dir, "heads": list(heads), "device": model_device, "dtype": dtype,

@@ -181,6 +181,24 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
+def prepare_output(out: Path, config: dict[str, Any]) -> None:
+    """Create the clip-retrieval layout under ``out`` and record ``config``; a folder made with
+    another configuration is refused (resuming must not mix models or settings)."""
+    for sub in ("img_emb", "text_emb", "metadata", "stats"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "embed_config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        diff = [k for k in config if old.get(k) != config[k]]
+        if diff:
+            raise ShardError(
+                f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
+                f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
+            )
+    else:
+        _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+
+
 def _part_done(out: Path, n: int) -> bool:
     return (out / "metadata" / f"metadata_{n}.parquet").exists() and (out / "stats" / f"stats_{n}.json").exists()
 
@@ -236,19 +254,7 @@ def embed_shards(
         "heads": [h.name for h in pipe.heads],
         "inputs": inputs,
     }
-    for sub in ("img_emb", "text_emb", "metadata", "stats"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "embed_config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        diff = [k for k in config if old.get(k) != config[k]]
-        if diff:
-            raise ShardError(
-                f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
-                f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
-            )
-    else:
-        _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+    prepare_output(out, config)
 
     todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
     counts = [_count_rows(p) for _, p in todo]

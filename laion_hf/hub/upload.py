@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from laion_hf.errors import HubError, ShardError
 from laion_hf.hub.card import README, is_generated, render_card
-from laion_hf.shards.writer import STATS_FILENAME, read_stats
+from laion_hf.shards.writer import STATS_FILENAME, file_sha256, read_stats
 
 logger = logging.getLogger("laion_hf.hub")
 
@@ -112,12 +112,6 @@ def _local_files(folder: Path) -> list[str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _git_sha1(path: Path) -> str:
@@ -273,7 +267,7 @@ def push(
             r = remote.get(p)
             if r is not None and getattr(r, "size", None) == sizes[p]:
                 if r.lfs is not None:
-                    local = sha_of.get(p) or _sha256(folder / p)
+                    local = sha_of.get(p) or file_sha256(folder / p)
                     sha_of[p] = local
                     same = r.lfs.sha256 == local
                 else:

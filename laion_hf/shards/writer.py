@@ -238,7 +238,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -479,7 +479,7 @@ def write_shards(
         os.replace(info["tmp"], final)
         entry = {"path": final.relative_to(out).as_posix(), "rows": info["rows"],
                  "rows_written": info["rows_written"], "bytes": final.stat().st_size,
-                 "sha256": _sha256(final), "status": info["status"], "errors": info["errors"]}
+                 "sha256": file_sha256(final), "status": info["status"], "errors": info["errors"]}
         if "skipped" in info:
             entry["skipped"] = info["skipped"]
         shard_stats.append(entry)

@@ -66,13 +66,23 @@ def run_naive(folder: str, limit: int) -> tuple[int, float]:
     return limit, time.perf_counter() - t
 
 
+_PEAK_RSS = """
+import resource, sys
+sys.path.insert(0, {here!r})
+from metadata_scan import run_ours
+n, dt = run_ours({folder!r})
+try:  # VmHWM is this process's own high-water mark; ru_maxrss would include the parent's,
+    # since Linux keeps it across fork + exec
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+except (OSError, StopIteration):
+    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(n, hwm)
+"""
+
+
 def peak_rss_of_ours(folder: str) -> float:
-    """Peak RSS (MiB) of a fresh process that runs (b) over ``folder``."""
-    code = (
-        "import resource, sys; sys.path.insert(0, %r); from metadata_scan import run_ours; "
-        "n, dt = run_ours(%r); "
-        "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % (os.path.dirname(__file__), folder)
-    )
+    """Peak RSS (MiB) of a fresh process that runs (b) over ``folder`` (imports included)."""
+    code = _PEAK_RSS.format(here=os.path.dirname(os.path.abspath(__file__)), folder=folder)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return int(out[-1]) / 1024
 

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.builder import Key
+from datasets.iterable_dataset import ArrowExamplesIterable
 
 from laion_hf.blocklist import Blocklist
 from laion_hf.errors import LaionHFError, SchemaError, SourceError
@@ -199,6 +200,53 @@ def _compatible(source_type: pa.DataType, target: pa.DataType) -> bool:
     return False
 
 
+class _AllShardsArrowIterable(ArrowExamplesIterable):
+    """``datasets``' Arrow iterable, but reading all remaining shards in one call of the
+    builder's generator, so that the builder can scan row groups in parallel across shards
+    (``datasets`` calls it once per shard, which serializes the reads). The state dict keeps
+    ``datasets``' own meaning (shard index + rows seen in that shard), so resuming works as
+    before; sharding/shuffling for workers and nodes keeps this class."""
+
+    def _init_state_dict(self) -> dict:
+        self._state_dict = {"shard_idx": 0, "shard_example_idx": 0, "type": ArrowExamplesIterable.__name__}
+        return self._state_dict
+
+    def _wrap(self, other: ArrowExamplesIterable) -> "_AllShardsArrowIterable":
+        return _AllShardsArrowIterable(other.generate_tables_fn, other.kwargs, other.generate_more_kwargs_fn,
+                                       other.sleep_on_threads_shutdown)
+
+    def shuffle_data_sources(self, generator):
+        return self._wrap(super().shuffle_data_sources(generator))
+
+    def shard_data_sources(self, num_shards: int, index: int, contiguous=True):
+        return self._wrap(super().shard_data_sources(num_shards, index, contiguous=contiguous))
+
+    def reshard_data_sources(self):
+        return self._wrap(super().reshard_data_sources())
+
+    def _iter_arrow(self):
+        start = self._state_dict["shard_idx"] if self._state_dict else 0
+        skip = self._state_dict["shard_example_idx"] if self._state_dict else 0
+        files, rgs = self.kwargs["files"][start:], self.kwargs["row_groups_list"][start:]
+        current, seen = 0, 0  # shard position (relative to start) and rows seen in it
+        for key, table in self.generate_tables_fn(files=files, row_groups_list=rgs):
+            while current < key.original_shard_id:  # earlier shards are finished
+                current, seen, skip = current + 1, 0, 0
+                if self._state_dict:
+                    self._state_dict["shard_idx"] += 1
+                    self._state_dict["shard_example_idx"] = 0
+            seen += len(table)
+            if seen <= skip:
+                continue
+            if self._state_dict:
+                self._state_dict["shard_example_idx"] += len(table)
+            yield Key(start + key.original_shard_id, key.item_or_batch_id), table
+        while self._state_dict and current < len(files):
+            current += 1
+            self._state_dict["shard_idx"] += 1
+            self._state_dict["shard_example_idx"] = 0
+
+
 class LaionBuilder(datasets.ArrowBasedBuilder):
     """Streams LAION metadata parquet in the canonical schema, filtered and sampled."""
 
@@ -211,6 +259,11 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             features=None,
             homepage="https://laion.ai",
         )
+
+    def _get_examples_iterable_for_split(self, split_generator):
+        return _AllShardsArrowIterable(self._generate_tables, split_generator.gen_kwargs,
+                                       getattr(self, "_generate_more_gen_kwargs", None),
+                                       self.SLEEP_ON_THREADS_SHUTDOWNS)
 
     # -- planning ----------------------------------------------------------------------
     def _plan(self, first_schema: pa.Schema, first_file: str) -> None:

@@ -154,3 +154,27 @@ def test_serial_and_parallel_readers_agree(synth_dir, tmp_path, threads):
     keys = [k for t in b.iter_tables() for k in t.column("key").to_pylist()]
     assert len(keys) == len(set(keys)) == 4000  # two good files (keys name the file), no duplicate
     assert len(b.stats.files_skipped) == 2
+
+
+def test_stream_resumes_from_state_dict_mid_shard(synth_dir):
+    """All shards are read in one parallel scan, but datasets' state_dict (shard index + rows
+    seen in it) still resumes exactly."""
+    full = [r["key"] for r in load_laion(synth_dir, columns=["key"], where="similarity > 0.29")]
+    for k in (1, 700, 2500, len(full) - 1):
+        ds = load_laion(synth_dir, columns=["key"], where="similarity > 0.29")
+        head = []
+        for row in ds:
+            head.append(row["key"])
+            if len(head) == k:
+                state = ds.state_dict()
+                break
+        resumed = load_laion(synth_dir, columns=["key"], where="similarity > 0.29")
+        resumed.load_state_dict(state)
+        assert head + [r["key"] for r in resumed] == full
+
+
+def test_workers_and_nodes_still_split_shards(synth_dir):
+    ds = load_laion(synth_dir, columns=["key"])
+    parts = [split_dataset_by_node(ds, rank=r, world_size=3) for r in range(3)]
+    keys = [[r["key"] for r in p] for p in parts]
+    assert sorted(sum(keys, [])) == sorted(r["key"] for r in ds) and all(len(k) == 2000 for k in keys)

@@ -516,7 +516,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         dataset = pads.FileSystemDataset(fragments, schema=group[0][1].schema, format=pads.ParquetFileFormat(),
                                          filesystem=_local_fs())
         scanner = dataset.scanner(columns=group[0][1].read, batch_size=self.config.batch_size,
-                                  batch_readahead=4, fragment_readahead=2)  # bounded memory
+                                  batch_readahead=2, fragment_readahead=2)  # bounded memory
         offsets: dict[tuple[str, int], int] = {}
 
         def batches():  # (group position, plan, batch, first row) in scan order

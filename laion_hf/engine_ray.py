@@ -803,18 +803,13 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
         count += table.num_rows
         for vc in pc.value_counts(table["status"]).to_pylist():
             status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
-        good = table.filter(table[IMAGE_EMBEDDING].is_valid())
-        if good.num_rows:
-            img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, d)
-            txt_col = good[TEXT_EMBEDDING].combine_chunks()
-            txt = np.zeros((good.num_rows, d), dtype=np.float32)
-            has = txt_col.is_valid().to_numpy(zero_copy_only=False)
-            if has.any():
-                txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, d)
-            img_parts.append(img.astype(np_dtype))
-            txt_parts.append(txt.astype(np_dtype))
-            meta_parts.append(good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING)
-                                                 if c in good.column_names]))  # fmt: skip
+        from laion_hf.clip.embed import part_arrays
+
+        part = part_arrays(table, d, np_dtype)
+        if part is not None:
+            img_parts.append(part[0])
+            txt_parts.append(part[1])
+            meta_parts.append(part[2])
     img_all = np.concatenate(img_parts) if img_parts else np.zeros((0, d), np_dtype)
     txt_all = np.concatenate(txt_parts) if txt_parts else np.zeros((0, d), np_dtype)
     if meta_parts:

@@ -181,6 +181,26 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
+def part_arrays(table: pa.Table, dim: int, np_dtype: Any) -> tuple[Any, Any, pa.Table] | None:
+    """The rows of ``table`` that have an image embedding, as clip-retrieval's row-aligned
+    parts: image matrix, text matrix (zeros where a row has no caption embedding) and the
+    metadata table; None when no row has one."""
+    import numpy as np
+
+    from laion_hf.clip.stream import IMAGE_EMBEDDING, TEXT_EMBEDDING
+    good = table.filter(table[IMAGE_EMBEDDING].is_valid())
+    if not good.num_rows:
+        return None
+    img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    txt_col = good[TEXT_EMBEDDING].combine_chunks()
+    txt = np.zeros((good.num_rows, dim), dtype=np.float32)
+    has = txt_col.is_valid().to_numpy(zero_copy_only=False)
+    if has.any():
+        txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, dim)
+    meta = good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in good.column_names])
+    return img.astype(np_dtype), txt.astype(np_dtype), meta
+
+
 def prepare_output(out: Path, config: dict[str, Any]) -> None:
     """Create the clip-retrieval layout under ``out`` and record ``config``; a folder made with
     another configuration is refused (resuming must not mix models or settings)."""
@@ -273,19 +293,11 @@ def embed_shards(
                 count += table.num_rows
                 for vc in pc.value_counts(table["status"]).to_pylist():
                     status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
-                ok = table[IMAGE_EMBEDDING].is_valid()
-                good = table.filter(ok)
-                d = embedder.embed_dim
-                if good.num_rows:
-                    img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, d)
-                    txt_col = good[TEXT_EMBEDDING].combine_chunks()
-                    txt = np.zeros((good.num_rows, d), dtype=np.float32)
-                    has = txt_col.is_valid().to_numpy(zero_copy_only=False)
-                    if has.any():
-                        txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, d)
-                    img_parts.append(img.astype(np_dtype))
-                    txt_parts.append(txt.astype(np_dtype))
-                    meta_parts.append(good.drop_columns(["image", IMAGE_EMBEDDING, TEXT_EMBEDDING]))
+                part = part_arrays(table, embedder.embed_dim, np_dtype)
+                if part is not None:
+                    img_parts.append(part[0])
+                    txt_parts.append(part[1])
+                    meta_parts.append(part[2])
                 bar.update(table.num_rows)
             d = embedder.embed_dim
             img_all = np.concatenate(img_parts) if img_parts else np.zeros((0, d), np_dtype)

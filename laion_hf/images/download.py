@@ -204,16 +204,9 @@ def _json_safe(v: Any) -> Any:
 
 
 def _result_arrays(keys: list[str], results: Sequence[ImageResult]) -> list[pa.Array]:
-    return [
-        pa.array(keys, pa.string()),
-        pa.array([r.status for r in results], pa.string()),
-        pa.array([r.error for r in results], pa.string()),
-        pa.array([r.width for r in results], pa.int32()),
-        pa.array([r.height for r in results], pa.int32()),
-        pa.array([r.original_width for r in results], pa.int32()),
-        pa.array([r.original_height for r in results], pa.int32()),
-        pa.array([r.sha256 for r in results], pa.string()),
-    ]
+    from laion_hf.images.stream import result_columns
+
+    return [pa.array(keys, pa.string()), *result_columns(results)]
 
 
 def _with_results(table: pa.Table, keys: list[str], results: Sequence[ImageResult], image: bool,

@@ -66,8 +66,12 @@ def results_to_arrays(results: Sequence[ImageResult]) -> list[pa.Array]:
         [pa.array(data, pa.binary()), pa.nulls(len(results), pa.string())],
         fields=list(IMAGE_STRUCT), mask=pa.array([not o for o in ok], pa.bool_()),
     )
+    return [image, *result_columns(results)]
+
+
+def result_columns(results: Sequence[Any]) -> list[pa.Array]:
+    """``status, error, width, height, original_width, original_height, sha256`` of fetch results."""
     return [
-        image,
         pa.array([r.status for r in results], pa.string()),
         pa.array([r.error for r in results], pa.string()),
         pa.array([r.width for r in results], pa.int32()),

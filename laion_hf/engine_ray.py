@@ -549,7 +549,7 @@ def download_ray(
     if shard_size < 1:
         raise FetchError(f"shard_size must be >= 1, got {shard_size}")
     fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
-    ray = init_ray(address)
+    init_ray(address)
     _configure(progress)
     n_workers = int(workers or processes or _cluster_count("CPU"))
     if n_workers < 1:
@@ -771,7 +771,6 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
     """Ray task: write one part (``img_emb_N.npy``, ``text_emb_N.npy``, ``stats_N.json``,
     ``metadata_N.parquet`` last) from its embedded batches, as the local engine writes it."""
     import numpy as np
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from laion_hf.clip.embed import _atomic_write, _save_npy  # (no torch import in writer tasks)
@@ -792,31 +791,15 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
     n = int(group.column("part")[0].as_py())
     d = spec["embed_dim"]
     np_dtype = np.float16 if spec["dtype"] == "float16" else np.float32
-    img_parts, txt_parts, meta_parts = [], [], []
-    status_dict: dict[str, int] = {}
-    count = 0
+    from laion_hf.clip.embed import PartAccumulator
+
+    acc = PartAccumulator(d, np_dtype)
     results = group.column("result").to_pylist()
     for i in order:
-        if not results[i]:
-            continue
-        table = _from_ipc(results[i])
-        count += table.num_rows
-        for vc in pc.value_counts(table["status"]).to_pylist():
-            status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
-        from laion_hf.clip.embed import part_arrays
-
-        part = part_arrays(table, d, np_dtype)
-        if part is not None:
-            img_parts.append(part[0])
-            txt_parts.append(part[1])
-            meta_parts.append(part[2])
-    img_all = np.concatenate(img_parts) if img_parts else np.zeros((0, d), np_dtype)
-    txt_all = np.concatenate(txt_parts) if txt_parts else np.zeros((0, d), np_dtype)
-    if meta_parts:
-        meta = pa.concat_tables(meta_parts, promote_options="permissive")
-    else:
-        meta = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string()),
-                         CLIP_SIMILARITY: pa.array([], pa.float64())})  # fmt: skip
+        if results[i]:
+            acc.add(_from_ipc(results[i]))
+    img_all, txt_all, meta = acc.finish()
+    count, status_dict = acc.count, acc.status_dict
     embedded = int(img_all.shape[0])
     stats = {"input": paths[n], "part": n, "count": count, "embedded": embedded, "failed": count - embedded,
              "status_dict": status_dict, "model": spec["model"], "pretrained": spec["pretrained"]}  # fmt: skip

@@ -926,7 +926,6 @@ class _ReaderStream:
 
     def _reread(self, pos: np.ndarray, row: np.ndarray) -> pa.Table:
         """Rows (pos[i], row[i]) read back from the source, in that order."""
-        out: list[pa.Table | None] = [None] * len(pos)
         pieces, where_all = [], []
         for p in np.unique(pos):
             where = np.nonzero(pos == p)[0]

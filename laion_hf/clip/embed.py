@@ -181,24 +181,58 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def part_arrays(table: pa.Table, dim: int, np_dtype: Any) -> tuple[Any, Any, pa.Table] | None:
-    """The rows of ``table`` that have an image embedding, as clip-retrieval's row-aligned
-    parts: image matrix, text matrix (zeros where a row has no caption embedding) and the
-    metadata table; None when no row has one."""
-    import numpy as np
+class PartAccumulator:
+    """Collects one clip-retrieval output part from embedded tables: the rows that have an
+    image embedding become row-aligned image/text matrices (text zeros where a row has no
+    caption embedding) and metadata; every row is counted by status."""
 
-    from laion_hf.clip.stream import IMAGE_EMBEDDING, TEXT_EMBEDDING
-    good = table.filter(table[IMAGE_EMBEDDING].is_valid())
-    if not good.num_rows:
-        return None
-    img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, dim)
-    txt_col = good[TEXT_EMBEDDING].combine_chunks()
-    txt = np.zeros((good.num_rows, dim), dtype=np.float32)
-    has = txt_col.is_valid().to_numpy(zero_copy_only=False)
-    if has.any():
-        txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, dim)
-    meta = good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in good.column_names])
-    return img.astype(np_dtype), txt.astype(np_dtype), meta
+    def __init__(self, dim: int, np_dtype: Any):
+        self.dim, self.np_dtype = dim, np_dtype
+        self.count = 0
+        self.status_dict: dict[str, int] = {}
+        self._img: list = []
+        self._txt: list = []
+        self._meta: list[pa.Table] = []
+
+    def add(self, table: pa.Table) -> None:
+        import numpy as np
+        import pyarrow.compute as pc
+
+        from laion_hf.clip.stream import IMAGE_EMBEDDING, TEXT_EMBEDDING
+
+        self.count += table.num_rows
+        for vc in pc.value_counts(table["status"]).to_pylist():
+            self.status_dict[vc["values"]] = self.status_dict.get(vc["values"], 0) + int(vc["counts"])
+        good = table.filter(table[IMAGE_EMBEDDING].is_valid())
+        if not good.num_rows:
+            return
+        d = self.dim
+        img = good[IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy().reshape(-1, d)
+        txt_col = good[TEXT_EMBEDDING].combine_chunks()
+        txt = np.zeros((good.num_rows, d), dtype=np.float32)
+        has = txt_col.is_valid().to_numpy(zero_copy_only=False)
+        if has.any():
+            txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, d)
+        self._img.append(img.astype(self.np_dtype))
+        self._txt.append(txt.astype(self.np_dtype))
+        self._meta.append(good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING)
+                                             if c in good.column_names]))
+
+    def finish(self) -> tuple[Any, Any, pa.Table]:
+        """``(image matrix, text matrix, metadata table)``, row-aligned (empty when no row)."""
+        import numpy as np
+
+        from laion_hf.clip.stream import CLIP_SIMILARITY
+
+        empty = np.zeros((0, self.dim), self.np_dtype)
+        img = np.concatenate(self._img) if self._img else empty
+        txt = np.concatenate(self._txt) if self._txt else empty
+        if self._meta:
+            meta = pa.concat_tables(self._meta, promote_options="permissive")
+        else:
+            meta = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string()),
+                             CLIP_SIMILARITY: pa.array([], pa.float64())})
+        return img, txt, meta
 
 
 def prepare_output(out: Path, config: dict[str, Any]) -> None:
@@ -247,12 +281,11 @@ def embed_shards(
     ``failed``, ``status_dict``, ``seconds``, ``images_per_second``.
     """
     import numpy as np
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
-    from laion_hf.clip.stream import CLIP_SIMILARITY, IMAGE_EMBEDDING, TEXT_EMBEDDING, ClipPipeline
+    from laion_hf.clip.stream import ClipPipeline
 
     if isinstance(sources, (str, os.PathLike)):
         sources = [str(sources)]
@@ -286,27 +319,12 @@ def embed_shards(
     np_dtype = np.float16 if dtype == "float16" else np.float32
     try:
         for n, path in todo:
-            img_parts, txt_parts, meta_parts = [], [], []
-            status_dict: dict[str, int] = {}
-            count = 0
+            acc = PartAccumulator(embedder.embed_dim, np_dtype)
             for table in pipe.run(read_shards(path, batch_rows=max(pipe.batch_size, 256))):
-                count += table.num_rows
-                for vc in pc.value_counts(table["status"]).to_pylist():
-                    status_dict[vc["values"]] = status_dict.get(vc["values"], 0) + int(vc["counts"])
-                part = part_arrays(table, embedder.embed_dim, np_dtype)
-                if part is not None:
-                    img_parts.append(part[0])
-                    txt_parts.append(part[1])
-                    meta_parts.append(part[2])
+                acc.add(table)
                 bar.update(table.num_rows)
-            d = embedder.embed_dim
-            img_all = np.concatenate(img_parts) if img_parts else np.zeros((0, d), np_dtype)
-            txt_all = np.concatenate(txt_parts) if txt_parts else np.zeros((0, d), np_dtype)
-            if meta_parts:
-                meta = pa.concat_tables(meta_parts, promote_options="permissive")
-            else:
-                meta = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string()),
-                                 CLIP_SIMILARITY: pa.array([], pa.float64())})  # fmt: skip
+            img_all, txt_all, meta = acc.finish()
+            count, status_dict = acc.count, acc.status_dict
             embedded = int(img_all.shape[0])
             stats = {"input": path, "part": n, "count": count, "embedded": embedded, "failed": count - embedded,
                      "status_dict": status_dict, "model": embedder.model_name, "pretrained": embedder.pretrained}  # fmt: skip

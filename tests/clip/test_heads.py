@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from laion_hf.clip import ClipEmbedder, ClipPipeline, aesthetic_v1, aesthetic_v2, load_head, nsfw_detector, with_clip
+from laion_hf.clip import ClipPipeline, aesthetic_v1, aesthetic_v2, load_head, nsfw_detector, with_clip
 from laion_hf.clip.heads import AestheticV2MLP, NSFWDetectorB32, NSFWDetectorL14
 from laion_hf.errors import ModelError
 

@@ -361,7 +361,7 @@ def _split_file(batch: pa.Table, files: list, offsets: list, counts: list, shard
     """
     import pyarrow.parquet as pq
 
-    from laion_hf.errors import FetchError
+    from laion_hf.images.download import conform_input
 
     schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
     done = []
@@ -386,11 +386,7 @@ def _split_file(batch: pa.Table, files: list, offsets: list, counts: list, shard
 
         for b in pf.iter_batches(batch_size=min(shard_size, 65_536)):
             t = pa.Table.from_batches([b])
-            if t.schema != schema:
-                try:
-                    t = t.cast(schema)
-                except (pa.ArrowInvalid, ValueError, TypeError) as e:
-                    raise FetchError(f"input files disagree on their columns ({t.schema} vs {schema}): {e}") from e
+            t = conform_input(t, schema)
             buf.append(t)
             buffered += t.num_rows
             while buffered and pos + buffered >= (pos // shard_size + 1) * shard_size:

@@ -514,6 +514,17 @@ def _drain(q: Any, on_progress: Callable[[int, int], None], queue_mod: Any) -> N
         on_progress(d, s)
 
 
+def conform_input(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast an input table to the first input file's schema (a :class:`FetchError` naming both
+    schemas when the files disagree)."""
+    if table.schema == schema:
+        return table
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, ValueError, TypeError) as e:
+        raise FetchError(f"input files disagree on their columns ({table.schema} vs {schema}): {e}") from e
+
+
 def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_size: int,
                  url_column: Optional[str], caption_column: Optional[str], hash_column: Optional[str],
                  output_format: str) -> dict:
@@ -540,11 +551,8 @@ def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_siz
             cols["url"] = _pick(t.column_names, url_column, _URL_NAMES, "url", True)
             cols["caption"] = _pick(t.column_names, caption_column, _CAPTION_NAMES, "caption", False)
             cols["hash"] = _pick(t.column_names, hash_column, (), "hash", False) if hash_column else None
-        elif t.schema != schema:
-            try:
-                t = t.cast(schema)
-            except (pa.ArrowInvalid, ValueError, TypeError) as e:
-                raise FetchError(f"input files disagree on their columns ({t.schema} vs {schema}): {e}") from e
+        else:
+            t = conform_input(t, schema)
         buf.append(t)
         buffered += t.num_rows
         while buffered >= shard_size:

@@ -156,3 +156,20 @@ def test_progress_bar_shows_rate_and_success_ratio(server, tmp_path, capsys):
     download(_table(server), tmp_path / "p", **{**OPTS, "progress": True})
     err = capsys.readouterr().err
     assert "img/s" in err and "success 72.7%" in err and "11/11" in err
+
+
+def test_input_files_with_different_columns_are_a_clear_error(tmp_path):
+    """Nothing is fetched: the second file's columns cannot be cast to the first file's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from laion_hf.errors import FetchError
+    from laion_hf.images.download import download
+
+    src = tmp_path / "meta"
+    src.mkdir()
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), src / "a.parquet")
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/b.jpg"], "other": [1]}), src / "b.parquet")
+    with pytest.raises(FetchError, match="input files disagree on their columns"):
+        download(str(src), tmp_path / "out", progress=False, allow_private_networks=True, shard_size=1)

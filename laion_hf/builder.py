@@ -139,6 +139,7 @@ class _ShardPlan:
 
     file: str
     fragment: Any
+    parquet: Any  # pq.ParquetFile, streamed batch by batch (never a whole row group decoded)
     schema: pa.Schema
     mapping: dict[str, str | None]
     kept: list[int]
@@ -154,25 +155,85 @@ def _is_local(file: str) -> bool:
     return "://" not in str(file) and os.path.exists(file)
 
 
-def _ordered_parallel(items: Iterable, fn, threads: int) -> Iterator:
-    """``fn(item)`` for each item on a thread pool, at most ``2 * threads`` in flight, results
-    yielded in input order. Exceptions re-raise here, in order; closing the consumer cancels
-    what has not started."""
+def _ordered_streams(units: Iterable, stream, threads: int, depth: int = 2) -> Iterator[tuple[Any, Any]]:
+    """Run the generator ``stream(unit)`` of up to ``threads`` units at once, each on its own
+    thread and at most ``depth`` items ahead of the consumer; yield ``(unit, item)`` in unit
+    order. Memory is bounded by ``threads * depth`` items, whatever a unit's size. An
+    exception raised by a stream re-raises here, in order; closing the consumer stops all."""
+    import queue
+    import threading
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="laion-hf-read") as pool:
-        pending: deque = deque()
+    end = object()
+    stop = threading.Event()
+
+    def run(unit, q: queue.Queue) -> None:
+        def put(entry) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        items = stream(unit)
         try:
             for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= 2 * threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((end, e))
         finally:
-            for future in pending:
-                future.cancel()
+            items.close()
+
+    units = iter(units)
+    active: deque = deque()
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="laion-hf-read") as pool:
+        def fill() -> None:
+            while len(active) < max(1, threads):
+                unit = next(units, end)
+                if unit is end:
+                    return
+                q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+                active.append((unit, q, pool.submit(run, unit, q)))
+
+        try:
+            fill()
+            while active:
+                unit, q, _ = active[0]
+                item, error = q.get()
+                if item is end:
+                    active.popleft()
+                    if error is not None:
+                        raise error
+                    fill()
+                    continue
+                yield unit, item
+        finally:
+            stop.set()
+
+
+_PREBUFFER_MAX = 32 << 20  # remote files: row groups up to this (compressed) are fetched in one go
+
+
+def _parquet_file(f) -> pq.ParquetFile:
+    """A parquet file opened for streaming, its memory bounded by the batch size whatever
+    the row group size (pyarrow's default pre-buffering reads whole column chunks, hundreds of
+    MB in Spark-written LAION files): local files through 1 MiB buffered reads per column;
+    remote ones pre-buffered (one coalesced ranged read per row group) when their row groups
+    are small, else through 4 MiB buffered reads."""
+    if isinstance(f, str):
+        return pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
+    pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
+    meta = pf.metadata
+    largest = max((sum(meta.row_group(i).column(j).total_compressed_size for j in range(meta.num_columns))
+                   for i in range(meta.num_row_groups)), default=0)
+    if largest <= _PREBUFFER_MAX:
+        return pq.ParquetFile(f, metadata=meta, pre_buffer=True)
+    return pf
 
 
 def _local_fs():
@@ -361,90 +422,70 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
     def _threads(self) -> int:
         return self.config.threads if self.config.threads is not None else min(os.cpu_count() or 1, 8)
 
-    def _generate_tables(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
-        threads = self._threads()
+    def _generate_tables(self, files, row_groups_list, threads: int | None = None) -> Iterator[tuple[Key, pa.Table]]:
+        """Shards in order. With ``threads`` > 1, that many shards are read at once (decoded,
+        normalized and filtered on their own threads, a couple of batches ahead): parallel
+        reads for local files, hidden latency for remote ones, and memory that follows the
+        batch size, never a row group's or a shard's size."""
         shards = list(enumerate(zip(files, row_groups_list)))
+        threads = self._threads() if threads is None else threads
         if threads <= 1:
-            yield from self._generate_tables_sync(files, row_groups_list)
-        elif all(_is_local(tagged.split("\t", 1)[1]) for tagged in files):
-            yield from self._generate_local(shards)
-        else:  # remote files: whole shards on a thread pool (hides latency), in order
-            def work(item):
-                shard_idx, (tagged, rgs) = item
-                stats = ScanStats()
-                return list(self._read_shard(shard_idx, tagged, rgs, stats)), stats
-
-            for tables, stats in _ordered_parallel(shards, work, threads):
+            outputs = ((shard, item) for shard in shards for item in self._shard_items(shard))
+        else:
+            # several shards decode at once, one thread each; a lone shard decodes its
+            # columns in parallel instead
+            decode_threads = len(shards) < threads
+            outputs = _ordered_streams(shards, lambda shard: self._shard_items(shard, decode_threads), threads)
+        batch_idx: dict[int, int] = {}
+        for (shard_idx, _), (kind, payload) in outputs:
+            if kind == "table":
+                i = batch_idx.get(shard_idx, 0)
+                batch_idx[shard_idx] = i + 1
+                yield Key(shard_idx, i), payload
+            elif kind == "error":
+                file, error, stats = payload
+                self._shard_failed(file, error, stats)
                 self.stats.add(stats)
-                yield from tables
-
-    def _generate_local(self, shards: list) -> Iterator[tuple[Key, pa.Table]]:
-        """Local shards: consecutive shards whose files share a schema are scanned together
-        by one pyarrow scanner; a shard that cannot be planned or scanned is read alone, so
-        its error names its file (or it is skipped and counted), and no row is duplicated
-        (a shard's output is yielded only once it is complete)."""
-        group: list[tuple[int, _ShardPlan, ScanStats]] = []
-
-        def flush():
-            try:
-                for shard_idx, tables, stats in self._scan_local_group(group):
-                    self.stats.add(stats)
-                    for i, table in enumerate(tables):
-                        yield Key(shard_idx, i), table
-                    finished.add(shard_idx)
-            except Exception:  # noqa: BLE001 - re-read what is unfinished, shard by shard
-                for shard_idx, plan, _ in group:
-                    if shard_idx not in finished:
-                        yield from self._read_shard(shard_idx, f"{plan.file_idx}\t{plan.file}", plan.rgs, self.stats)
-
-        finished: set[int] = set()
-        for shard_idx, (tagged, rgs) in shards:
-            file_idx_s, file = tagged.split("\t", 1)
-            stats = ScanStats()
-            try:
-                plan = self._plan_shard(file, file, int(file_idx_s), rgs, stats)
-                plan.file_idx, plan.rgs = int(file_idx_s), rgs
-            except Exception:  # noqa: BLE001 - read alone: raises or skips with the file's name
-                yield from flush()
-                group = []
-                yield from self._read_shard(shard_idx, tagged, rgs, self.stats)
-                continue
-            if group and (plan.schema != group[0][1].schema or plan.read != group[0][1].read):
-                yield from flush()
-                group = []
-            group.append((shard_idx, plan, stats))
-        yield from flush()
+            else:
+                self.stats.add(payload)
 
     def _generate_tables_sync(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
-        for shard_idx, (tagged, rgs) in enumerate(zip(files, row_groups_list)):
-            yield from self._read_shard(shard_idx, tagged, rgs, self.stats)
+        """Shards one by one on this thread (what a Ray task runs for its shard)."""
+        return self._generate_tables(files, row_groups_list, threads=1)
 
-    def _read_shard(self, shard_idx: int, tagged: str, rgs, stats: ScanStats) -> Iterator[tuple[Key, pa.Table]]:
-        """One shard (a file, or one row group of it), its counts in ``stats``; a bad file
-        raises a :class:`SourceError` naming it, or is skipped and listed (``on_error``)."""
+    def _shard_items(self, shard: tuple[int, tuple[str, Any]], decode_threads: bool = True) -> Iterator[tuple[str, Any]]:
+        """One shard (a file, or one row group of it), streamed: ``("table", table)`` items,
+        then ``("end", stats)``, or ``("error", (file, exception, stats))`` when the file
+        breaks (rows yielded before stay yielded, and are counted)."""
+        _, (tagged, rgs) = shard
         file_idx_s, file = tagged.split("\t", 1)
-        file_idx = int(file_idx_s)
-        batch_idx = 0
+        stats = ScanStats()
         try:
             with _open(file) as f:
-                for table in self._scan_file(f, file, file_idx, rgs, stats):
-                    yield Key(shard_idx, batch_idx), table
-                    batch_idx += 1
-        except LaionHFError as e:
-            if self.config.on_error == "raise":
-                raise
-            self._skipped(file, e, stats)
-        except Exception as e:  # noqa: BLE001 - name the file that broke
-            err = SourceError(f"{file}: cannot read ({type(e).__name__}: {e})")
-            if self.config.on_error == "raise":
-                raise err from e
-            self._skipped(file, err, stats)
+                for table in self._scan_file(f, file, int(file_idx_s), rgs, stats, decode_threads):
+                    yield "table", table
+        except Exception as e:  # noqa: BLE001 - reported (or skipped) by the consumer, naming the file
+            yield "error", (file, e, stats)
+            return
+        yield "end", stats
 
-    def _plan_shard(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None, stats: ScanStats) -> "_ShardPlan":
-        """Open a shard's file, prune its row groups by statistics (counted as filtered)."""
+    def _shard_failed(self, file: str, e: Exception, stats: ScanStats) -> None:
+        """Raise ``e`` as an error naming ``file`` (``on_error="raise"``), or count the file
+        as skipped."""
+        err = e if isinstance(e, LaionHFError) else SourceError(f"{file}: cannot read ({type(e).__name__}: {e})")
+        if self.config.on_error == "raise":
+            if err is e:
+                raise e
+            raise err from e
+        self._skipped(file, err, stats)
+
+    def _plan_shard(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None, stats: ScanStats,
+                    parquet: pq.ParquetFile | None = None) -> "_ShardPlan":
+        """Open a shard's file (or use ``parquet``, already open), prune its row groups by
+        statistics (counted as filtered)."""
         import pyarrow.dataset as pads
 
-        pf = pq.ParquetFile(f)
+        pf = parquet if parquet is not None else _parquet_file(f)
         meta = pf.metadata
         mapping = resolve_columns(pf.schema_arrow.names, where=file)
         row_groups = list(rgs) if rgs is not None else list(range(meta.num_row_groups))
@@ -471,7 +512,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         available = set(pf.schema_arrow.names)
         key_prefix = None if mapping.get("key") else f"{file_idx:05d}"
         return _ShardPlan(
-            file=file, fragment=fragment, schema=pf.schema_arrow, mapping=mapping, kept=kept, starts=starts,
+            file=file, fragment=fragment, parquet=pf, schema=pf.schema_arrow, mapping=mapping, kept=kept, starts=starts,
             read=[c for c in self.read_columns if c in available], key_prefix=key_prefix,
             # keys made from row numbers are built after the filter, for the kept rows only
             late_keys=key_prefix is not None and "key" not in self.filter_spec.columns,
@@ -488,62 +529,23 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         return self._select(table, stats, plan.file, plan.key_prefix if plan.late_keys else None)
 
     def _scan_file(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None,
-                   stats: ScanStats) -> Iterator[pa.Table]:
+                   stats: ScanStats, decode_threads: bool = True) -> Iterator[pa.Table]:
         plan = self._plan_shard(f, file, file_idx, rgs, stats)
+        for _, batch, offset in self._stream(plan, decode_threads):
+            yield self._process_batch(plan, batch, offset, stats)
+
+    def _stream(self, plan: "_ShardPlan", decode_threads: bool = True) -> Iterator[tuple[int, pa.RecordBatch, int]]:
+        """``(row group, batch, first row)`` of a shard's kept row groups, decoded
+        ``batch_size`` rows at a time: memory follows the batch size, not the row group size
+        (pyarrow's dataset scanner decodes whole row groups, which is hundreds of MB per
+        row group in Spark-written LAION files). ``decode_threads``: decode a batch's columns
+        on pyarrow's thread pool (worth it when shards are not already read in parallel)."""
         for rg in plan.kept:
             offset = plan.starts[rg]
-            for batch in plan.fragment.subset(row_group_ids=[rg]).to_batches(
-                    columns=plan.read, batch_size=self.config.batch_size):
-                yield self._process_batch(plan, batch, offset, stats)
+            for batch in plan.parquet.iter_batches(batch_size=self.config.batch_size, row_groups=[rg],
+                                                   columns=plan.read, use_threads=decode_threads):
+                yield rg, batch, offset
                 offset += batch.num_rows
-
-    def _scan_local_group(self, group: list[tuple[int, "_ShardPlan", ScanStats]]) -> Iterator[tuple[int, list, ScanStats]]:
-        """Scan the kept row groups of several local shards with one pyarrow dataset scanner
-        (parallel, pre-buffered reads, like a raw ``pyarrow.dataset`` scan), in order; yield
-        ``(shard_idx, tables, stats)`` per finished shard."""
-        import pyarrow.dataset as pads
-
-        owner: dict[tuple[str, int], int] = {}
-        fragments = []
-        for pos, (_, plan, _) in enumerate(group):
-            for rg in plan.kept:
-                fragments.append(plan.fragment.subset(row_group_ids=[rg]))
-                owner[(plan.fragment.path, rg)] = pos
-        if not fragments:
-            for shard_idx, _, stats in group:
-                yield shard_idx, [], stats
-            return
-        dataset = pads.FileSystemDataset(fragments, schema=group[0][1].schema, format=pads.ParquetFileFormat(),
-                                         filesystem=_local_fs())
-        scanner = dataset.scanner(columns=group[0][1].read, batch_size=self.config.batch_size,
-                                  batch_readahead=2, fragment_readahead=2)  # bounded memory
-        offsets: dict[tuple[str, int], int] = {}
-
-        def batches():  # (group position, plan, batch, first row) in scan order
-            for tagged in scanner.scan_batches():
-                where = (tagged.fragment.path, tagged.fragment.row_groups[0].id)
-                pos = owner[where]
-                plan = group[pos][1]
-                offset = offsets.get(where, plan.starts[where[1]])
-                offsets[where] = offset + tagged.record_batch.num_rows
-                yield pos, plan, tagged.record_batch, offset
-
-        def process(item):  # on the pool: pyarrow compute releases the GIL
-            pos, plan, batch, offset = item
-            stats = ScanStats()
-            return pos, self._process_batch(plan, batch, offset, stats), stats
-
-        done = 0  # group positions before this one are finished
-        tables: list[pa.Table] = []
-        for pos, table, batch_stats in _ordered_parallel(batches(), process, self._threads()):
-            while done < pos:  # shards before this one are complete
-                yield group[done][0], tables, group[done][2]
-                tables, done = [], done + 1
-            group[pos][2].add(batch_stats)
-            tables.append(table)
-        while done < len(group):
-            yield group[done][0], tables, group[done][2]
-            tables, done = [], done + 1
 
     def _select(self, table: pa.Table, stats: ScanStats, file: str, key_prefix: str | None = None) -> pa.Table:
         cfg = self.config

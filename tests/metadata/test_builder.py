@@ -141,8 +141,9 @@ def test_fsspec_url_source(synth_dir):
 
 @pytest.mark.parametrize("threads", [1, 4])
 def test_serial_and_parallel_readers_agree(synth_dir, tmp_path, threads):
-    """The grouped parallel scanner (default) and the serial reader give the same rows, keys,
-    order and counts, also with bad files in the middle (skipped, no duplicate rows)."""
+    """The parallel reader (several shards at once, the default) and the serial reader give
+    the same rows, keys, order and counts, also with bad files in the middle (skipped, no
+    duplicate rows)."""
     ref = make_builder(synth_dir, where="similarity > 0.3", threads=1)
     ref_rows = pa.concat_tables(list(ref.iter_tables()))
     got = make_builder(synth_dir, where="similarity > 0.3", threads=threads)
@@ -154,6 +155,73 @@ def test_serial_and_parallel_readers_agree(synth_dir, tmp_path, threads):
     keys = [k for t in b.iter_tables() for k in t.column("key").to_pylist()]
     assert len(keys) == len(set(keys)) == 4000  # two good files (keys name the file), no duplicate
     assert len(b.stats.files_skipped) == 2
+
+
+def _one_big_row_group(path, rows: int, page_rows: int = 20_000) -> None:
+    """A parquet file with a single row group of ``rows`` rows and ~100-byte unique URLs, in
+    data pages of ``page_rows`` rows (no dictionary)."""
+    urls = pc.binary_join_element_wise("http://img.example/", pc.cast(pa.array(np.arange(rows)), pa.string()),
+                                       "/" + "x" * 80 + ".jpg", "")
+    table = pa.table({"URL": urls, "TEXT": pa.array(["a caption"] * rows),
+                      "similarity": pa.array(np.linspace(0, 1, rows))})
+    pq.write_table(table, path, row_group_size=rows, use_dictionary=False, compression="none",
+                   data_page_size=page_rows * 100, write_statistics=True)
+
+
+_PEAK_ARROW_MEMORY = """
+import sys
+import pyarrow as pa
+from laion_hf.builder import make_builder
+b = make_builder(sys.argv[1], batch_size=4096, threads=int(sys.argv[2]))
+n = sum(t.num_rows for t in b.iter_tables())
+print(n, pa.default_memory_pool().max_memory())
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_big_row_group_is_streamed_batch_by_batch(tmp_path, threads):
+    """A 400,000-row row group (a ~45 MB URL column chunk, like Spark-written LAION files but
+    smaller) is decoded 4,096 rows at a time: Arrow's peak allocation stays a fraction of the
+    column chunk (pyarrow's default pre-buffering would read it whole)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.parquet"
+    _one_big_row_group(path, 400_000)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0).total_compressed_size
+    assert chunk > 40_000_000
+    out = subprocess.run([sys.executable, "-c", _PEAK_ARROW_MEMORY, str(path), str(threads)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) == 400_000
+    assert int(out[1]) < chunk / 4, f"peak Arrow memory {int(out[1]):,} B for a {chunk:,} B column chunk"
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_file_breaking_mid_row_group_names_it_and_keeps_counts(tmp_path, threads):
+    """A data page corrupted in the middle of a row group: the error names the file after the
+    rows before it were streamed; with on_error="skip" the other files are read whole, the
+    broken one is listed, nothing is duplicated and the counts add up."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("a.parquet", "b_broken.parquet", "c.parquet"):
+        _one_big_row_group(d / name, 100_000, page_rows=5_000)
+    meta = pq.ParquetFile(d / "b_broken.parquet").metadata.row_group(0).column(0)
+    raw = bytearray((d / "b_broken.parquet").read_bytes())
+    middle = meta.data_page_offset + meta.total_compressed_size * 2 // 3
+    raw[middle:middle + 4096] = b"\xff" * 4096  # page headers/data in the last third
+    (d / "b_broken.parquet").write_bytes(bytes(raw))
+
+    with pytest.raises(SourceError, match="b_broken.parquet"):
+        list(make_builder(str(d), batch_size=4096, threads=threads).iter_tables())
+    b = make_builder(str(d), batch_size=4096, threads=threads, on_error="skip", columns=["key", "url"])
+    keys = [k for t in b.iter_tables() for k in t.column("key").to_pylist()]
+    assert len(keys) == len(set(keys))
+    from_broken = [k for k in keys if k.startswith("00001")]
+    assert 0 < len(from_broken) < 100_000  # rows streamed before the bad page stay, once
+    assert len(keys) == 200_000 + len(from_broken)
+    stats = b.stats
+    assert [s["file"].endswith("b_broken.parquet") for s in stats.files_skipped] == [True]
+    assert stats.rows_in == stats.rows_kept + stats.removed_by_filter == len(keys)
 
 
 def test_stream_resumes_from_state_dict_mid_shard(synth_dir):

@@ -7,8 +7,9 @@ Synthesizes N rows (default 5 M) in >= 8 parquet files, then measures rows/s wit
   (c) naive load_dataset("parquet", streaming=True).filter(lambda row: ...) row by row,
       timed on the first --naive-rows rows (it is ~100x slower; running it on all rows
       would take many minutes and measure the same rate)
-and the peak RSS of (b) in a fresh process at each --rss-rows size. The last line prints
-b/a and b/c.
+and the peak RSS of (b) in a fresh process at each --rss-rows size, of (a) at --rows, and of
+both on files of one row group each (like Spark-written LAION parquet, whose row groups hold
+~1 M rows). The last line prints b/a, b/c and the RSS figures.
 
     python benchmarks/metadata_scan.py                      # 5 M rows, RSS at 5 M and 20 M
     python benchmarks/metadata_scan.py --rows 1000000 --rss-rows 1000000   # quick
@@ -82,26 +83,28 @@ def hwm():
 from laion_hf import load_laion
 load_laion({folder!r})  # imports datasets (and torch, which datasets imports when installed)
 base = hwm()
-from metadata_scan import run_ours
-n, dt = run_ours({folder!r})
+from metadata_scan import {run}
+n, dt = {run}({folder!r})
 print(n, base, hwm())
 """
 
 
-def peak_rss_of_ours(folder: str) -> tuple[float, float]:
-    """Peak RSS (MiB) of a fresh process that runs (b) over ``folder``, and the part of it
-    reached before the first row (importing datasets/torch, planning)."""
-    code = _PEAK_RSS.format(here=os.path.dirname(os.path.abspath(__file__)), folder=folder)
+def peak_rss(folder: str, run: str = "run_ours") -> tuple[float, float]:
+    """Peak RSS (MiB) of a fresh process that runs ``run`` ((b) by default, or (a)
+    ``run_raw``) over ``folder`` after the same imports, and the part of it reached before
+    the first row (importing datasets/torch, planning)."""
+    code = _PEAK_RSS.format(here=os.path.dirname(os.path.abspath(__file__)), folder=folder, run=run)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return int(out[-1]) / 1024, int(out[-2]) / 1024
 
 
-def synth(rows: int, files: int, folder: str) -> None:
+def synth(rows: int, files: int, folder: str, row_group_size: int = 100_000) -> None:
     from laion_hf.synth import synthesize
 
     t = time.perf_counter()
-    synthesize(rows, folder, files=files, seed=0, row_group_size=100_000)
-    print(f"synthesized {rows:,} rows in {files} files in {time.perf_counter() - t:.1f}s", flush=True)
+    synthesize(rows, folder, files=files, seed=0, row_group_size=row_group_size)
+    print(f"synthesized {rows:,} rows in {files} files ({row_group_size:,}-row row groups) "
+          f"in {time.perf_counter() - t:.1f}s", flush=True)
 
 
 def main() -> None:
@@ -112,6 +115,8 @@ def main() -> None:
     p.add_argument("--rss-rows", default="5000000,20000000", help="comma-separated sizes for the RSS check")
     p.add_argument("--repeat", type=int, default=2, help="best of N runs for (a) and (b)")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--no-big-row-groups", dest="big_row_groups", action="store_false",
+                   help="skip the RSS check on files of one row group each (Spark-like)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = os.path.join(tmp, f"rows_{args.rows}")
@@ -132,15 +137,27 @@ def main() -> None:
             f2 = folder if size == args.rows else os.path.join(tmp, f"rows_{size}")
             if f2 != folder:
                 synth(size, max(args.files, size // 1_000_000), f2)
-            rss[size], base = peak_rss_of_ours(f2)
+            rss[size], base = peak_rss(f2)
             print(f"peak RSS of (b) at {size:,} rows: {rss[size]:,.0f} MiB "
                   f"({base:,.0f} MiB of it before the first row: importing datasets/torch)", flush=True)
             if f2 != folder:
                 import shutil
 
                 shutil.rmtree(f2)
-        print(json.dumps({"rows_per_s": {"raw": ra, "ours": rb, "naive": rc}, "peak_rss_mib": rss}))
+        raw_rss, _ = peak_rss(folder, "run_raw")
+        print(f"peak RSS of (a) at {args.rows:,} rows: {raw_rss:,.0f} MiB (same imports)", flush=True)
+        big = {}
+        if args.big_row_groups:  # Spark-written LAION files have row groups of ~1 M rows
+            f3 = os.path.join(tmp, "one_row_group_per_file")
+            synth(args.rows, args.files, f3, row_group_size=-(-args.rows // args.files))
+            big = {"ours": peak_rss(f3)[0], "raw": peak_rss(f3, "run_raw")[0]}
+            print(f"one row group per file ({-(-args.rows // args.files):,} rows each): peak RSS (b) "
+                  f"{big['ours']:,.0f} MiB, (a) {big['raw']:,.0f} MiB", flush=True)
+        print(json.dumps({"rows_per_s": {"raw": ra, "ours": rb, "naive": rc}, "peak_rss_mib": rss,
+                          "peak_rss_raw_mib": raw_rss, "one_row_group_per_file_rss_mib": big}))
         rss_txt = " ".join(f"rss@{k // 1_000_000}M={v:.0f}MiB" for k, v in rss.items())
+        if big:
+            rss_txt += f" rss@{args.rows // 1_000_000}M,1rg/file={big['ours']:.0f}MiB (raw scan {raw_rss:.0f}/{big['raw']:.0f}MiB)"
         print(f"b/a={rb / ra:.2f} b/c={rb / rc:.1f} {rss_txt}")
 
 

@@ -36,7 +36,7 @@ from laion_hf.schema import (
     release_info,
     resolve_columns,
 )
-from laion_hf.sources import resolve_source
+from laion_hf.sources import open_parquet, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _parquet_file(f) -> pq.ParquetFile:
     remote ones pre-buffered (one coalesced ranged read per row group) when their row groups
     are small, else through 4 MiB buffered reads."""
     if isinstance(f, str):
-        return pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
+        return open_parquet(f)
     pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
     meta = pf.metadata
     largest = max((sum(meta.row_group(i).column(j).total_compressed_size for j in range(meta.num_columns))

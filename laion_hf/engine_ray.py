@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import pyarrow as pa
 
 from laion_hf.errors import EngineError, LaionHFError
+from laion_hf.sources import open_parquet
 
 __all__ = [
     "init_ray",
@@ -359,15 +360,13 @@ def _split_file(batch: pa.Table, files: list, offsets: list, counts: list, shard
     written whole (``{i:05d}.arrow``); a shard that straddles a file boundary gets a piece
     from each file (``.piece-{i:05d}-{file:05d}.arrow``), joined by the driver.
     """
-    import pyarrow.parquet as pq
-
     from laion_hf.images.download import conform_input
 
     schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
     done = []
     for idx in batch.column("file").to_pylist():
         path, start, n = files[idx], offsets[idx], counts[idx]
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
         buf: list[pa.Table] = []
         pos = start  # global index of the first buffered row
         buffered = 0

@@ -9,7 +9,18 @@ from typing import Sequence
 from laion_hf.errors import SourceError
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+STREAM_BUFFER_SIZE = 1 << 20
 _GLOB_CHARS = set("*?[")
+
+
+def open_parquet(path: str):
+    """Open a local parquet file for ``iter_batches`` with memory that follows the batch size:
+    column chunks are read through 1 MiB buffers as pages are decoded (pyarrow's default
+    pre-buffering reads all of a row group's column chunks at once, hundreds of MB in
+    Spark-written LAION files)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=STREAM_BUFFER_SIZE)
 
 
 def _is_url(source: str) -> bool:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import pyarrow as pa
 
 from laion_hf.errors import LaionHFError, ShardError
+from laion_hf.sources import open_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     from laion_hf.clip.model import ClipEmbedder
@@ -131,10 +132,8 @@ def _json_columns(metas: list[dict[str, Any]], exclude: set[str]) -> pa.Table:
 
 
 def _parquet_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
-    import pyarrow.parquet as pq
-
     try:
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
     except Exception as e:
         raise ShardError(f"{path}: cannot read the parquet shard: {type(e).__name__}: {e}") from e
     names = pf.schema_arrow.names

@@ -102,8 +102,8 @@ def _how_to_provide(model: str, pretrained: str | None, hf_repo: str | None, url
     if url:
         lines.append(f"or put {os.path.basename(url)} (from {url}) in {cache_dir or os.path.expanduser('~/.cache/clip')}")
     lines.append(
-        f"or pass a checkpoint file (pretrained=/path/to/weights.safetensors|.bin|.pt), "
-        f"or model='local-dir:/folder' holding open_clip_config.json and the weights"
+        "or pass a checkpoint file (pretrained=/path/to/weights.safetensors|.bin|.pt), "
+        "or model='local-dir:/folder' holding open_clip_config.json and the weights"
     )
     lines.append("or pass allow_download=True (--allow-download) to let open_clip fetch them")
     return "; ".join(lines)

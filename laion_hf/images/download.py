@@ -41,6 +41,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from laion_hf.errors import FetchError, ShardError
+from laion_hf.sources import open_parquet
 from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
 from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
@@ -103,7 +104,7 @@ def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
             yield pa.table({"url": pa.array(urls, pa.string())})
         else:
             try:
-                pf = pq.ParquetFile(path)
+                pf = open_parquet(path)
             except Exception as e:
                 raise FetchError(f"cannot read {path!r} as parquet: {e}") from e
             for b in pf.iter_batches(batch_size=batch_rows):

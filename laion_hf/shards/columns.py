@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from laion_hf.errors import ShardError
+from laion_hf.sources import open_parquet
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -53,8 +54,6 @@ def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
         yield from iter_download_dir(data, batch_size)
         return
     if isinstance(data, (str, os.PathLike)):
-        import pyarrow.parquet as pq
-
         from glob import glob
 
         if os.path.isdir(data):
@@ -63,7 +62,7 @@ def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
         paths = sorted(glob(str(data))) or [str(data)]
         for p in paths:
             try:
-                pf = pq.ParquetFile(p)
+                pf = open_parquet(p)
             except (OSError, pa.ArrowInvalid) as e:
                 raise ShardError(f"cannot read {os.path.basename(p)} as parquet: {e}") from None
             for b in pf.iter_batches(batch_size=batch_size):

@@ -437,17 +437,20 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             decode_threads = len(shards) < threads
             outputs = _ordered_streams(shards, lambda shard: self._shard_items(shard, decode_threads), threads)
         batch_idx: dict[int, int] = {}
-        for (shard_idx, _), (kind, payload) in outputs:
-            if kind == "table":
-                i = batch_idx.get(shard_idx, 0)
-                batch_idx[shard_idx] = i + 1
-                yield Key(shard_idx, i), payload
-            elif kind == "error":
-                file, error, stats = payload
-                self._shard_failed(file, error, stats)
-                self.stats.add(stats)
-            else:
-                self.stats.add(payload)
+        try:
+            for (shard_idx, _), (kind, payload) in outputs:
+                if kind == "table":
+                    i = batch_idx.get(shard_idx, 0)
+                    batch_idx[shard_idx] = i + 1
+                    yield Key(shard_idx, i), payload
+                elif kind == "error":
+                    file, error, stats = payload
+                    self._shard_failed(file, error, stats)
+                    self.stats.add(stats)
+                else:
+                    self.stats.add(payload)
+        finally:  # stop the reader threads now, also when raising (a traceback keeps frames alive)
+            outputs.close()
 
     def _generate_tables_sync(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
         """Shards one by one on this thread (what a Ray task runs for its shard)."""

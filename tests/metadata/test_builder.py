@@ -224,6 +224,22 @@ def test_file_breaking_mid_row_group_names_it_and_keeps_counts(tmp_path, threads
     assert stats.rows_in == stats.rows_kept + stats.removed_by_filter == len(keys)
 
 
+def test_reader_threads_stop_when_a_file_raises_or_the_consumer_stops(tmp_path, synth_dir):
+    import threading
+
+    def readers():
+        return [t for t in threading.enumerate() if t.name.startswith("laion-hf-read")]
+
+    d = _bad_files(tmp_path, synth_dir)
+    with pytest.raises(SourceError) as caught:  # the traceback (kept here) holds the frames
+        list(make_builder(str(d), threads=3).iter_tables())
+    assert caught.value is not None and readers() == []
+    it = make_builder(synth_dir, threads=3, batch_size=100).iter_tables()
+    next(it)
+    it.close()
+    assert readers() == []
+
+
 def test_stream_resumes_from_state_dict_mid_shard(synth_dir):
     """All shards are read in one parallel scan, but datasets' state_dict (shard index + rows
     seen in it) still resumes exactly."""

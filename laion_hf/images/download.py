@@ -640,9 +640,36 @@ def register_cli(sub: Any) -> None:
                    help="allow loopback/private addresses (local mirrors and tests only)")
     p.add_argument("--no-progress", action="store_true")
     from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
+    from laion_hf.filters import add_load_arguments
 
+    add_load_arguments(p)  # --where/--preset/--blocklist/--sample...: select parquet metadata rows first
     add_engine_arguments(p)
     p.set_defaults(func=_cli)
+
+
+_SELECTING = ("where", "preset", "blocklist", "sample", "columns", "release")
+
+
+def _selected_source(args: Any) -> tuple[Any, Any]:
+    """SOURCE as is, or, when metadata-selection options are given, the filtered stream of
+    SOURCE in the canonical schema (``load_laion``) and the builder that counts it."""
+    from laion_hf.filters import load_kwargs_from_args
+
+    load_kwargs = load_kwargs_from_args(args)
+    if not any(load_kwargs.get(k) is not None for k in _SELECTING):
+        return args.source, None
+    if args.retry_failed is not None:
+        raise FetchError("--where/--preset/--blocklist/--sample select rows of SOURCE; --retry-failed re-downloads "
+                         "the failed rows of a previous run as they are: give one or the other")
+    if args.source is None:
+        raise FetchError("--where/--preset/--blocklist/--sample need a SOURCE of parquet metadata")
+    from laion_hf.builder import make_builder
+
+    builder = make_builder(args.source, **load_kwargs)
+    return builder.as_streaming_dataset(split="train"), builder
+
+
+METADATA_STATS = "metadata_stats.json"  # rows of SOURCE read, kept and removed by the selection options
 
 
 def _cli(args: Any) -> int:
@@ -651,8 +678,9 @@ def _cli(args: Any) -> int:
     from laion_hf.engine_ray import engine_call
 
     run = engine_call(args, download, "download")  # the local function, or its Ray Data twin
+    source, builder = _selected_source(args)
     stats = run(
-        args.source, args.out, output_format=args.output_format, processes=args.processes,
+        source, args.out, output_format=args.output_format, processes=args.processes,
         shard_size=args.shard_size, url_column=args.url_col, caption_column=args.caption_col,
         hash_column=args.hash_col, hash_type=args.hash_type, retry_failed=args.retry_failed,
         cache_dir=args.cache_dir, progress=not args.no_progress,
@@ -666,6 +694,12 @@ def _cli(args: Any) -> int:
         disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
         allow_private_networks=args.allow_private_networks,
     )
-    print(json.dumps({k: stats[k] for k in ("count", "successes", "failed_to_download", "failed_to_resize",
-                                            "status_dict", "samples_per_s", "out_dir")}, indent=2))
+    report = {k: stats[k] for k in ("count", "successes", "failed_to_download", "failed_to_resize",
+                                    "status_dict", "samples_per_s", "out_dir")}
+    selection = Path(args.out) / METADATA_STATS
+    if builder is not None and builder.stats.rows_in:  # this run read and filtered SOURCE
+        selection.write_text(json.dumps(builder.stats.as_dict(), indent=2))
+    if builder is not None and selection.exists():  # else a resumed run: the first run's counts
+        report["metadata"] = json.loads(selection.read_text())
+    print(json.dumps(report, indent=2))
     return 0

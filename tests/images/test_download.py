@@ -152,6 +152,33 @@ def test_cli(server, tmp_path, capsys):
     assert "missing.parquet" in capsys.readouterr().err
 
 
+def test_cli_selects_metadata_rows_before_fetching(fresh_server, tmp_path, capsys):
+    """--where/--preset/--sample on download filter the parquet metadata first (canonical
+    schema): only kept rows are requested, and the selection counts add up to the input."""
+    src = tmp_path / "in.parquet"
+    pq.write_table(_table(fresh_server).rename_columns(["URL", "TEXT", "similarity"]), src)
+    args = ["download", str(src), "--out", str(tmp_path / "sel"), "--allow-private-networks", "--no-progress",
+            "--image-size", "32", "--timeout", "2", "--where", "similarity >= 0.35"]
+    assert cli_main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    meta = printed["metadata"]
+    assert meta["rows_in"] == 11 and meta["rows_kept"] == 6 and meta["removed_by_filter"] == 5
+    assert printed["count"] == 6 and printed["successes"] == 3
+    assert printed["status_dict"] == {"success": 3, "http_404": 1, "decode_error": 1, "unsupported_scheme": 1}
+    requested = {int(path.split("/")[2].split("x")[0]) for _, path, _ in fresh_server.requests
+                 if path.startswith("/img/")}
+    assert requested == {105, 106, 107}  # rows with similarity < 0.35 were never fetched
+    with tarfile.open(tmp_path / "sel" / "00000.tar") as tar:  # keys name the source rows
+        assert sorted({n.split(".")[0] for n in tar.getnames()}) == [f"0000000000000{i}" for i in (5, 6, 7)]
+        assert json.loads(tar.extractfile("00000000000005.json").read())["caption"] == "caption 5"
+    assert cli_main(args) == 0  # resumed: nothing left to do, the first run's selection counts
+    again = json.loads(capsys.readouterr().out)
+    assert again["metadata"] == meta and again["count"] == 6
+    assert cli_main(["download", str(src), "--out", str(tmp_path / "r"), "--retry-failed", str(tmp_path / "sel"),
+                     "--preset", "laion2b-en"]) == 1
+    assert "--retry-failed" in capsys.readouterr().err
+
+
 def test_progress_bar_shows_rate_and_success_ratio(server, tmp_path, capsys):
     download(_table(server), tmp_path / "p", **{**OPTS, "progress": True})
     err = capsys.readouterr().err

@@ -638,6 +638,8 @@ def register_cli(sub: Any) -> None:
                    help="download again only the failed rows of a previous output folder (keys kept)")
     p.add_argument("--allow-private-networks", action="store_true",
                    help="allow loopback/private addresses (local mirrors and tests only)")
+    p.add_argument("--ca-file", default=None, metavar="PEM",
+                   help="extra certificate authorities to trust for HTTPS (a local mirror's, a proxy's)")
     p.add_argument("--no-progress", action="store_true")
     from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
     from laion_hf.filters import add_load_arguments
@@ -692,7 +694,7 @@ def _cli(args: Any) -> int:
         max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
         max_body_bytes=int(args.max_body_mb * 2**20), user_agent_token=args.user_agent_token,
         disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
-        allow_private_networks=args.allow_private_networks,
+        allow_private_networks=args.allow_private_networks, ca_file=args.ca_file,
     )
     report = {k: stats[k] for k in ("count", "successes", "failed_to_download", "failed_to_resize",
                                     "status_dict", "samples_per_s", "out_dir")}

@@ -29,6 +29,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class FetchConfig:
             (empty to ignore the header).
         allow_private_networks: False (default), True, or CIDR networks to allow.
         resize_threads: threads decoding/resizing (0 = one per core).
+        ca_file: a PEM file of extra certificate authorities to trust for HTTPS besides the
+            system's (a local mirror's, a proxy's); certificates are always verified.
     """
 
     concurrency: int = 64
@@ -88,6 +91,7 @@ class FetchConfig:
     disallowed_header_directives: tuple = DEFAULT_DIRECTIVES
     allow_private_networks: Union[bool, tuple] = False
     resize_threads: int = 0
+    ca_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -97,6 +101,10 @@ class FetchConfig:
         for name in ("connect_timeout", "read_timeout", "timeout"):
             if not getattr(self, name) > 0:
                 raise FetchError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.ca_file is not None:
+            object.__setattr__(self, "ca_file", os.fspath(self.ca_file))
+            if not os.path.isfile(self.ca_file):
+                raise FetchError(f"ca_file {self.ca_file!r} does not exist (give a PEM file of CA certificates)")
         if self.retries < 0 or self.max_redirects < 0 or self.max_body_bytes <= 0:
             raise FetchError("retries and max_redirects must be >= 0 and max_body_bytes > 0")
         object.__setattr__(self, "disallowed_header_directives",
@@ -281,6 +289,19 @@ def _retry_after_seconds(value: Optional[str]) -> Optional[float]:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _ssl_context(ca_file: Optional[str]) -> Any:
+    """aiohttp's default verification (``True``), or a verifying context that also trusts the
+    authorities in ``ca_file``."""
+    if ca_file is None:
+        return True
+    ctx = ssl.create_default_context()
+    try:
+        ctx.load_verify_locations(cafile=ca_file)
+    except (ssl.SSLError, OSError) as e:
+        raise FetchError(f"ca_file {ca_file!r} holds no usable PEM certificate: {e}") from None
+    return ctx
+
+
 class FetchResult:
     """The bytes of one URL, or why there are none."""
 
@@ -309,6 +330,7 @@ class HttpFetcher:
     async def __aenter__(self) -> "HttpFetcher":
         cfg = self.config
         connector = aiohttp.TCPConnector(
+            ssl=_ssl_context(cfg.ca_file),
             limit=cfg.concurrency,
             limit_per_host=cfg.per_host,
             resolver=GuardedResolver(self.policy, self._inner_resolver),
@@ -415,6 +437,8 @@ class HttpFetcher:
                 raise _Fail(st.DNS_ERROR, f"cannot resolve {current.raw_host}: {e.os_error}")
             except (aiohttp.ClientPayloadError,) as e:
                 raise _Fail(st.TRUNCATED, f"body of {current} ended early: {e}")
+            except (aiohttp.ClientSSLError, ssl.SSLError) as e:  # never retried: the next try fails the same
+                raise _Fail(st.TLS_ERROR, f"TLS with {current.raw_host} failed for {current}: {e}")
             except (aiohttp.InvalidURL, ValueError) as e:
                 raise _Fail(st.INVALID_URL, f"invalid URL {current}: {e}")
             except (asyncio.TimeoutError, TimeoutError):

@@ -13,6 +13,8 @@ status                      meaning                                             
                             a redirect), and private networks were not allowed
 ``dns_error``               the host name does not resolve                            download
 ``connection_error``        refused, reset or otherwise broken connection             download
+``tls_error``               HTTPS failed: untrusted, expired or wrong-host            download
+                            certificate, or no common TLS version (never retried)
 ``timeout``                 connect, read or total timeout                            download
 ``http_<code>``             the final HTTP status was not 2xx, e.g. ``http_404``,     download
                             ``http_429`` (after retries / a too long Retry-After)
@@ -47,6 +49,7 @@ UNSUPPORTED_SCHEME = "unsupported_scheme"
 SSRF_BLOCKED = "ssrf_blocked"
 DNS_ERROR = "dns_error"
 CONNECTION_ERROR = "connection_error"
+TLS_ERROR = "tls_error"
 TIMEOUT = "timeout"
 TOO_MANY_REDIRECTS = "too_many_redirects"
 REDIRECT_LOOP = "redirect_loop"
@@ -71,7 +74,7 @@ RESIZE_FAILURES = frozenset(
 
 #: Every fixed status; ``http_<code>`` statuses come in addition.
 STATUSES = (
-    SUCCESS, INVALID_URL, UNSUPPORTED_SCHEME, SSRF_BLOCKED, DNS_ERROR, CONNECTION_ERROR, TIMEOUT,
+    SUCCESS, INVALID_URL, UNSUPPORTED_SCHEME, SSRF_BLOCKED, DNS_ERROR, CONNECTION_ERROR, TLS_ERROR, TIMEOUT,
     TOO_MANY_REDIRECTS, REDIRECT_LOOP, TOO_LARGE, TRUNCATED, ROBOTS_OPTOUT, HASH_MISMATCH,
     NOT_AN_IMAGE, DECODE_ERROR, DECOMPRESSION_BOMB, IMAGE_TOO_SMALL, IMAGE_AREA_TOO_LARGE,
     ASPECT_RATIO_TOO_LARGE, ENCODE_ERROR, INTERNAL_ERROR,

@@ -1,1 +1,2 @@
-"""Loopback servers for tests, benchmarks and the demo (image server, Hub-compatible server)."""
+"""Loopback servers for tests, benchmarks and the demo (image server, Hub-compatible server),
+and throwaway TLS certificates for serving HTTPS on loopback (``tls``)."""

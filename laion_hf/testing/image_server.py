@@ -160,6 +160,8 @@ class ImageServer:
         seed: makes generated images and latencies reproducible.
         port: 0 picks a free port.
         log_limit: how many requests :attr:`requests` remembers.
+        ssl_context: serve HTTPS with this server-side ``ssl.SSLContext`` (see
+            :func:`laion_hf.testing.tls.make_certificates`); the base URL is then ``https://``.
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class ImageServer:
         seed: int = 0,
         port: int = 0,
         log_limit: int = 100_000,
+        ssl_context: Any = None,
     ) -> None:
         if catch_all not in ("404", "image"):
             raise ValueError(f"catch_all must be '404' or 'image', got {catch_all!r}")
@@ -182,6 +185,7 @@ class ImageServer:
         self.fault_rate = float(fault_rate)
         self.seed = seed
         self._port = port
+        self._ssl_context = ssl_context
         self._rng = random.Random(seed)
         self._pool: list[bytes] | None = None
         self._counters: dict[str, int] = {}
@@ -195,7 +199,8 @@ class ImageServer:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> str:
-        """Start serving in a daemon thread; returns the base URL (``http://127.0.0.1:PORT``)."""
+        """Start serving in a daemon thread; returns the base URL (``http://127.0.0.1:PORT``,
+        or ``https://`` with an ``ssl_context``)."""
         if self._thread is not None:
             return self.base_url
         if self.catch_all == "image":
@@ -260,10 +265,11 @@ class ImageServer:
         app.router.add_route("*", "/{tail:.*}", self._catch_all)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=1024, reuse_address=True,
+                           ssl_context=self._ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = f"{'https' if self._ssl_context is not None else 'http'}://127.0.0.1:{port}"
 
     async def _serve_stop(self) -> None:
         if self._runner is not None:

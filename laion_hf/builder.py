@@ -452,10 +452,6 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         finally:  # stop the reader threads now, also when raising (a traceback keeps frames alive)
             outputs.close()
 
-    def _generate_tables_sync(self, files, row_groups_list) -> Iterator[tuple[Key, pa.Table]]:
-        """Shards one by one on this thread (what a Ray task runs for its shard)."""
-        return self._generate_tables(files, row_groups_list, threads=1)
-
     def _shard_items(self, shard: tuple[int, tuple[str, Any]], decode_threads: bool = True) -> Iterator[tuple[str, Any]]:
         """One shard (a file, or one row group of it), streamed: ``("table", table)`` items,
         then ``("end", stats)``, or ``("error", (file, exception, stats))`` when the file
@@ -586,6 +582,20 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         return pa.Table.from_arrays(arrays, schema=self.out_schema)
 
     # -- direct use (no datasets machinery) ---------------------------------------------
+    def shards(self) -> list[tuple[str, tuple[int, ...] | None]]:
+        """Plan the scan (schema, filter, row-group pruning) and return its shards, ``(file,
+        row groups)`` pairs in order, as opaque values for :meth:`read_shard`: what a
+        scheduler (Ray tasks, ...) distributes."""
+        kwargs = self._split_generators(None)[0].gen_kwargs
+        return list(zip(kwargs["files"], kwargs["row_groups_list"]))
+
+    def read_shard(self, shard: tuple[str, tuple[int, ...] | None]) -> Iterator[pa.Table]:
+        """The kept rows of one shard from :meth:`shards`, read on this thread, counted in
+        :attr:`stats` (a bad file raises a :class:`SourceError` naming it, or is skipped)."""
+        file, rgs = shard
+        for _, table in self._generate_tables([file], [rgs], threads=1):
+            yield table
+
     def iter_tables(self) -> Iterator[pa.Table]:
         """Yield filtered Arrow tables shard by shard, updating :attr:`stats`."""
         split = self._split_generators(None)[0]

@@ -205,7 +205,7 @@ def _filter_shard(batch: pa.Table, builder_ref: Any, staging: str) -> pa.Table:
         rgs = tuple(row["row_groups"]) if row["row_groups"] is not None else None
         builder.stats = ScanStats()
         try:
-            tables = [t for _, t in builder._generate_tables_sync([tagged], [rgs])]
+            tables = list(builder.read_shard((tagged, rgs)))
         except LaionHFError as e:  # on_error="raise": the driver raises it, naming the file
             out.append({"shard": idx, "rows": 0, "stats": None, "error": _error_text(e)})
             continue
@@ -284,8 +284,7 @@ def filter_to_parquet_ray(
     _configure(progress)
     start = time.time()
     builder = make_builder(source, **load_kwargs)
-    split = builder._split_generators(None)[0]  # plans: schema, filter, shards (file x row group)
-    files, rgs_list = split.gen_kwargs["files"], split.gen_kwargs["row_groups_list"]
+    planned = builder.shards()  # plans: schema, filter, shards (file x row group)
     os.makedirs(out_dir, exist_ok=True)
     for old in glob.glob(os.path.join(out_dir, "part-*.parquet")):
         os.unlink(old)  # the local engine overwrites its output too; no stale part survives
@@ -296,7 +295,7 @@ def filter_to_parquet_ray(
     builder.stats = ScanStats()
     builder_ref = ray.put(builder)
     shards = [{"shard": i, "file": f, "row_groups": list(r) if r is not None else None}
-              for i, (f, r) in enumerate(zip(files, rgs_list))]
+              for i, (f, r) in enumerate(planned)]
     ds = _items(shards).map_batches(
         _filter_shard, batch_size=1, batch_format="pyarrow", fn_kwargs={"builder_ref": builder_ref, "staging": staging},
         num_cpus=1, **_task_pool(min(workers, len(shards)) if workers else None),

@@ -564,6 +564,8 @@ def download_ray(
     if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
                                    for i in range(manifest["shards"])):
         manifest = None
+        if retry_failed is None:  # URLs: the load_laion stream, split by the driver
+            source = dl.metadata_stream(source)
         if retry_failed is None:  # parquet files: split by Ray tasks, one per file
             manifest = _split_parallel(source, out, inputs, shard_size, url_column, caption_column, hash_column,
                                        output_format, n_workers)

@@ -128,6 +128,24 @@ def _source_files(source: Any) -> list[str]:
     return files
 
 
+def metadata_stream(source: Any) -> Any:
+    """``source`` as is, or, for URLs (``hf://``, ``https://``, ``s3://``, ...), the
+    :func:`laion_hf.load_laion` stream of that parquet metadata (canonical schema): files that
+    are not on this machine are read by range requests, never copied whole."""
+    items = source if isinstance(source, (list, tuple)) else [source]
+    if not items or not all(isinstance(s, (str, os.PathLike)) for s in items):
+        return source
+    remote = ["://" in os.fspath(s) and not os.path.exists(os.fspath(s)) for s in items]
+    if not any(remote):
+        return source
+    if not all(remote):
+        raise FetchError("give either local metadata files or URLs, not both: "
+                         f"{[os.fspath(s) for s in items]}")
+    from laion_hf.builder import make_builder
+
+    return make_builder([os.fspath(s) for s in items]).as_streaming_dataset(split="train")
+
+
 def _pick(columns: Sequence[str], wanted: Optional[str], names: Sequence[str], what: str, required: bool) -> Optional[str]:
     if wanted:
         if wanted not in columns:
@@ -397,8 +415,9 @@ def download(
     """Download the images of ``source`` into img2dataset-compatible shards in ``out_dir``.
 
     Args:
-        source: metadata parquet/csv/tsv/txt file, folder or glob (or a list), a
-            ``pyarrow.Table``, or a ``datasets`` Dataset/IterableDataset.
+        source: metadata parquet/csv/tsv/txt file, folder or glob (or a list), a parquet
+            URL or glob (``hf://datasets/...``, ``https://...``, ``s3://...``; read in the
+            canonical schema), a ``pyarrow.Table``, or a ``datasets`` Dataset/IterableDataset.
         out_dir: the output folder (resumed when it holds a previous run of the same input).
         output_format: ``webdataset`` (tar shards) or ``parquet`` (images embedded).
         processes: worker processes; each runs ``concurrency`` fetches at once.
@@ -435,6 +454,8 @@ def download(
                          f"format={manifest.get('format')}; resume with the same settings or use a new --out")
     if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
                                    for i in range(manifest["shards"])):
+        if retry_failed is None:
+            source = metadata_stream(source)
         manifest = _split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
                                 out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
     n_shards = manifest["shards"]
@@ -605,7 +626,8 @@ def register_cli(sub: Any) -> None:
         "included, with their status) and {shard}_stats.json. Resumes: shards with a stats file are "
         "skipped. Private/loopback addresses are refused unless --allow-private-networks.",
     )
-    p.add_argument("source", nargs="?", help="metadata parquet/csv/tsv/txt file, folder or glob")
+    p.add_argument("source", nargs="?", help="metadata parquet/csv/tsv/txt file, folder or glob, or parquet URL/glob "
+                   "(hf://datasets/..., https://..., s3://...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", dest="output_format", choices=["webdataset", "parquet"], default="webdataset")
     p.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")

@@ -538,51 +538,22 @@ def download_ray(
     from laion_hf.images import download as dl
     from laion_hf.images.fetch import make_configs
 
-    if output_format not in ("webdataset", "parquet"):
-        raise FetchError(f"output_format must be 'webdataset' or 'parquet', got {output_format!r}")
-    if shard_size < 1:
-        raise FetchError(f"shard_size must be >= 1, got {shard_size}")
     fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
     init_ray(address)
     _configure(progress)
     n_workers = int(workers or processes or _cluster_count("CPU"))
     if n_workers < 1:
         raise FetchError(f"workers must be >= 1, got {n_workers}")
-    out = Path(out_dir)
-    if retry_failed is not None and out.resolve() == Path(retry_failed).resolve():
-        raise FetchError(f"--retry-failed {os.fspath(retry_failed)!r} needs a new --out folder, not the same one")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
-        dl._unlink(stale)
-    t0 = time.time()
-    manifest_path = out / dl.MANIFEST
-    inputs = out / dl.INPUT_DIR
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    if manifest is not None and (manifest.get("shard_size") != shard_size or manifest.get("format") != output_format):
-        raise FetchError(f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
-                         f"format={manifest.get('format')}; resume with the same settings or use a new --out")
-    if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
-                                   for i in range(manifest["shards"])):
-        manifest = None
-        if retry_failed is None:  # URLs: the load_laion stream, split by the driver
-            source = dl.metadata_stream(source)
-        if retry_failed is None:  # parquet files: split by Ray tasks, one per file
-            manifest = _split_parallel(source, out, inputs, shard_size, url_column, caption_column, hash_column,
-                                       output_format, n_workers)
-        if manifest is None:  # a table, a dataset, csv/txt, --retry-failed: the driver splits, as the local engine
-            manifest = dl._split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
-                                       out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
-    n_shards = manifest["shards"]
-    pending = [i for i in range(n_shards) if not (out / f"{i:05d}_stats.json").exists()]
-    todo_rows = sum(manifest["rows"][i] for i in pending)
-    key_digits = (max(5, len(str(max(0, n_shards - 1)))), len(str(max(1, shard_size - 1))))
-    template = dl._Job(
-        0, str(inputs / "00000.arrow"), str(out.resolve()), output_format, manifest["url_column"],
-        manifest["caption_column"], manifest["hash_column"], hash_type, fetch_cfg, resize_cfg,
-        os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
-        manifest.get("image_metadata"),
-    )  # fmt: skip
-    template = replace(template, input_path=str((inputs / "00000.arrow").resolve()))
+
+    def split(src: Any, out: Path, inputs: Path) -> Optional[dict]:  # parquet files: one Ray task per file
+        return _split_parallel(src, out, inputs, shard_size, url_column, caption_column, hash_column,
+                               output_format, n_workers)
+
+    run = dl.plan_download(source, out_dir, output_format=output_format, shard_size=shard_size,
+                           url_column=url_column, caption_column=caption_column, hash_column=hash_column,
+                           retry_failed=retry_failed, split=split)
+    out, pending, todo_rows = run.out, run.pending, run.todo_rows
+    template = run.job(0, hash_type, fetch_cfg, resize_cfg, cache_dir, cache_max_bytes)
     bar = None
     if progress and pending:
         from tqdm.auto import tqdm
@@ -609,23 +580,14 @@ def download_ray(
     finally:
         if bar is not None:
             bar.close()
-    for stale in glob.glob(str(out / "*.tmp-*")):  # a worker killed mid-shard left these; its shard was redone
-        dl._unlink(stale)
     failures = sorted({r["error"] for r in done if r["error"]})
     if failures:
         raise ShardError("; ".join(failures) + " (rerun the same command to redo the unfinished shards)")
     missing = sorted(set(pending) - {r["shard"] for r in done})
     if missing or any(not (out / f"{i:05d}_stats.json").exists() for i in pending):
         raise ShardError(f"download on Ray: shards {missing[:10]} not finished (rerun the same command)")
-    stats = dl.collect_stats(out)
-    elapsed = time.time() - t0
-    stats.update(shards=n_shards, shards_done_now=len(pending), duration=elapsed,
-                 samples_per_s=(todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(out),
-                 engine="ray", workers=n_workers, worker_pids=len({r["pid"] for r in done}),
-                 worker_cpu_seconds=sum(r["cpu_s"] for r in done))  # fmt: skip
-    with open(out / "_laion_hf_stats.json", "w") as f:
-        json.dump(stats, f, indent=2)
-    return stats
+    return run.finish(engine="ray", workers=n_workers, worker_pids=len({r["pid"] for r in done}),
+                      worker_cpu_seconds=sum(r["cpu_s"] for r in done))
 
 
 # ---------------------------------------------------------------------------- embed

@@ -434,41 +434,13 @@ def download(
         over all shards in ``out_dir``, plus ``shards, shards_done_now, duration,
         samples_per_s`` for this run.
     """
-    if output_format not in ("webdataset", "parquet"):
-        raise FetchError(f"output_format must be 'webdataset' or 'parquet', got {output_format!r}")
-    if processes < 1 or shard_size < 1:
-        raise FetchError(f"processes and shard_size must be >= 1, got {processes} and {shard_size}")
+    if processes < 1:
+        raise FetchError(f"processes must be >= 1, got {processes}")
     fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
-    out = Path(out_dir)
-    if retry_failed is not None and out.resolve() == Path(retry_failed).resolve():
-        raise FetchError(f"--retry-failed {os.fspath(retry_failed)!r} needs a new --out folder, not the same one")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
-        _unlink(stale)
-    t0 = time.time()
-    manifest_path = out / MANIFEST
-    inputs = out / INPUT_DIR
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    if manifest is not None and (manifest.get("shard_size") != shard_size or manifest.get("format") != output_format):
-        raise FetchError(f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
-                         f"format={manifest.get('format')}; resume with the same settings or use a new --out")
-    if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
-                                   for i in range(manifest["shards"])):
-        if retry_failed is None:
-            source = metadata_stream(source)
-        manifest = _split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
-                                out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
-    n_shards = manifest["shards"]
-    pending = [i for i in range(n_shards) if not (out / f"{i:05d}_stats.json").exists()]
-    todo_rows = sum(manifest["rows"][i] for i in pending)
-    key_digits = (max(5, len(str(max(0, n_shards - 1)))), len(str(max(1, shard_size - 1))))
-    jobs = [
-        _Job(i, str(inputs / f"{i:05d}.arrow"), str(out), output_format, manifest["url_column"],
-             manifest["caption_column"], manifest["hash_column"], hash_type, fetch_cfg, resize_cfg,
-             os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
-             manifest.get("image_metadata"))
-        for i in pending
-    ]
+    run = plan_download(source, out_dir, output_format=output_format, shard_size=shard_size, url_column=url_column,
+                        caption_column=caption_column, hash_column=hash_column, retry_failed=retry_failed)
+    jobs = [run.job(i, hash_type, fetch_cfg, resize_cfg, cache_dir, cache_max_bytes) for i in run.pending]
+    todo_rows = run.todo_rows
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -495,13 +467,95 @@ def download(
             bar.close()
     if failures:
         raise ShardError("; ".join(failures) + " (rerun the same command to redo the unfinished shards)")
-    stats = collect_stats(out)
-    elapsed = time.time() - t0
-    stats.update(shards=n_shards, shards_done_now=len(jobs), duration=elapsed,
-                 samples_per_s=(todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(out))
-    with open(out / "_laion_hf_stats.json", "w") as f:
-        json.dump(stats, f, indent=2)
-    return stats
+    return run.finish()
+
+
+@dataclass
+class DownloadRun:
+    """A planned download (:func:`plan_download`): the output folder, its manifest (the input
+    split into shards) and the shards still to do. Both engines run these and call
+    :meth:`finish`."""
+
+    out: Path
+    manifest: dict
+    pending: list[int]
+    started: float
+
+    @property
+    def todo_rows(self) -> int:
+        return sum(self.manifest["rows"][i] for i in self.pending)
+
+    def job(self, shard: int, hash_type: str, fetch: FetchConfig, resize: ResizeConfig,
+            cache_dir: Union[str, os.PathLike, None], cache_max_bytes: int) -> _Job:
+        """The work order of one shard (picklable: it travels to worker processes/actors)."""
+        m = self.manifest
+        key_digits = (max(5, len(str(max(0, m["shards"] - 1)))), len(str(max(1, m["shard_size"] - 1))))
+        return _Job(shard, str((self.out / INPUT_DIR / f"{shard:05d}.arrow").resolve()), str(self.out.resolve()),
+                    m["format"], m["url_column"], m["caption_column"], m["hash_column"], hash_type, fetch, resize,
+                    os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
+                    m.get("image_metadata"))
+
+    def finish(self, **extra: Any) -> dict:
+        """Stats over every shard of the folder plus this run's (``shards, shards_done_now,
+        duration, samples_per_s, out_dir`` and ``extra``), also written to
+        ``_laion_hf_stats.json``."""
+        for stale in glob.glob(str(self.out / "*.tmp-*")):  # a killed worker's; its shard was redone
+            _unlink(stale)
+        stats = collect_stats(self.out)
+        elapsed = time.time() - self.started
+        stats.update(shards=self.manifest["shards"], shards_done_now=len(self.pending), duration=elapsed,
+                     samples_per_s=(self.todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(self.out), **extra)
+        with open(self.out / "_laion_hf_stats.json", "w") as f:
+            json.dump(stats, f, indent=2)
+        return stats
+
+
+def plan_download(
+    source: Any,
+    out_dir: Union[str, os.PathLike],
+    *,
+    output_format: str = "webdataset",
+    shard_size: int = 10_000,
+    url_column: Optional[str] = None,
+    caption_column: Optional[str] = None,
+    hash_column: Optional[str] = None,
+    retry_failed: Union[str, os.PathLike, None] = None,
+    split: Optional[Callable[[Any, Path, Path], Optional[dict]]] = None,
+) -> DownloadRun:
+    """Check the settings, prepare ``out_dir`` (removing a killed run's temporary files) and
+    split the input into shards, or resume the split of a previous run with the same settings.
+
+    ``split(source, out, inputs)`` may split the input another way (the Ray engine: one task
+    per metadata file); it returns the manifest, or None to use the local split.
+    """
+    if output_format not in ("webdataset", "parquet"):
+        raise FetchError(f"output_format must be 'webdataset' or 'parquet', got {output_format!r}")
+    if shard_size < 1:
+        raise FetchError(f"shard_size must be >= 1, got {shard_size}")
+    out = Path(out_dir)
+    if retry_failed is not None and out.resolve() == Path(retry_failed).resolve():
+        raise FetchError(f"--retry-failed {os.fspath(retry_failed)!r} needs a new --out folder, not the same one")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in glob.glob(str(out / "*.tmp-*")):  # left by a killed run: never a finished shard
+        _unlink(stale)
+    started = time.time()
+    manifest_path, inputs = out / MANIFEST, out / INPUT_DIR
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    if manifest is not None and (manifest.get("shard_size") != shard_size or manifest.get("format") != output_format):
+        raise FetchError(f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
+                         f"format={manifest.get('format')}; resume with the same settings or use a new --out")
+    if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
+                                   for i in range(manifest["shards"])):
+        manifest = None
+        if retry_failed is None:
+            source = metadata_stream(source)
+            if split is not None:
+                manifest = split(source, out, inputs)
+        if manifest is None:
+            manifest = _split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
+                                    out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
+    pending = [i for i in range(manifest["shards"]) if not (out / f"{i:05d}_stats.json").exists()]
+    return DownloadRun(out, manifest, pending, started)
 
 
 def _run_pool(jobs: list[_Job], processes: int, on_progress: Callable[[int, int], None], failures: list[str]) -> None:

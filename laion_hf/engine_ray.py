@@ -629,44 +629,19 @@ class _PartDecoder:
                 yield pa.table({"part": [part], "batch": [-1], "payload": pa.array([b""], pa.binary())})
 
     def _part(self, part: int, path: str) -> Iterator[pa.Table]:
-        """The model batches of one shard (the CLIP stage's slicing: same batches as the local engine)."""
-        import numpy as np
-        import pyarrow.compute as pc
-        import torch
-
+        """The model batches of one shard (the CLIP stage's slicing and decoding: the same
+        batches as the local engine), decoded here, embedded by the GPU actors."""
         from laion_hf.clip.embed import read_shards
 
-        emb, pipe = self.embedder, self.pipe
+        pipe = self.pipe
         n_batches = 0
-        for t in pipe._slices(read_shards(path, batch_rows=max(emb.batch_size, 256))):
-            n = t.num_rows
-            data, paths = pipe._image_inputs(t)
-            if pipe.status_column in t.column_names:
-                ok = pc.fill_null(pc.equal(t[pipe.status_column], "success"), False).to_numpy(zero_copy_only=False)
-            else:
-                ok = np.ones(n, dtype=bool)
-            pre_errors: dict[int, str] = {}
-            cand = []
-            for i in np.flatnonzero(ok):
-                if data[i] is None and not paths[i]:
-                    pre_errors[int(i)] = "no image bytes"
-                else:
-                    cand.append(int(i))
-            cand_rows = np.asarray(cand, dtype=np.int64)
-            dtype = torch.uint8 if emb.uint8_path else torch.float32
-            buf = torch.empty(pipe._buffer_shape(len(cand_rows)), dtype=dtype)
-            step = max(1, -(-len(cand_rows) // (pipe.num_workers * 2)))
-            jobs = [self.pool.submit(pipe._decode_slots, buf, range(s, min(s + step, len(cand_rows))), cand_rows,
-                                     data, paths) for s in range(0, len(cand_rows), step)]  # fmt: skip
-            slot_errors = [e for j in jobs for e in j.result()]
-            captions = t[pipe.text_column].to_pylist()
-            text_valid = np.array([c is not None for c in captions], dtype=bool)
-            tokens = emb.tokenize([c if c is not None else "" for c in captions]) if n else None
+        for t in pipe.batches(read_shards(path, batch_rows=max(self.embedder.batch_size, 256))):
+            d = pipe.decode_batch(t, self.pool)
             meta = t.drop_columns([pipe.image_column]) if pipe.image_column in t.column_names else t
             payload = pickle.dumps({
-                "table": _ipc(meta), "cand_rows": cand_rows, "pre_errors": pre_errors,
-                "pixels": buf.numpy(), "slot_errors": slot_errors, "text_valid": text_valid,
-                "tokens": tokens.numpy() if tokens is not None else None,
+                "table": _ipc(meta), "cand_rows": d.cand_rows, "pre_errors": d.pre_errors,
+                "pixels": d.pixels.numpy(), "slot_errors": d.slot_errors, "text_valid": d.text_valid,
+                "tokens": d.tokens.numpy() if d.tokens is not None else None,
             }, protocol=5)  # fmt: skip
             yield pa.table({"part": [part], "batch": [n_batches], "payload": pa.array([payload], pa.binary())})
             n_batches += 1
@@ -694,11 +669,9 @@ class _BatchEmbedder:
         self.pipe = ClipPipeline(self.embedder, spec["heads"], embedding_dtype="float32", num_workers=1)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from concurrent.futures import Future
-
         import torch
 
-        from laion_hf.clip.stream import _Prepared
+        from laion_hf.clip.stream import DecodedBatch
 
         outs = []
         for part, b, payload in zip(batch.column("part").to_pylist(), batch.column("batch").to_pylist(),
@@ -707,20 +680,13 @@ class _BatchEmbedder:
                 outs.append({"part": part, "batch": b, "result": payload})
                 continue
             p = pickle.loads(payload)
-            table = _from_ipc(p["table"])
             pixels = torch.from_numpy(p["pixels"].copy())
             if self.embedder.pin_memory and pixels.numel():
                 pixels = pixels.pin_memory()
-            prep = _Prepared(table, p["cand_rows"], p["pre_errors"], pixels if len(p["cand_rows"]) else None, -1)
-            if len(p["cand_rows"]):
-                fut: Future = Future()
-                fut.set_result(p["slot_errors"])
-                prep.decode_jobs.append((fut, range(len(p["cand_rows"]))))
-            tok: Future = Future()
-            tok.set_result(torch.from_numpy(p["tokens"]) if p["tokens"] is not None else None)
-            prep.tokens = tok
-            prep.text_valid = p["text_valid"]
-            outs.append({"part": part, "batch": b, "result": _ipc(self.pipe._finish(prep))})
+            tokens = torch.from_numpy(p["tokens"]) if p["tokens"] is not None else None
+            decoded = DecodedBatch(_from_ipc(p["table"]), p["cand_rows"], p["pre_errors"], pixels,
+                                   p["slot_errors"], tokens, p["text_valid"])
+            outs.append({"part": part, "batch": b, "result": _ipc(self.pipe.embed_decoded(decoded))})
         return pa.Table.from_pylist(outs, schema=pa.schema([("part", pa.int64()), ("batch", pa.int64()),
                                                             ("result", pa.binary())]))  # fmt: skip
 

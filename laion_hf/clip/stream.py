@@ -81,6 +81,21 @@ class _Prepared:
     text_valid: np.ndarray | None = None
 
 
+@dataclass
+class DecodedBatch:
+    """One model batch, decoded and tokenized: what :meth:`ClipPipeline.embed_decoded` embeds.
+    Plain tensors and arrays, so it can travel between processes (the Ray engine decodes on
+    CPU tasks and embeds on GPU actors)."""
+
+    table: pa.Table
+    cand_rows: np.ndarray  # row index of each decode slot
+    pre_errors: dict[int, str]  # row -> error found before decoding
+    pixels: torch.Tensor | None  # one image per slot
+    slot_errors: list[str | None]  # per slot: None, or why it could not be decoded
+    tokens: torch.Tensor | None
+    text_valid: np.ndarray
+
+
 class ClipPipeline:
     """Embeds Arrow tables with a :class:`ClipEmbedder` and score heads (see module docs).
 
@@ -220,11 +235,9 @@ class ClipPipeline:
             return data, paths
         return _binary_views(col, col.is_valid().to_numpy(zero_copy_only=False)), [None] * len(col)
 
-    def _prepare(
-        self, table: pa.Table, pool: ThreadPoolExecutor, buffers: list[torch.Tensor], free: "queue.Queue[int]",
-        stop: threading.Event,
-    ) -> _Prepared:
-        """Start decoding ``table``'s images into a buffer and tokenizing its captions (returns at once)."""
+    def _candidates(self, table: pa.Table) -> tuple[list, list, np.ndarray, dict[int, str]]:
+        """Image inputs, the rows to decode (status success, or no status column) and the
+        rows that fail before decoding."""
         n = table.num_rows
         data, paths = self._image_inputs(table)
         if self.status_column in table.column_names:
@@ -238,19 +251,45 @@ class ClipPipeline:
                 pre_errors[int(i)] = "no image bytes"
             else:
                 cand.append(int(i))
-        cand_rows = np.asarray(cand, dtype=np.int64)
-        bid, buf = self._acquire(buffers, free, len(cand_rows), stop)
-        prep = _Prepared(table, cand_rows, pre_errors, buf, bid)
+        return data, paths, np.asarray(cand, dtype=np.int64), pre_errors
+
+    def _texts(self, table: pa.Table) -> tuple[list[str], np.ndarray]:
+        captions = table[self.text_column].to_pylist()
+        return [c if c is not None else "" for c in captions], np.array([c is not None for c in captions], dtype=bool)
+
+    def _decode_jobs(self, pool: ThreadPoolExecutor, buf: torch.Tensor | None, cand_rows: np.ndarray,
+                     data: list, paths: list) -> list[tuple[Future, range]]:
+        jobs = []
         if len(cand_rows):
             step = max(1, -(-len(cand_rows) // (self.num_workers * 2)))
             for s in range(0, len(cand_rows), step):
                 slots = range(s, min(s + step, len(cand_rows)))
-                prep.decode_jobs.append((pool.submit(self._decode_slots, buf, slots, cand_rows, data, paths), slots))
-        captions = table[self.text_column].to_pylist()
-        prep.text_valid = np.array([c is not None for c in captions], dtype=bool)
-        texts = [c if c is not None else "" for c in captions]
-        prep.tokens = pool.submit(self.embedder.tokenize, texts) if n else None
+                jobs.append((pool.submit(self._decode_slots, buf, slots, cand_rows, data, paths), slots))
+        return jobs
+
+    def _prepare(
+        self, table: pa.Table, pool: ThreadPoolExecutor, buffers: list[torch.Tensor], free: "queue.Queue[int]",
+        stop: threading.Event,
+    ) -> _Prepared:
+        """Start decoding ``table``'s images into a buffer and tokenizing its captions (returns at once)."""
+        data, paths, cand_rows, pre_errors = self._candidates(table)
+        bid, buf = self._acquire(buffers, free, len(cand_rows), stop)
+        prep = _Prepared(table, cand_rows, pre_errors, buf, bid)
+        prep.decode_jobs = self._decode_jobs(pool, buf, cand_rows, data, paths)
+        texts, prep.text_valid = self._texts(table)
+        prep.tokens = pool.submit(self.embedder.tokenize, texts) if table.num_rows else None
         return prep
+
+    def decode_batch(self, table: pa.Table, pool: ThreadPoolExecutor) -> DecodedBatch:
+        """Decode one model batch (from :meth:`batches`) on ``pool`` into a new buffer and
+        tokenize its captions, now."""
+        data, paths, cand_rows, pre_errors = self._candidates(table)
+        dtype = torch.uint8 if self.embedder.uint8_path else torch.float32
+        buf = torch.empty(self._buffer_shape(len(cand_rows)), dtype=dtype)
+        slot_errors = [e for job, _ in self._decode_jobs(pool, buf, cand_rows, data, paths) for e in job.result()]
+        texts, text_valid = self._texts(table)
+        tokens = self.embedder.tokenize(texts) if table.num_rows else None
+        return DecodedBatch(table, cand_rows, pre_errors, buf, slot_errors, tokens, text_valid)
 
     def _decode_slots(self, buf: torch.Tensor, slots: range, cand_rows: np.ndarray, data: list, paths: list) -> list:
         errs = []
@@ -259,7 +298,8 @@ class ClipPipeline:
             errs.append(decode_into(buf, s, data[r], paths[r], self.embedder, self.draft))
         return errs
 
-    def _slices(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    def batches(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """``tables`` cut into model batches of ``batch_size`` rows (checked for the columns)."""
         for t in tables:
             if isinstance(t, pa.RecordBatch):
                 t = pa.Table.from_batches([t])
@@ -289,7 +329,7 @@ class ClipPipeline:
 
         def produce() -> None:
             try:
-                for t in self._slices(tables):
+                for t in self.batches(tables):
                     put(self._prepare(t, pool, buffers, free, stop))
                 put(_END)
             except _Stopped:
@@ -321,27 +361,38 @@ class ClipPipeline:
             buffers.clear()
 
     def _finish(self, prep: _Prepared) -> pa.Table:
-        emb = self.embedder
-        table = prep.table
-        n = table.num_rows
-        errors: dict[int, str] = dict(prep.pre_errors)
-        slot_ok = np.zeros(len(prep.cand_rows), dtype=bool)
+        slot_errors: list[str | None] = [None] * len(prep.cand_rows)
         for fut, slots in prep.decode_jobs:
             for s, err in zip(slots, fut.result()):
-                if err is None:
-                    slot_ok[s] = True
-                else:
-                    errors[int(prep.cand_rows[s])] = err
-        img_rows = prep.cand_rows[slot_ok]
+                slot_errors[s] = err
+        tokens = prep.tokens.result() if prep.tokens is not None else None
+        text_valid = prep.text_valid if prep.text_valid is not None else np.zeros(prep.table.num_rows, dtype=bool)
+        return self.embed_decoded(DecodedBatch(prep.table, prep.cand_rows, prep.pre_errors, prep.buffer,
+                                               slot_errors, tokens, text_valid))
+
+    def embed_decoded(self, batch: DecodedBatch) -> pa.Table:
+        """Run the model and heads on a decoded batch; the table with the output columns
+        (``where`` not applied)."""
+        emb = self.embedder
+        table = batch.table
+        n = table.num_rows
+        errors: dict[int, str] = dict(batch.pre_errors)
+        slot_ok = np.zeros(len(batch.cand_rows), dtype=bool)
+        for s, err in enumerate(batch.slot_errors):
+            if err is None:
+                slot_ok[s] = True
+            else:
+                errors[int(batch.cand_rows[s])] = err
+        img_rows = batch.cand_rows[slot_ok]
         d = emb.embed_dim
         img = np.zeros((n, d), dtype=np.float32)
         txt = np.zeros((n, d), dtype=np.float32)
         head_vals = {h.column: np.full(n, np.nan) for h in self.heads}
         sim = np.full(n, np.nan)
         with torch.inference_mode():
-            txt_dev = emb.encode_token_batch(prep.tokens.result()) if n else None
+            txt_dev = emb.encode_token_batch(batch.tokens) if n else None
             if len(img_rows):
-                x = prep.buffer if slot_ok.all() else prep.buffer[torch.from_numpy(np.flatnonzero(slot_ok))]
+                x = batch.pixels if slot_ok.all() else batch.pixels[torch.from_numpy(np.flatnonzero(slot_ok))]
                 img_dev = emb.encode_image_batch(x)
                 rows_dev = torch.from_numpy(img_rows).to(emb.device)
                 sim_dev = (img_dev * txt_dev.index_select(0, rows_dev)).sum(-1)
@@ -354,7 +405,7 @@ class ClipPipeline:
                 txt[:] = txt_dev.cpu().numpy()
         has_img = np.zeros(n, dtype=bool)
         has_img[img_rows] = True
-        has_txt = prep.text_valid if prep.text_valid is not None else np.zeros(n, dtype=bool)
+        has_txt = batch.text_valid
         sim[~has_txt] = np.nan
         out = table
         for name in self.output_columns:

@@ -410,7 +410,7 @@ def _split_parallel(source: Any, out: Path, inputs: Path, shard_size: int, url_c
         return None
     if isinstance(source, (list, tuple)) and not all(isinstance(x, (str, os.PathLike)) for x in source):
         return None
-    files = dl._source_files(source)
+    files = dl.source_files(source)
     if not all(f.lower().endswith(".parquet") for f in files):
         return None
     counts, schemas = [], []
@@ -426,9 +426,7 @@ def _split_parallel(source: Any, out: Path, inputs: Path, shard_size: int, url_c
         raise FetchError(f"no rows to download in {source!r}")
     files, counts, schemas = [files[i] for i in keep], [counts[i] for i in keep], [schemas[i] for i in keep]
     schema = schemas[0]
-    cols = {"url": dl._pick(schema.names, url_column, dl._URL_NAMES, "url", True),
-            "caption": dl._pick(schema.names, caption_column, dl._CAPTION_NAMES, "caption", False),
-            "hash": dl._pick(schema.names, hash_column, (), "hash", False) if hash_column else None}  # fmt: skip
+    cols = dl.input_columns(schema.names, url_column, caption_column, hash_column)
     offsets = [sum(counts[:i]) for i in range(len(counts))]
     total = offsets[-1] + counts[-1]
     n_shards = -(-total // shard_size)
@@ -453,19 +451,7 @@ def _split_parallel(source: Any, out: Path, inputs: Path, shard_size: int, url_c
     missing = [i for i in range(n_shards) if not (inputs / f"{i:05d}.arrow").exists()]
     if missing:
         raise EngineError(f"download on Ray: input shards {missing[:10]} were not written")
-    image_metadata = None
-    if output_format == "parquet":
-        sample = pa.ipc.open_file(str(inputs / "00000.arrow")).read_all().slice(0, 0)
-        probe = dl._with_results(sample, [], [], image=True)
-        image_metadata = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-                          for k, v in dl._parquet_image_metadata(probe.schema).items()}  # fmt: skip
-    manifest = {"shard_size": shard_size, "format": output_format, "shards": n_shards, "rows": rows,
-                "url_column": cols["url"], "caption_column": cols["caption"], "hash_column": cols["hash"],
-                "retry_of": None, "image_metadata": image_metadata}  # fmt: skip
-    tmp = out / (dl.MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / dl.MANIFEST)
-    return manifest
+    return dl.write_manifest(out, inputs, rows, cols, shard_size, output_format)
 
 
 _DOWNLOAD_ROW = pa.schema([("shard", pa.int64()), ("count", pa.int64()), ("successes", pa.int64()),
@@ -481,9 +467,7 @@ class _ShardDownloader:
         self.template = template
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import asyncio
-
-        from laion_hf.images.download import _run_shard_async
+        from laion_hf.images.download import run_shard
 
         out = []
         for shard_id in batch.column("shard").to_pylist():
@@ -496,7 +480,7 @@ class _ShardDownloader:
                     with open(stats_path) as f:
                         stats = json.load(f)
                 else:
-                    stats = asyncio.run(_run_shard_async(job, lambda d, s: None))
+                    stats = run_shard(job)
             except Exception as e:  # reported like the local engine's failed shard; the others go on
                 out.append({"shard": shard_id, "count": 0, "successes": 0, "cpu_s": time.process_time() - cpu0,
                             "pid": os.getpid(), "error": f"shard {shard_id:05d} failed: {type(e).__name__}: {e}"})
@@ -695,11 +679,8 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
     """Ray task: write one part (``img_emb_N.npy``, ``text_emb_N.npy``, ``stats_N.json``,
     ``metadata_N.parquet`` last) from its embedded batches, as the local engine writes it."""
     import numpy as np
-    import pyarrow.parquet as pq
 
-    from laion_hf.clip.embed import _atomic_write, _save_npy  # (no torch import in writer tasks)
-
-    IMAGE_EMBEDDING, TEXT_EMBEDDING, CLIP_SIMILARITY = spec["columns"]
+    from laion_hf.clip.embed import PartAccumulator
 
     batches = group.column("batch").to_numpy()
     schema = pa.schema([("part", pa.int64()), ("count", pa.int64()), ("embedded", pa.int64()),
@@ -713,25 +694,14 @@ def _write_embed_part(group: pa.Table, out_dir: str, paths: list, spec: dict) ->
     # keep one copy of each batch index
     order = [i for j, i in enumerate(order) if j == 0 or batches[i] != batches[order[j - 1]]]
     n = int(group.column("part")[0].as_py())
-    d = spec["embed_dim"]
     np_dtype = np.float16 if spec["dtype"] == "float16" else np.float32
-    from laion_hf.clip.embed import PartAccumulator
-
-    acc = PartAccumulator(d, np_dtype)
+    acc = PartAccumulator(spec["embed_dim"], np_dtype)
     results = group.column("result").to_pylist()
     for i in order:
         if results[i]:
             acc.add(_from_ipc(results[i]))
-    img_all, txt_all, meta = acc.finish()
-    count, status_dict = acc.count, acc.status_dict
-    embedded = int(img_all.shape[0])
-    stats = {"input": paths[n], "part": n, "count": count, "embedded": embedded, "failed": count - embedded,
-             "status_dict": status_dict, "model": spec["model"], "pretrained": spec["pretrained"]}  # fmt: skip
-    out = Path(out_dir)
-    _atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
-    _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
-    _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
-    _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
+    stats = acc.write(Path(out_dir), n, paths[n], spec["model"], spec["pretrained"])
+    count, embedded, status_dict = stats["count"], stats["embedded"], stats["status_dict"]
     return pa.Table.from_pylist([{"part": n, "count": count, "embedded": embedded, "failed": count - embedded,
                                   "status_dict": json.dumps(status_dict), "error": None}], schema=schema)  # fmt: skip
 
@@ -766,10 +736,9 @@ def embed_shards_ray(
             not ``"cpu"``, else 0: the model runs on a CPU actor).
         num_workers: decode threads per decode actor; the rest as the local engine.
     """
-    from laion_hf.clip.embed import _part_done, resolve_inputs
+    from laion_hf.clip.embed import part_done, resolve_inputs
     from laion_hf.clip.heads import load_head
     from laion_hf.clip.model import TINY_MODEL
-    from laion_hf.clip.stream import CLIP_SIMILARITY, IMAGE_EMBEDDING, TEXT_EMBEDDING
     from laion_hf.errors import ShardError
 
     if isinstance(sources, (str, os.PathLike)):
@@ -806,11 +775,10 @@ def embed_shards_ray(
     from laion_hf.clip.embed import prepare_output
 
     prepare_output(out, config)
-    todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
+    todo = [(n, p) for n, p in enumerate(inputs) if not part_done(out, n)]
     spec = {"model": model, "pretrained": pretrained, "precision": precision, "batch_size": bs,
             "cache_dir": cache_dir, "heads": list(heads), "device": model_device, "dtype": dtype,
-            "embed_dim": probe.embed_dim, "decode_threads": num_workers,
-            "columns": (IMAGE_EMBEDDING, TEXT_EMBEDDING, CLIP_SIMILARITY)}  # fmt: skip
+            "embed_dim": probe.embed_dim, "decode_threads": num_workers}  # fmt: skip
     del probe
     totals: dict[str, Any] = {"parts": len(inputs), "parts_skipped": len(inputs) - len(todo), "count": 0,
                               "embedded": 0, "failed": 0, "status_dict": {}}  # fmt: skip
@@ -834,7 +802,7 @@ def embed_shards_ray(
             totals["failed"] += r["failed"]
             for s, c in json.loads(r["status_dict"]).items():
                 totals["status_dict"][s] = totals["status_dict"].get(s, 0) + c
-        not_done = [n for n, _ in todo if not _part_done(out, n)]
+        not_done = [n for n, _ in todo if not part_done(out, n)]
         if not_done:
             raise ShardError(f"embed on Ray: parts {not_done[:10]} not written (rerun the same command to resume)")
     secs = time.perf_counter() - t0

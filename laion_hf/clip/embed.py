@@ -233,6 +233,24 @@ class PartAccumulator:
                              CLIP_SIMILARITY: pa.array([], pa.float64())})
         return img, txt, meta
 
+    def write(self, out: Path, n: int, input_path: str, model: str, pretrained: Any) -> dict[str, Any]:
+        """Write part ``n`` under ``out`` in clip-retrieval's layout (``img_emb_N.npy``,
+        ``text_emb_N.npy``, ``stats_N.json``, ``metadata_N.parquet`` last: a part is done when
+        its metadata exists), each file atomically; returns the part's stats."""
+        import pyarrow.parquet as pq
+
+        img_all, txt_all, meta = self.finish()
+        embedded = int(img_all.shape[0])
+        stats = {"input": input_path, "part": n, "count": self.count, "embedded": embedded,
+                 "failed": self.count - embedded, "status_dict": self.status_dict, "model": model,
+                 "pretrained": pretrained}
+        out = Path(out)
+        _atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
+        _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
+        _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
+        _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
+        return stats
+
 
 def prepare_output(out: Path, config: dict[str, Any]) -> None:
     """Create the clip-retrieval layout under ``out`` and record ``config``; a folder made with
@@ -252,7 +270,8 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
         _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
 
 
-def _part_done(out: Path, n: int) -> bool:
+def part_done(out: Path, n: int) -> bool:
+    """Whether part ``n`` under ``out`` is complete (its metadata and stats were written)."""
     return (out / "metadata" / f"metadata_{n}.parquet").exists() and (out / "stats" / f"stats_{n}.json").exists()
 
 
@@ -280,7 +299,6 @@ def embed_shards(
     ``failed``, ``status_dict``, ``seconds``, ``images_per_second``.
     """
     import numpy as np
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
@@ -308,7 +326,7 @@ def embed_shards(
     }
     prepare_output(out, config)
 
-    todo = [(n, p) for n, p in enumerate(inputs) if not _part_done(out, n)]
+    todo = [(n, p) for n, p in enumerate(inputs) if not part_done(out, n)]
     counts = [_count_rows(p) for _, p in todo]
     total = sum(counts) if all(c is not None for c in counts) else None
     totals: dict[str, Any] = {"parts": len(inputs), "parts_skipped": len(inputs) - len(todo), "count": 0,
@@ -322,19 +340,11 @@ def embed_shards(
             for table in pipe.run(read_shards(path, batch_rows=max(pipe.batch_size, 256))):
                 acc.add(table)
                 bar.update(table.num_rows)
-            img_all, txt_all, meta = acc.finish()
-            count, status_dict = acc.count, acc.status_dict
-            embedded = int(img_all.shape[0])
-            stats = {"input": path, "part": n, "count": count, "embedded": embedded, "failed": count - embedded,
-                     "status_dict": status_dict, "model": embedder.model_name, "pretrained": embedder.pretrained}  # fmt: skip
-            _atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
-            _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
-            _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
-            _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
-            totals["count"] += count
-            totals["embedded"] += embedded
-            totals["failed"] += count - embedded
-            for s, c in status_dict.items():
+            stats = acc.write(out, n, path, embedder.model_name, embedder.pretrained)
+            totals["count"] += stats["count"]
+            totals["embedded"] += stats["embedded"]
+            totals["failed"] += stats["failed"]
+            for s, c in stats["status_dict"].items():
                 totals["status_dict"][s] = totals["status_dict"].get(s, 0) + c
     finally:
         bar.close()

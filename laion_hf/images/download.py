@@ -87,7 +87,7 @@ def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
     if datasets is not None and isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         yield from source.with_format("arrow").iter(batch_size=batch_rows)
         return
-    paths = _source_files(source)
+    paths = source_files(source)
     for path in paths:
         low = path.lower()
         if low.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
@@ -111,9 +111,10 @@ def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
                 yield pa.Table.from_batches([b])
 
 
-def _source_files(source: Any) -> list[str]:
+def source_files(source: Any) -> list[str]:
+    """The local metadata files of ``source`` (file, folder, glob or a list of them)."""
     if isinstance(source, (list, tuple)):
-        return [p for s in source for p in _source_files(s)]
+        return [p for s in source for p in source_files(s)]
     src = os.fspath(source)
     if os.path.isdir(src):
         files = sorted(p for ext in ("parquet", "csv", "tsv", "txt")
@@ -373,6 +374,12 @@ def _init_worker(queue: Any) -> None:
     _QUEUE = queue
 
 
+def run_shard(job: _Job, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Download one shard (a :meth:`DownloadRun.job`) on a new event loop; ``progress(rows,
+    successes)`` is called as rows finish. Returns the shard's stats (also in its stats file)."""
+    return asyncio.run(_run_shard_async(job, progress or (lambda d, s: None)))
+
+
 def _run_shard(job: _Job) -> dict:
     """Process entry point: download one shard."""
 
@@ -380,7 +387,7 @@ def _run_shard(job: _Job) -> dict:
         if _QUEUE is not None and (d or s):
             _QUEUE.put((d, s))
 
-    return asyncio.run(_run_shard_async(job, progress))
+    return run_shard(job, progress)
 
 
 # ---------------------------------------------------------------------- driver
@@ -459,7 +466,7 @@ def download(
     try:
         if processes == 1 or len(jobs) <= 1:
             for job in jobs:
-                asyncio.run(_run_shard_async(job, on_progress))
+                run_shard(job, on_progress)
         else:
             _run_pool(jobs, processes, on_progress, failures)
     finally:
@@ -624,9 +631,7 @@ def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_siz
     for t in tables:
         if schema is None:
             schema = t.schema
-            cols["url"] = _pick(t.column_names, url_column, _URL_NAMES, "url", True)
-            cols["caption"] = _pick(t.column_names, caption_column, _CAPTION_NAMES, "caption", False)
-            cols["hash"] = _pick(t.column_names, hash_column, (), "hash", False) if hash_column else None
+            cols = input_columns(t.column_names, url_column, caption_column, hash_column)
         else:
             t = conform_input(t, schema)
         buf.append(t)
@@ -640,6 +645,23 @@ def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_siz
         write(pa.concat_tables(buf).combine_chunks())
     if schema is None:
         raise FetchError(f"no rows to download in {source!r}" + (" (no failed rows)" if is_retry else ""))
+    return write_manifest(out, inputs, rows, cols, shard_size, output_format,
+                          os.fspath(source) if is_retry else None)
+
+
+def input_columns(names: Sequence[str], url_column: Optional[str], caption_column: Optional[str],
+                  hash_column: Optional[str]) -> dict[str, Optional[str]]:
+    """The input's url (required), caption and hash columns: the given names, else the usual
+    ones (``url``/``URL``, ``caption``/``TEXT``...); a missing one is a :class:`FetchError`."""
+    return {"url": _pick(names, url_column, _URL_NAMES, "url", True),
+            "caption": _pick(names, caption_column, _CAPTION_NAMES, "caption", False),
+            "hash": _pick(names, hash_column, (), "hash", False) if hash_column else None}
+
+
+def write_manifest(out: Path, inputs: Path, rows: list[int], cols: dict, shard_size: int, output_format: str,
+                   retry_of: Optional[str] = None) -> dict:
+    """Write (atomically) and return the manifest of a split input: shard sizes, input
+    columns, and for parquet output the image column's schema metadata."""
     image_metadata = None
     if output_format == "parquet":
         sample = ipc.open_file(str(inputs / "00000.arrow")).read_all().slice(0, 0)
@@ -648,7 +670,7 @@ def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_siz
                           for k, v in _parquet_image_metadata(probe.schema).items()}
     manifest = {"shard_size": shard_size, "format": output_format, "shards": len(rows), "rows": rows,
                 "url_column": cols["url"], "caption_column": cols["caption"], "hash_column": cols["hash"],
-                "retry_of": os.fspath(source) if is_retry else None, "image_metadata": image_metadata}
+                "retry_of": retry_of, "image_metadata": image_metadata}
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, out / MANIFEST)

@@ -6,8 +6,7 @@ torch or open_clip.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from laion_hf._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -43,10 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'laion_hf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -14,8 +14,7 @@ registration) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from laion_hf._lazy import lazy_getattr
 
 _EXPORTS = {
     "ClipEmbedder": "laion_hf.clip.model",
@@ -43,10 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'laion_hf.clip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -616,6 +616,7 @@ def load_laion(
     sample: float | None = None,
     sample_seed: int = 0,
     batch_size: int = 65_536,
+    threads: int | None = None,
     on_error: Literal["raise", "skip", "warn"] = "raise",
     storage_options: dict | None = None,
     cache_dir: str | None = None,
@@ -627,13 +628,15 @@ def load_laion(
     ``https://...``, ``s3://...``) or a list of them. Filters are ANDed: ``preset`` names,
     ``where`` expression strings or pyarrow expressions, and keyword filters such as
     ``min_similarity=0.28`` or ``language=["en", "de"]``. ``blocklist`` is a
-    :class:`Blocklist` or digest file path(s). Returns an ``IterableDataset`` when
-    ``streaming`` (the default), else a ``Dataset``.
+    :class:`Blocklist` or digest file path(s). ``batch_size`` rows are decoded at a time and
+    ``threads`` shards are read at once (default: the cores, up to 8), so memory follows
+    ``threads * batch_size``, not the files' row group size. Returns an ``IterableDataset``
+    when ``streaming`` (the default), else a ``Dataset``.
     """
     builder = make_builder(
         source, release=release, where=where, preset=preset, columns=columns, blocklist=blocklist,
         blocklist_column=blocklist_column, sample=sample, sample_seed=sample_seed, batch_size=batch_size,
-        on_error=on_error, storage_options=storage_options, cache_dir=cache_dir, **filters,
+        threads=threads, on_error=on_error, storage_options=storage_options, cache_dir=cache_dir, **filters,
     )
     if streaming:
         return builder.as_streaming_dataset(split="train")
@@ -663,7 +666,7 @@ def make_builder(
             blocklist=blocklist,
             filters=filters,
             storage_options=storage_options,
-            hash=_config_hash(files, config, filters),
+            hash=_config_hash(files, {k: v for k, v in config.items() if k != "threads"}, filters),  # same rows
             **config,
         )
     except FileNotFoundError as e:

@@ -216,7 +216,7 @@ def _ordered_streams(units: Iterable, stream, threads: int, depth: int = 2) -> I
             stop.set()
 
 
-_PREBUFFER_MAX = 32 << 20  # remote files: row groups up to this (compressed) are fetched in one go
+_PREBUFFER_MAX = 64 << 20  # remote files: row groups up to this (uncompressed) are fetched in one go
 
 
 def _parquet_file(f) -> pq.ParquetFile:
@@ -224,14 +224,12 @@ def _parquet_file(f) -> pq.ParquetFile:
     the row group size (pyarrow's default pre-buffering reads whole column chunks, hundreds of
     MB in Spark-written LAION files): local files through 1 MiB buffered reads per column;
     remote ones pre-buffered (one coalesced ranged read per row group) when their row groups
-    are small, else through 4 MiB buffered reads."""
+    are at most 64 MB uncompressed, else through 4 MiB buffered reads."""
     if isinstance(f, str):
         return open_parquet(f)
     pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
     meta = pf.metadata
-    largest = max((sum(meta.row_group(i).column(j).total_compressed_size for j in range(meta.num_columns))
-                   for i in range(meta.num_row_groups)), default=0)
-    if largest <= _PREBUFFER_MAX:
+    if max((meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)), default=0) <= _PREBUFFER_MAX:
         return pq.ParquetFile(f, metadata=meta, pre_buffer=True)
     return pf
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from laion_hf.errors import SourceError
 
@@ -21,6 +21,24 @@ def open_parquet(path: str):
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path, pre_buffer=False, buffer_size=STREAM_BUFFER_SIZE)
+
+
+def memory_tables(data: Any, batch_size: int) -> Iterator[Any] | None:
+    """Arrow tables of at most ``batch_size`` rows from an in-memory source (a ``pa.Table``,
+    a ``pa.RecordBatch``, a ``datasets`` Dataset/IterableDataset), or None for anything else
+    (files, folders, ...). Does not import ``datasets``."""
+    import sys
+
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return (pa.Table.from_batches([b]) for b in data.to_batches(max_chunksize=batch_size))
+    if isinstance(data, pa.RecordBatch):
+        return iter([pa.Table.from_batches([data])])
+    datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported
+    if datasets is not None and isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
+        return iter(data.with_format("arrow").iter(batch_size=batch_size))
+    return None
 
 
 def _is_url(source: str) -> bool:

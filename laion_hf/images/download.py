@@ -41,7 +41,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from laion_hf.errors import FetchError, ShardError
-from laion_hf.sources import open_parquet
+from laion_hf.sources import memory_tables, open_parquet
 from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
 from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
@@ -76,16 +76,9 @@ class _Job:
 # ---------------------------------------------------------------------- input
 def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
     """Arrow tables of ``source``: a table, a datasets dataset, or metadata files."""
-    if isinstance(source, pa.Table):
-        for b in source.to_batches(max_chunksize=batch_rows):
-            yield pa.Table.from_batches([b])
-        return
-    if isinstance(source, pa.RecordBatch):
-        yield pa.Table.from_batches([source])
-        return
-    datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported
-    if datasets is not None and isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
-        yield from source.with_format("arrow").iter(batch_size=batch_rows)
+    tables = memory_tables(source, batch_rows)
+    if tables is not None:
+        yield from tables
         return
     paths = source_files(source)
     for path in paths:

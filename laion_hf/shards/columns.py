@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from laion_hf.errors import ShardError
-from laion_hf.sources import open_parquet
+from laion_hf.sources import memory_tables, open_parquet
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -40,15 +40,9 @@ def iter_tables(data: Any, batch_size: int = 1000) -> Iterator[pa.Table]:
     """Yield ``pa.Table`` batches from a Dataset/IterableDataset, a Table/RecordBatch, parquet
     path(s) or folder, a ``laion-hf download``/img2dataset output folder, or an iterable of
     Tables/RecordBatches."""
-    if isinstance(data, pa.Table):
-        for b in data.to_batches(max_chunksize=batch_size):
-            yield pa.Table.from_batches([b])
-        return
-    if isinstance(data, pa.RecordBatch):
-        yield pa.Table.from_batches([data])
-        return
-    if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
-        yield from data.with_format("arrow").iter(batch_size=batch_size)
+    tables = memory_tables(data, batch_size)
+    if tables is not None:
+        yield from tables
         return
     if isinstance(data, (str, os.PathLike)) and os.path.isdir(data) and _is_download_dir(data):
         yield from iter_download_dir(data, batch_size)

@@ -216,24 +216,6 @@ def _ordered_streams(units: Iterable, stream, threads: int, depth: int = 2) -> I
             stop.set()
 
 
-_PREBUFFER_MAX = 64 << 20  # remote files: row groups up to this (uncompressed) are fetched in one go
-
-
-def _parquet_file(f) -> pq.ParquetFile:
-    """A parquet file opened for streaming, its memory bounded by the batch size whatever
-    the row group size (pyarrow's default pre-buffering reads whole column chunks, hundreds of
-    MB in Spark-written LAION files): local files through 1 MiB buffered reads per column;
-    remote ones pre-buffered (one coalesced ranged read per row group) when their row groups
-    are at most 64 MB uncompressed, else through 4 MiB buffered reads."""
-    if isinstance(f, str):
-        return open_parquet(f)
-    pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=4 << 20)
-    meta = pf.metadata
-    if max((meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)), default=0) <= _PREBUFFER_MAX:
-        return pq.ParquetFile(f, metadata=meta, pre_buffer=True)
-    return pf
-
-
 def _local_fs():
     import pyarrow.fs
 
@@ -482,7 +464,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         statistics (counted as filtered)."""
         import pyarrow.dataset as pads
 
-        pf = parquet if parquet is not None else _parquet_file(f)
+        pf = parquet if parquet is not None else open_parquet(f)
         meta = pf.metadata
         mapping = resolve_columns(pf.schema_arrow.names, where=file)
         row_groups = list(rgs) if rgs is not None else list(range(meta.num_row_groups))

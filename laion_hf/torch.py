@@ -62,6 +62,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from laion_hf.errors import LoaderError, ShardError
+from laion_hf.sources import open_parquet
 
 __all__ = ["LaionTorchDataset", "make_dataloader", "loader_demo", "fast_clip_preprocess", "OPENAI_MEAN", "OPENAI_STD"]
 
@@ -249,6 +250,8 @@ class _ParquetSource:
 
     def __init__(self, fs, files: list[str], image_column, caption_column, key_column, columns):
         self.fs, self.files = fs, files
+        protocol = getattr(fs, "protocol", "file")
+        self._local = "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
         with self._open(0) as pf:
             names = pf.schema_arrow.names
         where = f"parquet shard {files[0]}"
@@ -271,7 +274,7 @@ class _ParquetSource:
             raise ShardError(f"cannot open parquet shard {self.files[i]}: {exc}") from exc
         with fh:
             try:
-                pf = pq.ParquetFile(fh)
+                pf = open_parquet(fh, local=self._local)
             except Exception as exc:
                 raise ShardError(f"cannot read parquet shard {self.files[i]}: {exc}") from exc
             yield pf

@@ -42,10 +42,10 @@ def http_root(synth_dir):
 def test_http_parquet_streams_filtered(http_root, synth_dir, monkeypatch, prebuffer):
     """Small remote row groups are fetched in one coalesced range read each; big ones (here:
     every row group, by lowering the threshold) through buffered range reads. Same rows."""
-    import laion_hf.builder
+    import laion_hf.sources
 
     if not prebuffer:
-        monkeypatch.setattr(laion_hf.builder, "_PREBUFFER_MAX", 0)
+        monkeypatch.setattr(laion_hf.sources, "PREBUFFER_MAX", 0)
     local = [r["url"] for r in load_laion(os.path.join(synth_dir, "part-00002.parquet"),
                                           preset="laion2b-en", columns=["url"])]
     remote = [r["url"] for r in load_laion(f"{http_root}/part-00002.parquet", preset="laion2b-en", columns=["url"])]

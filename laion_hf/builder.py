@@ -135,20 +135,16 @@ _ROW = "__laion_hf_row__"
 
 @dataclass
 class _ShardPlan:
-    """What reading one shard needs: its fragment, column mapping and kept row groups."""
+    """What reading one shard needs: its open file, column mapping and kept row groups."""
 
     file: str
-    fragment: Any
     parquet: Any  # pq.ParquetFile, streamed batch by batch (never a whole row group decoded)
-    schema: pa.Schema
     mapping: dict[str, str | None]
     kept: list[int]
     starts: list[int]
     read: list[str]
     key_prefix: str | None
     late_keys: bool
-    file_idx: int = 0
-    rgs: tuple[int, ...] | None = None
 
 
 def _is_local(file: str) -> bool:
@@ -458,13 +454,12 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             raise err from e
         self._skipped(file, err, stats)
 
-    def _plan_shard(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None, stats: ScanStats,
-                    parquet: pq.ParquetFile | None = None) -> "_ShardPlan":
-        """Open a shard's file (or use ``parquet``, already open), prune its row groups by
-        statistics (counted as filtered)."""
+    def _plan_shard(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None, stats: ScanStats) -> "_ShardPlan":
+        """Open a shard's file for streaming, prune its row groups by statistics (counted as
+        filtered)."""
         import pyarrow.dataset as pads
 
-        pf = parquet if parquet is not None else open_parquet(f)
+        pf = open_parquet(f)
         meta = pf.metadata
         mapping = resolve_columns(pf.schema_arrow.names, where=file)
         row_groups = list(rgs) if rgs is not None else list(range(meta.num_row_groups))
@@ -491,7 +486,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         available = set(pf.schema_arrow.names)
         key_prefix = None if mapping.get("key") else f"{file_idx:05d}"
         return _ShardPlan(
-            file=file, fragment=fragment, parquet=pf, schema=pf.schema_arrow, mapping=mapping, kept=kept, starts=starts,
+            file=file, parquet=pf, mapping=mapping, kept=kept, starts=starts,
             read=[c for c in self.read_columns if c in available], key_prefix=key_prefix,
             # keys made from row numbers are built after the filter, for the kept rows only
             late_keys=key_prefix is not None and "key" not in self.filter_spec.columns,
@@ -510,11 +505,11 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
     def _scan_file(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None,
                    stats: ScanStats, decode_threads: bool = True) -> Iterator[pa.Table]:
         plan = self._plan_shard(f, file, file_idx, rgs, stats)
-        for _, batch, offset in self._stream(plan, decode_threads):
+        for batch, offset in self._stream(plan, decode_threads):
             yield self._process_batch(plan, batch, offset, stats)
 
-    def _stream(self, plan: "_ShardPlan", decode_threads: bool = True) -> Iterator[tuple[int, pa.RecordBatch, int]]:
-        """``(row group, batch, first row)`` of a shard's kept row groups, decoded
+    def _stream(self, plan: "_ShardPlan", decode_threads: bool = True) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """``(batch, first row)`` of a shard's kept row groups, decoded
         ``batch_size`` rows at a time: memory follows the batch size, not the row group size
         (pyarrow's dataset scanner decodes whole row groups, which is hundreds of MB per
         row group in Spark-written LAION files). ``decode_threads``: decode a batch's columns
@@ -523,7 +518,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             offset = plan.starts[rg]
             for batch in plan.parquet.iter_batches(batch_size=self.config.batch_size, row_groups=[rg],
                                                    columns=plan.read, use_threads=decode_threads):
-                yield rg, batch, offset
+                yield batch, offset
                 offset += batch.num_rows
 
     def _select(self, table: pa.Table, stats: ScanStats, file: str, key_prefix: str | None = None) -> pa.Table:

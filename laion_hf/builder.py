@@ -468,10 +468,10 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         starts = [0]
         for i in range(meta.num_row_groups):
             starts.append(starts[-1] + meta.row_group(i).num_rows)
-        fragment = pads.ParquetFileFormat().make_fragment(f, filesystem=_local_fs() if isinstance(f, str) else None)
         kept = list(row_groups)
         pushdown = self._pushdown(pf.schema_arrow)
-        if pushdown is not None and row_groups:
+        if pushdown is not None and row_groups:  # a fragment only to read statistics: rows stream from pf
+            fragment = pads.ParquetFileFormat().make_fragment(f, filesystem=_local_fs() if isinstance(f, str) else None)
             try:
                 ids = {rg.id for rg in fragment.subset(row_group_ids=row_groups).subset(filter=pushdown).row_groups}
                 kept = [rg for rg in row_groups if rg in ids]

@@ -55,7 +55,8 @@ def memory_tables(data: Any, batch_size: int) -> Iterator[Any] | None:
     return None
 
 
-def _is_url(source: str) -> bool:
+def is_url(source: str) -> bool:
+    """Whether ``source`` is a URL (``scheme://...``) rather than a path on this machine."""
     return "://" in source and not os.path.exists(source)
 
 
@@ -129,4 +130,4 @@ def resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike],
             out.extend(resolve_source(s, storage_options))
         return out
     source = os.fspath(source)
-    return _resolve_url(source, storage_options) if _is_url(source) else _resolve_local(source)
+    return _resolve_url(source, storage_options) if is_url(source) else _resolve_local(source)

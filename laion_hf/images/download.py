@@ -41,11 +41,11 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from laion_hf.errors import FetchError, ShardError
-from laion_hf.sources import memory_tables, open_parquet
 from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
 from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
 from laion_hf.images.resize import ImageResult, ResizeConfig
+from laion_hf.sources import is_url, memory_tables, open_parquet
 
 RESULT_COLUMNS = ("key", "status", "error_message", "width", "height", "original_width", "original_height", "sha256")
 _RESULT_TYPES = (pa.string(), pa.string(), pa.string(), pa.int32(), pa.int32(), pa.int32(), pa.int32(), pa.string())
@@ -129,7 +129,7 @@ def metadata_stream(source: Any) -> Any:
     items = source if isinstance(source, (list, tuple)) else [source]
     if not items or not all(isinstance(s, (str, os.PathLike)) for s in items):
         return source
-    remote = ["://" in os.fspath(s) and not os.path.exists(os.fspath(s)) for s in items]
+    remote = [is_url(os.fspath(s)) for s in items]
     if not any(remote):
         return source
     if not all(remote):

@@ -1,4 +1,7 @@
-"""The ``laion-hf`` command line. Each pipeline stage registers its own verbs.
+"""The ``laion-hf`` command line. Each group of verbs registers itself here.
+
+New verbs live in this package, one module per group (``laion_hf/cli/<group>.py``
+with a ``register(sub)`` function); library modules never import ``laion_hf.cli``.
 
 A registrar is ``"module:function"``; the function receives argparse's sub-parsers
 object, adds its verb(s) and sets ``func`` (called with the parsed namespace, returns an

@@ -45,14 +45,16 @@ def make_minimal_app(subset_dir, embedder, name: str = "subset") -> web.Applicat
         body = json.loads(await request.read())
         return web.json_response([{"id": i, "metadata": meta[i]} for i in body["ids"]])
 
+    def constant(value):
+        async def handler(request: web.Request) -> web.Response:
+            return web.json_response(value)
+
+        return handler
+
     app = web.Application()
     app.router.add_post("/knn-service", knn)
     app.router.add_post("/metadata", metadata)
-    app.router.add_get("/indices-list", lambda r: _json([name]))
-    app.router.add_get("/config.json", lambda r: _json({"defaultIndex": name, "urlColumn": "url"}))
-    app.router.add_get("/health", lambda r: _json({"status": "ok"}))
+    app.router.add_get("/indices-list", constant([name]))
+    app.router.add_get("/config.json", constant({"defaultIndex": name, "urlColumn": "url"}))
+    app.router.add_get("/health", constant({"status": "ok"}))
     return app
-
-
-async def _json(value) -> web.Response:
-    return web.json_response(value)

@@ -17,10 +17,15 @@ Row ``i`` of an index is row ``i`` of its metadata, in the order of the sorted m
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import functools
 import io
+import itertools
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,31 +63,47 @@ class PageError(LaionHFError):
 
 class MetadataSource:
     """One index's metadata rows: a parquet file or folder (a shard folder with ``stats.json``
-    included), read lazily; row ``i`` is the ``i``-th row over the sorted files."""
+    included), read lazily; row ``i`` is the ``i``-th row over ``files`` (default: the sorted
+    parquet files under ``path``)."""
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, name: str | None = None, files: Sequence[str] | None = None):
         self.path = Path(path)
         self.name = name or self.path.name
-        files = [self.path] if self.path.is_file() else sorted(self.path.rglob("*.parquet"))
+        if files is None:
+            files = [str(self.path)] if self.path.is_file() else sorted(map(str, self.path.rglob("*.parquet")))
         if not files:
             raise LaionHFError(f"no parquet metadata in {self.path.name!r}")
-        self.dataset = ds.dataset([str(f) for f in files], format="parquet")
+        self.files = list(files)
+        self.dataset = ds.dataset(self.files, format="parquet")
         self.schema = self.dataset.schema
-        self.num_rows = self.dataset.count_rows()
+        self._groups = [(i, g, md.row_group(g).num_rows) for i, f in enumerate(self.files)
+                        for md in [pq.ParquetFile(f).metadata] for g in range(md.num_row_groups)]
+        self._starts = list(itertools.accumulate((n for _, _, n in self._groups), initial=0))
+        self.num_rows = self._starts[-1]
         self.image_column = next((f.name for f in self.schema if _is_image_type(f.type)), None)
         self.plain_columns = [f.name for f in self.schema
                               if not _is_image_type(f.type) and not is_embedding_type(f.type)]
         self._overview: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._group_column = functools.lru_cache(maxsize=8)(self._read_group_column)
 
     def take(self, ids: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
         """Rows ``ids`` (in that order) without image bytes or embeddings unless ``columns`` names them."""
         return self.dataset.take(pa.array(ids, pa.int64()), columns=list(columns or self.plain_columns))
 
+    def _read_group_column(self, group: int, column: str) -> pa.ChunkedArray:
+        file_index, row_group, _ = self._groups[group]
+        return pq.ParquetFile(self.files[file_index]).read_row_group(row_group, columns=[column]).column(0)
+
     def image_bytes(self, row: int) -> bytes | None:
-        """Row ``row``'s image bytes, ``None`` when the row has no image in the subset."""
-        if self.image_column is None:
+        """Row ``row``'s image bytes, ``None`` when the row has no image in the subset. The last
+        few row groups' image columns are kept, so a page of thumbnails decodes each group once."""
+        if self.image_column is None or not 0 <= row < self.num_rows:
             return None
-        value = self.take([row], [self.image_column]).column(0)[0].as_py()
+        group = bisect.bisect_right(self._starts, row) - 1
+        with self._lock:
+            column = self._group_column(group, self.image_column)
+        value = column[row - self._starts[group]].as_py()
         if isinstance(value, dict):
             value = value.get("bytes")
         return value or None
@@ -207,7 +228,7 @@ class Page:
             raise PageError(f"row id {request.match_info['id']!r} is not a number") from None
         if not 0 <= row < src.num_rows:
             raise web.HTTPNotFound(text=f"row {row} is not in index {src.name!r} ({src.num_rows} rows)")
-        data = src.image_bytes(row)
+        data = await asyncio.to_thread(src.image_bytes, row)
         mime = _sniff(data)
         if mime is None:
             raise web.HTTPNotFound(text=f"row {row} has no image in this subset")
@@ -221,7 +242,7 @@ class Page:
             raise PageError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
         ids = _ids(body.get("ids"), src.num_rows)
         sims = _similarities(body.get("similarities"), len(ids))
-        table = src.take(ids)
+        table = await asyncio.to_thread(src.take, ids)
         if sims is not None:
             table = table.append_column(QUERY_SIMILARITY, pa.array(sims, pa.float64()))
         mime, ext = EXPORT_FORMATS[fmt]
@@ -231,7 +252,7 @@ class Page:
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         src = self.source(request.query.get("indice_name"))
-        return web.json_response(src.overview())
+        return web.json_response(await asyncio.to_thread(src.overview))
 
 
 def export_bytes(table: pa.Table, fmt: str) -> bytes:

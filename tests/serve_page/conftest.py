@@ -35,7 +35,8 @@ def browser_missing() -> str | None:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "selenium is not installed (pip install -c constraints.txt 'laion-hf[test]')"
+        return ("selenium is not installed (pip install -c constraints.txt trio trio-websocket websocket-client "
+                "'urllib3[socks]' && pip install --no-deps -c constraints.txt selenium, as .ci/run does)")
     for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             return f"{path} not found: apt-get install -y chromium chromium-driver (missing {pkg})"

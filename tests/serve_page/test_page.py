@@ -246,3 +246,27 @@ def test_phone_width_and_dark_scheme_screenshots(page, shots):
     assert bg == "rgb(18, 20, 23)"
     assert width <= inner  # nothing wider than the phone: no sideways scrolling
     assert not page.find_element(By.ID, "settings").get_attribute("open")
+
+
+def test_image_upload_and_drop_search_by_image(page, recorder, subset_dir, tmp_path, h):
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(columns=["image"])
+    assert h.subset.punsafe(4) <= 0.5 and h.subset.punsafe(20) <= 0.5  # shown in safe mode
+    jpeg = table.column("image")[4].as_py()["bytes"]
+    (tmp_path / "query.jpg").write_bytes(jpeg)
+    page.find_element(By.ID, "file").send_keys(str(tmp_path / "query.jpg"))
+    got = wait_results(page)
+    assert base64.b64decode(recorder.last("/knn-service")["image"]) == jpeg
+    assert got[0]["id"] == 4 and "Uploaded image" in page.find_element(By.ID, "query-info").text
+    # drag and drop: the drop event carries a File, as a real drop from the desktop does
+    jpeg2 = table.column("image")[20].as_py()["bytes"]
+    page.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
+        document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    """, base64.b64encode(jpeg2).decode())
+    WebDriverWait(page, 30).until(lambda d: "dropped.jpg" in d.find_element(By.ID, "query-info").text)
+    assert wait_results(page)[0]["id"] == 20
+    assert base64.b64decode(recorder.last("/knn-service")["image"]) == jpeg2

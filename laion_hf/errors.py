@@ -50,3 +50,7 @@ class CardError(HubError):
 
 class EngineError(LaionHFError):
     """An execution engine (``--engine ray``) is missing, unreachable or failed."""
+
+
+class KnnIndexError(LaionHFError):
+    """A kNN index cannot be built, loaded or searched, or a metadata folder does not match it."""

@@ -106,10 +106,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = make_app(args.dirs, _serve_config(args), metadata=args.metadata, device=args.device,
                    aesthetic_embeddings=args.aesthetic_embeddings)  # fmt: skip
+    from laion_hf.serve.page import add_page
+
+    add_page(app)  # the explorer page at /
 
     async def main() -> None:
         runner, url = await start_server(app, args.host, args.port)
-        print(f"laion-hf serve: {url} (indices: {', '.join(_names(app))})", flush=True)
+        print(f"laion-hf serve: {url} (indices: {', '.join(_names(app))}); open {url}/ to explore", flush=True)
         try:
             await asyncio.Event().wait()
         finally:

@@ -32,7 +32,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from aiohttp import web
 
@@ -61,49 +60,85 @@ class PageError(LaionHFError):
     """A request to the page's routes is invalid (answered with a 400)."""
 
 
-class MetadataSource:
-    """One index's metadata rows: a parquet file or folder (a shard folder with ``stats.json``
-    included), read lazily; row ``i`` is the ``i``-th row over ``files`` (default: the sorted
-    parquet files under ``path``)."""
+class ShardImages:
+    """Image bytes of rows of local parquet shards (row ``i`` = ``i``-th row over ``files``),
+    read one row group's image column at a time; the last few are kept, so a page of
+    thumbnails decodes each row group once."""
 
-    def __init__(self, path: str | os.PathLike, name: str | None = None, files: Sequence[str] | None = None):
-        self.path = Path(path)
-        self.name = name or self.path.name
-        if files is None:
-            files = [str(self.path)] if self.path.is_file() else sorted(map(str, self.path.rglob("*.parquet")))
-        if not files:
-            raise LaionHFError(f"no parquet metadata in {self.path.name!r}")
-        self.files = list(files)
-        self.dataset = ds.dataset(self.files, format="parquet")
-        self.schema = self.dataset.schema
+    def __init__(self, files: Sequence[str], column: str):
+        self.files, self.column = list(files), column
         self._groups = [(i, g, md.row_group(g).num_rows) for i, f in enumerate(self.files)
                         for md in [pq.ParquetFile(f).metadata] for g in range(md.num_row_groups)]
         self._starts = list(itertools.accumulate((n for _, _, n in self._groups), initial=0))
-        self.num_rows = self._starts[-1]
-        self.image_column = next((f.name for f in self.schema if _is_image_type(f.type)), None)
-        self.plain_columns = [f.name for f in self.schema
-                              if not _is_image_type(f.type) and not is_embedding_type(f.type)]
-        self._overview: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._group_column = functools.lru_cache(maxsize=8)(self._read_group_column)
 
-    def take(self, ids: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
-        """Rows ``ids`` (in that order) without image bytes or embeddings unless ``columns`` names them."""
-        return self.dataset.take(pa.array(ids, pa.int64()), columns=list(columns or self.plain_columns))
-
-    def _read_group_column(self, group: int, column: str) -> pa.ChunkedArray:
-        file_index, row_group, _ = self._groups[group]
-        return pq.ParquetFile(self.files[file_index]).read_row_group(row_group, columns=[column]).column(0)
-
-    def image_bytes(self, row: int) -> bytes | None:
-        """Row ``row``'s image bytes, ``None`` when the row has no image in the subset. The last
-        few row groups' image columns are kept, so a page of thumbnails decodes each group once."""
-        if self.image_column is None or not 0 <= row < self.num_rows:
+    @classmethod
+    def of(cls, files: Sequence[str]) -> ShardImages | None:
+        """The images of ``files`` when they are local parquet files with an image column."""
+        if not files or not all(os.path.isfile(f) for f in files):
             return None
+        column = next((f.name for f in pq.read_schema(files[0]) if _is_image_type(f.type)), None)
+        return cls(files, column) if column else None
+
+    def _read_group_column(self, group: int) -> pa.ChunkedArray:
+        file_index, row_group, _ = self._groups[group]
+        return pq.ParquetFile(self.files[file_index]).read_row_group(row_group, columns=[self.column]).column(0)
+
+    def get(self, row: int) -> Any:
+        """Row ``row``'s image value (``{bytes, path}`` or ``None``)."""
         group = bisect.bisect_right(self._starts, row) - 1
         with self._lock:
-            column = self._group_column(group, self.image_column)
-        value = column[row - self._starts[group]].as_py()
+            column = self._group_column(group)
+        return column[row - self._starts[group]].as_py()
+
+
+class MetadataSource:
+    """What the page reads of one index: its metadata rows (row ``i`` = index id ``i``), their
+    images (the index folder's image column, else the shards' bytes) and the overview figures
+    (the shard folder's ``stats.json`` when there is one, as the dataset card)."""
+
+    def __init__(self, name: str, metadata: pa.Table, *, images: Any = None,
+                 shard_images: ShardImages | None = None, stats_dir: str | os.PathLike | None = None):
+        self.name, self.metadata = name, metadata
+        self.num_rows = metadata.num_rows
+        self.plain_columns = [f.name for f in metadata.schema
+                              if not _is_image_type(f.type) and not is_embedding_type(f.type)]
+        self._images, self._shard_images = images, shard_images
+        self.stats_dir = Path(stats_dir) if stats_dir else None
+        self._overview: dict[str, Any] | None = None
+
+    @classmethod
+    def from_files(cls, name: str, files: Sequence[str], **kwargs: Any) -> MetadataSource:
+        """Metadata parquet ``files`` in row order (images from their image column, if any)."""
+        table = pa.concat_tables([pq.read_table(f, columns=[c.name for c in pq.read_schema(f)
+                                                            if not _is_image_type(c.type) and not is_embedding_type(c.type)])
+                                  for f in files], promote_options="permissive")  # fmt: skip
+        return cls(name, table, shard_images=ShardImages.of(files), **kwargs)
+
+    @classmethod
+    def from_index(cls, name: str, folder: Any) -> MetadataSource:
+        """The page's view of a served :class:`laion_hf.index.query.IndexFolder`."""
+        files = list(folder.infos.get("metadata_files") or [])
+        source = folder.infos.get("source")
+        stats_dir = source if isinstance(source, str) and os.path.isfile(os.path.join(source, "stats.json")) else None
+        return cls(name, folder.metadata, images=folder.images,
+                   shard_images=None if folder.images is not None else ShardImages.of(files), stats_dir=stats_dir)
+
+    def take(self, ids: Sequence[int]) -> pa.Table:
+        """Rows ``ids`` (in that order) without image bytes or embeddings."""
+        return self.metadata.select(self.plain_columns).take(pa.array(ids, pa.int64()))
+
+    def image_bytes(self, row: int) -> bytes | None:
+        """Row ``row``'s image bytes, ``None`` when the row has no image in the subset."""
+        if not 0 <= row < self.num_rows:
+            return None
+        if self._images is not None:
+            value = self._images[row].as_py()
+        elif self._shard_images is not None:
+            value = self._shard_images.get(row)
+        else:
+            return None
         if isinstance(value, dict):
             value = value.get("bytes")
         return value or None
@@ -112,10 +147,9 @@ class MetadataSource:
         """Counts and score histograms: the shard folder's ``stats.json`` when there is one (the
         dataset card's figures), else the same histograms computed over the metadata."""
         if self._overview is None:
-            stats_path = self.path / "stats.json" if self.path.is_dir() else None
-            if stats_path is not None and stats_path.is_file():
-                self._overview = _overview_from_stats(self.name, json.loads(stats_path.read_text()))
-                self._overview["languages"] = self._counts("language")
+            if self.stats_dir is not None:
+                stats = json.loads((self.stats_dir / "stats.json").read_text())
+                self._overview = {**_overview_from_stats(self.name, stats), "languages": self._counts("language")}
             else:
                 self._overview = self._computed_overview()
         return self._overview
@@ -124,23 +158,18 @@ class MetadataSource:
         """Value counts of ``column`` (most common first); empty when there is no such column."""
         if column not in self.plain_columns:
             return {}
-        counts: dict[str, int] = {}
-        for batch in self.dataset.to_batches(columns=[column]):
-            for item in pc.value_counts(pc.fill_null(batch.column(0), "(null)")).to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        items = pc.value_counts(pc.fill_null(self.metadata.column(column).combine_chunks(), "(null)")).to_pylist()
+        return {str(i["values"]): i["counts"] for i in sorted(items, key=lambda i: -i["counts"])}
 
     def _computed_overview(self) -> dict[str, Any]:
-        names = [n for n in self.plain_columns if n in HISTOGRAM_RANGES
-                 and (pa.types.is_floating(self.schema.field(n).type) or pa.types.is_integer(self.schema.field(n).type))]
-        hists = {n: Histogram(*HISTOGRAM_RANGES[n]) for n in names}
-        if names:
-            for batch in self.dataset.to_batches(columns=names):
-                for n, h in hists.items():
-                    h.update(batch.column(n))
-        status = self._counts("status")
+        hists = {}
+        for name in self.plain_columns:
+            typ = self.metadata.schema.field(name).type
+            if name in HISTOGRAM_RANGES and (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
+                hists[name] = Histogram(*HISTOGRAM_RANGES[name])
+                hists[name].update(self.metadata.column(name))
         counts: list[list[Any]] = [["rows", self.num_rows]]
-        counts += [[f"status {k}", v] for k, v in status.items()]
+        counts += [[f"status {k}", v] for k, v in self._counts("status").items()]
         return {"name": self.name, "source": "metadata", "counts": counts,
                 "histograms": {n: h.to_dict() for n, h in hists.items()}, "languages": self._counts("language")}
 
@@ -198,14 +227,22 @@ def _similarities(value: Any, n: int) -> list[float | None] | None:
 
 
 class Page:
-    """The page's handlers over ``sources`` (index name -> :class:`MetadataSource`)."""
+    """The page's handlers over ``sources`` (index name -> :class:`MetadataSource`); by default
+    the indices of the app's :class:`~laion_hf.serve.app.KnnService`, in its order."""
 
-    def __init__(self, sources: Mapping[str, MetadataSource] | Callable[[], Mapping[str, MetadataSource]]):
-        self._sources = sources
+    def __init__(self, app: web.Application, sources: Mapping[str, MetadataSource] | None = None):
+        self._app, self._sources = app, dict(sources) if sources is not None else None
+        self._lock = threading.Lock()
 
     @property
     def sources(self) -> Mapping[str, MetadataSource]:
-        return self._sources() if callable(self._sources) else self._sources
+        with self._lock:
+            if self._sources is None:
+                from laion_hf.serve.app import SERVICE
+
+                indices = self._app[SERVICE].indices
+                self._sources = {n: MetadataSource.from_index(n, f) for n, f in indices.items()}
+            return self._sources
 
     def source(self, name: Any) -> MetadataSource:
         sources = self.sources
@@ -292,10 +329,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(k, v)
 
 
-def add_page(app: web.Application,
-             sources: Mapping[str, MetadataSource] | Callable[[], Mapping[str, MetadataSource]]) -> Page:
-    """Add the explorer page's routes and security headers to ``app`` (before it starts)."""
-    page = Page(sources)
+def add_page(app: web.Application, sources: Mapping[str, MetadataSource] | None = None) -> Page:
+    """Add the explorer page's routes and security headers to ``app`` (before it starts): the
+    app of :func:`laion_hf.serve.make_app`, or any app with clip back's routes and ``sources``."""
+    page = Page(app, sources)
     app.router.add_get("/", page.index)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, append_version=False)
     app.router.add_post("/export", _wrap(page.export))

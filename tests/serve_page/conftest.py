@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(__file__))
-import subset as subset_mod  # noqa: E402
+import subset as subset_mod
 
 pytest.importorskip("torch")
 pytest.importorskip("open_clip")
@@ -75,14 +75,25 @@ class Recorder:
         return self.bodies.get(path, [None])[-1]
 
 
-def build_app(subset_dir: Path, embedder, recorder: Recorder) -> web.Application:
-    """The search service with the page added (the minimal stand-in while make_app is missing)."""
-    from laion_hf.serve.page import MetadataSource, add_page
-    from minimal_app import make_minimal_app
+@pytest.fixture(scope="session")
+def index_dir(tmp_path_factory, subset_dir) -> Path:
+    """A real faiss index (laion-hf index) over the subset's shards."""
+    from laion_hf.index import build_index
 
-    app = make_minimal_app(subset_dir, embedder, INDEX)
-    app.middlewares.append(recorder.middleware)
-    add_page(app, {INDEX: MetadataSource(subset_dir, INDEX)})
+    out = tmp_path_factory.mktemp("page_index")
+    build_index(str(subset_dir), str(out), clip_model="laion-hf-tiny")
+    return out
+
+
+def build_app(index_dir: Path, recorder: Recorder) -> web.Application:
+    """``laion-hf serve``'s app (clip back's API) with the page added, as the CLI builds it; the
+    service may fetch image_url from loopback (the tests paste this server's own image URLs)."""
+    from laion_hf.serve import ServeConfig, make_app
+    from laion_hf.serve.page import add_page
+
+    app = make_app({INDEX: str(index_dir)}, ServeConfig(allow_private_image_urls=("127.0.0.0/8",)))
+    app.middlewares.insert(0, recorder.middleware)
+    add_page(app)
     return app
 
 
@@ -124,8 +135,8 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture(scope="session")
-def server(subset_dir, embedder, recorder):
-    srv = LoopbackServer(build_app(subset_dir, embedder, recorder))
+def server(index_dir, recorder):
+    srv = LoopbackServer(build_app(index_dir, recorder))
     yield srv
     srv.close()
 

@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 pytest.importorskip("selenium")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 CARDS_JS = """
 return [...document.querySelectorAll('#grid > li.card')].map(li => ({
@@ -46,6 +46,17 @@ def search(driver, text: str) -> float:
     box.send_keys(Keys.ENTER)
     wait_results(driver)
     return (time.perf_counter() - t0) * 1000
+
+
+def load_all(driver, timeout: float = 30) -> list[dict]:
+    """Scroll down until every result found has its metadata loaded (infinite scroll)."""
+    def done(d):
+        d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        grid = d.find_element(By.ID, "grid")
+        return grid.get_attribute("data-loaded") == grid.get_attribute("data-found")
+
+    WebDriverWait(driver, timeout, poll_frequency=0.3).until(done)
+    return cards(driver)
 
 
 def knn(server, **body) -> list[dict]:
@@ -106,11 +117,14 @@ def test_safe_mode_hides_rows_above_threshold(page, shots):
     safe = cards(page)
     assert safe and all(c["punsafe"] <= 0.3 for c in safe)
     assert "hidden by safe mode" in page.find_element(By.ID, "query-info").text
+    safe = load_all(page)
+    page.execute_script("window.scrollTo(0, 0)")
     page.find_element(By.ID, "safe").click()  # safe mode off: a new search, nothing hidden
-    unsafe = wait_results(page)
+    wait_results(page)
+    unsafe = load_all(page)
     assert any(c["punsafe"] > 0.3 for c in unsafe)
     assert "hidden by safe mode" not in page.find_element(By.ID, "query-info").text
-    assert {c["id"] for c in safe} < {c["id"] for c in unsafe}
+    assert [c["id"] for c in safe] == [c["id"] for c in unsafe if c["punsafe"] <= 0.3]
 
 
 def test_infinite_scroll_loads_all_rows_through_metadata(page, recorder, h, shots):
@@ -118,12 +132,7 @@ def test_infinite_scroll_loads_all_rows_through_metadata(page, recorder, h, shot
     n_meta = len(recorder.bodies.get("/metadata", []))
     search(page, "flowers")
     assert len(cards(page)) == 40
-    for _ in range(20):
-        page.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-        if len(cards(page)) == h.subset.N:
-            break
-        time.sleep(0.3)
-    got = cards(page)
+    got = load_all(page)
     assert len(got) == h.subset.N and len({c["id"] for c in got}) == h.subset.N
     assert len(recorder.bodies["/metadata"]) > n_meta
     sims = [c["similarity"] for c in got]
@@ -132,7 +141,7 @@ def test_infinite_scroll_loads_all_rows_through_metadata(page, recorder, h, shot
     WebDriverWait(page, 10).until(lambda d: sum(c["broken"] for c in cards(d)) == 2)
     assert {c["id"] for c in cards(page) if c["broken"]} == {h.subset.BROKEN_ROW, h.subset.MISSING_ROW}
     srcs = page.execute_script("return [...document.querySelectorAll('#grid img')].map(i => i.src)")
-    assert srcs and all(s.startswith(page.current_url.split("?")[0].rstrip("/")) or s.startswith("data:")
+    assert srcs and all(s.startswith((page.current_url.split("?")[0].rstrip("/"), "data:"))
                         for s in srcs)
     card = page.find_element(By.CSS_SELECTOR, f'#grid > li.card[data-id="{h.subset.BROKEN_ROW}"]')
     assert "image unavailable" in card.text
@@ -157,9 +166,9 @@ def test_shareable_url_restores_query_and_settings(page, server, recorder):
     assert page.find_element(By.ID, "q").get_attribute("value") == "old map"
     assert page.find_element(By.ID, "lang").get_attribute("value") == "de"
     assert page.find_element(By.ID, "min-sim").get_attribute("value") == "0.02"
-    assert not page.find_element(By.ID, "dedup").is_selected()
+    assert page.find_element(By.ID, "dedup").is_selected()
     sent = recorder.last("/knn-service")
-    assert sent["modality"] == "text" and sent["deduplicate"] is False and sent["text"] == "old map"
+    assert sent["modality"] == "text" and sent["deduplicate"] is True and sent["text"] == "old map"
 
 
 def test_export_parquet_is_loadable_with_the_shown_keys(page, downloads, h):
@@ -203,7 +212,7 @@ def test_keyboard_only_search(page, recorder):
     keys.send_keys("/").send_keys("city at night").send_keys(Keys.ENTER).perform()
     got = wait_results(page)
     assert recorder.last("/knn-service")["text"] == "city at night"
-    active = lambda: page.switch_to.active_element.get_attribute("data-id")  # noqa: E731
+    active = lambda: page.switch_to.active_element.get_attribute("data-id")
     ActionChains(page).send_keys(Keys.ARROW_DOWN).perform()
     assert active() == str(got[0]["id"])
     ActionChains(page).send_keys(Keys.ARROW_RIGHT).perform()
@@ -270,3 +279,26 @@ def test_image_upload_and_drop_search_by_image(page, recorder, subset_dir, tmp_p
     WebDriverWait(page, 30).until(lambda d: "dropped.jpg" in d.find_element(By.ID, "query-info").text)
     assert wait_results(page)[0]["id"] == 20
     assert base64.b64decode(recorder.last("/knn-service")["image"]) == jpeg2
+
+
+def test_image_url_is_fetched_by_the_server(page, server, recorder):
+    url = f"{server.url}/image/subset/4"  # the service may fetch loopback in these tests only
+    search(page, url)
+    sent = recorder.last("/knn-service")
+    assert sent["image_url"] == url and "text" not in sent and "image" not in sent
+    assert cards(page)[0]["id"] == 4
+    assert parse_qs(urlparse(page.current_url).query)["image_url"] == [url]
+    box = page.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys(f"{server.url}/image/subset/{10**6}", Keys.ENTER)  # a 404: the service's 400 is shown
+    WebDriverWait(page, 30).until(lambda d: "Search failed" in d.find_element(By.ID, "status").text)
+    assert "image_url not fetched" in page.find_element(By.ID, "status").text
+    assert not cards(page)
+
+
+def test_unavailable_filters_are_shown(page, recorder):
+    page.find_element(By.ID, "aesthetic").click()  # the tiny model has no aesthetic rating embeddings
+    search(page, "a lake in the mountains")
+    sent = recorder.last("/knn-service")
+    assert sent["aesthetic_score"] == "9" and sent["aesthetic_weight"] == 0.5
+    assert "aesthetic_score" in page.find_element(By.ID, "notices").text

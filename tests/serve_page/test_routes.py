@@ -132,7 +132,7 @@ def test_overview_has_the_cards_figures(server, subset_dir, tmp_path, h):
     assert sum(data["languages"].values()) == h.subset.N
     # without stats.json (a plain metadata file) the same figures are computed from the rows
     pq.write_table(subset_table(subset_dir).drop_columns(["image"]), tmp_path / "meta.parquet")
-    computed = MetadataSource(tmp_path / "meta.parquet").overview()
+    computed = MetadataSource.from_files("meta", [str(tmp_path / "meta.parquet")]).overview()
     assert computed["source"] == "metadata" and computed["histograms"] == stats["histograms"]
     assert dict(computed["counts"]) == {"rows": h.subset.N, "status success": h.subset.N}
     assert get(server, "/overview?indice_name=nope")[0] == 400

@@ -167,11 +167,9 @@
   }
 
   function showNotices(headers) {
-    const parts = [];
-    headers.forEach((value, name) => {
-      if (/^x-(laion-hf|filter|filters)-/i.test(name)) parts.push(`${name.replace(/^x-/i, "")}: ${value}`);
-    });
-    el.notices.textContent = parts.join(" · ");
+    // the service names each filter that was asked for but is unavailable (never ignored silently)
+    const unavailable = headers.get("X-Unavailable-Filters");
+    el.notices.textContent = unavailable ? "Not applied: " + unavailable : "";
   }
 
   function setStatus(text, error) {
@@ -243,6 +241,8 @@
     if (hidden.similarity) parts.push(`${hidden.similarity} below the minimum similarity`);
     if (hidden.language) parts.push(`${hidden.language} in other languages`);
     el.grid.dataset.summary = parts.join(", ");
+    el.grid.dataset.loaded = String(loaded.length);
+    el.grid.dataset.found = String(state.results.length);
     el.exportLabel.textContent = `Export ${shown} shown rows:`;
     const base = state.query ? describe(state.query) : "";
     el.info.textContent = base + (base ? " — " : "") + parts.join(", ");

@@ -231,7 +231,7 @@ def filter_near(
     ``OUT/part-00000.parquet`` (score order, with a ``similarity`` column) and ``stats.json``.
 
     ``modality`` picks the image index (default) or the text index. Returns the stats:
-    ``rows_in`` (rows searched), ``rows_kept``, ``output_files``.
+    ``rows_in`` (rows searched) = ``rows_kept`` + ``removed_by_query``, ``output_files``.
     """
     import pyarrow.parquet as pq
 
@@ -245,9 +245,52 @@ def filter_near(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "part-00000.parquet"
     pq.write_table(table, path)
-    stats = {"rows_in": folder.rows, "rows_kept": table.num_rows, "output_files": [str(path)],
+    stats = {"rows_in": folder.rows, "rows_kept": table.num_rows,
+             "removed_by_query": folder.rows - table.num_rows, "output_files": [str(path)],
              "query": {"text": text, "image": image if isinstance(image, str) else None,
                        "embedding": embedding is not None, "k": k, "min_similarity": min_similarity,
                        "modality": modality}, "index": str(index_dir)}  # fmt: skip
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def add_near_arguments(parser: Any) -> None:
+    """``--near TEXT`` / ``--near-image PATH`` / ``--near-embedding FILE.npy`` with ``--k`` or
+    ``--min-similarity`` and ``--modality``: the ``filter`` verb's subsets by query (SOURCE is
+    then an index folder made by ``laion-hf index``)."""
+    g = parser.add_argument_group(
+        "subset by query (SOURCE is an index folder from `laion-hf index`)"
+    )
+    g.add_argument(
+        "--near", default=None, metavar="TEXT", help="keep the rows nearest this caption"
+    )
+    g.add_argument(
+        "--near-image", default=None, metavar="PATH", help="keep the rows nearest this image"
+    )
+    g.add_argument(
+        "--near-embedding", default=None, metavar="NPY", help="... nearest this vector (.npy)"
+    )
+    g.add_argument(
+        "--k", type=int, default=None, help="how many rows to keep (100 without --min-similarity)"
+    )
+    g.add_argument(
+        "--min-similarity", type=float, default=None, help="keep rows at least this similar"
+    )
+    g.add_argument("--modality", choices=["image", "text"], default="image",
+                   help="search the image index (default) or the text index")  # fmt: skip
+
+
+def near_kwargs_from_args(args: Any) -> dict[str, Any] | None:
+    """:func:`filter_near` keyword arguments from ``add_near_arguments``'s flags, or None when
+    no query flag was given."""
+    if args.near is None and args.near_image is None and args.near_embedding is None:
+        return None
+    embedding = None
+    if args.near_embedding is not None:
+        try:
+            embedding = np.load(args.near_embedding).astype(np.float32).ravel().tolist()
+        except (OSError, ValueError) as e:
+            raise KnnIndexError(f"--near-embedding {args.near_embedding}: {e}") from None
+    k = args.k if args.k is not None or args.min_similarity is not None else 100
+    return {"text": args.near, "image": args.near_image, "embedding": embedding, "k": k,
+            "min_similarity": args.min_similarity, "modality": args.modality}  # fmt: skip

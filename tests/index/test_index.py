@@ -211,3 +211,29 @@ def test_filter_near_writes_the_nearest_rows(tiny, embedder, tmp_path):
     assert pq.read_table(tmp_path / "byimg" / "part-00000.parquet")["key"].to_pylist() == [
         f"{4:09d}"
     ]
+
+
+def test_filter_verb_near_text(tiny, tmp_path, capsys):
+    from laion_hf.cli import main
+
+    index = tiny[2]
+    assert (
+        main(
+            [
+                "filter",
+                str(index),
+                "--out",
+                str(tmp_path / "cli"),
+                "--near",
+                "a blue thing",
+                "--k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert "kept 3 of 40 rows" in capsys.readouterr().out
+    filter_near(index, tmp_path / "lib", text="a blue thing", k=3)
+    got = pq.read_table(tmp_path / "cli" / "part-00000.parquet")
+    assert got.equals(pq.read_table(tmp_path / "lib" / "part-00000.parquet"))
+    assert got.column_names[-1] == "similarity" and "url" in got.column_names

@@ -649,6 +649,9 @@ def register_cli(sub) -> None:
     from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
 
     add_engine_arguments(p)
+    from laion_hf.index.query import add_near_arguments  # --near TEXT --k N: subsets by query
+
+    add_near_arguments(p)
     p.set_defaults(func=_run_filter)
     q = sub.add_parser("presets", help="list the LAION subset presets and their sources")
     q.set_defaults(func=_run_presets)
@@ -656,6 +659,13 @@ def register_cli(sub) -> None:
 
 def _run_filter(args) -> int:
     from laion_hf.engine_ray import engine_call
+    from laion_hf.index.query import filter_near, near_kwargs_from_args
+
+    near = near_kwargs_from_args(args)
+    if near is not None:  # SOURCE is an index folder: clip-retrieval's `clip filter`
+        stats = filter_near(args.source, args.out, **near)
+        print(f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows nearest the query -> {args.out}")
+        return 0
 
     run = engine_call(args, filter_to_parquet, "filter")  # the local function, or its Ray Data twin
     stats = run(args.source, args.out, rows_per_file=args.rows_per_file,

@@ -30,7 +30,7 @@ _EXPORTS = {
     "filter_near": "laion_hf.index.query",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

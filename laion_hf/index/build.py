@@ -24,13 +24,14 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from laion_hf.errors import KnnIndexError
+from laion_hf.errors import KnnIndexError, LaionHFError
 from laion_hf.index.source import EmbeddingSource, metadata_fingerprint, open_source
 
 FLAT_MAX_ROWS = 10_000
@@ -65,7 +66,9 @@ def index_family(key: str) -> str:
         return "hnsw"
     if "IVF" in key:
         return "ivf"
-    raise KnnIndexError(f"index key {key!r} is not supported: use Flat, HNSW<M>, or an IVF factory string")
+    raise KnnIndexError(
+        f"index key {key!r} is not supported: use Flat, HNSW<M>, or an IVF factory string"
+    )
 
 
 def _nlist(n: int) -> int:
@@ -84,7 +87,11 @@ def choose_index_key(n: int, dim: int, max_memory: int, memory_mappable: bool = 
         return f"HNSW{HNSW_M}"
     k = _nlist(n)
     for m in (256, 128, 64, 32, 16, 8, 4):
-        if dim % m == 0 and m <= dim and n * (m + 8) * 1.2 + k * dim * 4 * 2 + dim * dim * 4 <= max_memory:
+        if (
+            dim % m == 0
+            and m <= dim
+            and n * (m + 8) * 1.2 + k * dim * 4 * 2 + dim * dim * 4 <= max_memory
+        ):
             return f"OPQ{m}_{dim},IVF{k}_HNSW32,PQ{m}x8"
     raise KnnIndexError(f"{n:,} vectors of dim {dim} do not fit max_index_memory={max_memory:,} bytes even as "
                         "PQ4 codes: raise --max-index-memory or use --memory-mappable")  # fmt: skip
@@ -95,7 +102,7 @@ def _parse_memory(value: int | str) -> int:
 
     try:
         return parse_size(value)
-    except Exception as e:
+    except (ValueError, KeyError, LaionHFError) as e:
         raise KnnIndexError(f"max_index_memory={value!r}: {e}") from None
 
 
@@ -108,7 +115,9 @@ def _train_size(key: str, n: int) -> int:
 
 
 # ---------------------------------------------------------------------------- plan
-def _config(source: EmbeddingSource, keys: dict, settings: dict, fingerprint: dict) -> dict[str, Any]:
+def _config(
+    source: EmbeddingSource, keys: dict, settings: dict, fingerprint: dict
+) -> dict[str, Any]:
     return {
         "version": _VERSION, "source": source.root, "layout": source.layout, "rows": source.rows,
         "dim": source.dim, "kinds": list(keys), "index_keys": keys, "clip_model": source.model,
@@ -149,7 +158,9 @@ def plan(
     keys = {k: key for k in want}
     settings = {"max_index_memory": mem, "memory_mappable": memory_mappable, "batch_rows": batch_rows,
                 "recall_target": recall_target, "latency_budget_ms": latency_budget_ms}  # fmt: skip
-    config = _config(source, keys, settings, metadata_fingerprint(source.metadata_files(), storage_options))
+    config = _config(
+        source, keys, settings, metadata_fingerprint(source.metadata_files(), storage_options)
+    )
     outp = Path(out)
     if not _reuse(outp, config):
         (outp / WORK).mkdir(parents=True, exist_ok=True)
@@ -227,7 +238,12 @@ def run_one(order: WorkOrder) -> dict[str, Any]:
     out, part = Path(order.out), _part_path(order)
     stats_path = part.with_suffix(".json")
     if (out / INFOS).exists():
-        return {"kind": order.kind, "number": order.number, "rows": order.stop - order.start, "skipped": True}
+        return {
+            "kind": order.kind,
+            "number": order.number,
+            "rows": order.stop - order.start,
+            "skipped": True,
+        }
     if part.exists() and stats_path.exists():
         return {**json.loads(stats_path.read_text()), "skipped": True}
     x = order.source.read(order.kind, order.part, order.start, order.stop)
@@ -242,7 +258,7 @@ def run_one(order: WorkOrder) -> dict[str, Any]:
     part.parent.mkdir(parents=True, exist_ok=True)
     np.save(part.with_suffix(".missing.npy"), missing.astype(np.int64))
     _atomic(part, lambda p: faiss.write_index(index, str(p)))
-    stats = {"kind": order.kind, "number": order.number, "rows": int(len(x)), "missing": int(len(missing))}
+    stats = {"kind": order.kind, "number": order.number, "rows": len(x), "missing": len(missing)}
     _atomic(stats_path, lambda p: p.write_text(json.dumps(stats)))
     return {**stats, "skipped": False}
 
@@ -259,8 +275,10 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
     done = {(r["kind"], r["number"]) for r in results}
     lost = [o for o in orders if (o.kind, o.number) not in done]
     if lost:
-        raise KnnIndexError(f"{len(lost)} work order(s) have no result (first: {lost[0].kind} rows "
-                            f"{lost[0].row_start}-{lost[0].row_start + lost[0].stop - lost[0].start})")
+        raise KnnIndexError(
+            f"{len(lost)} work order(s) have no result (first: {lost[0].kind} rows "
+            f"{lost[0].row_start}-{lost[0].row_start + lost[0].stop - lost[0].start})"
+        )
     config = json.loads((out / WORK / "plan.json").read_text())
     source = orders[0].source
     kinds = {}
@@ -273,8 +291,16 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
 
     for kind in config["kinds"]:
         kinds[kind].update(tune_kind(out, kind, source, config))
-    infos = {k: config[k] for k in ("version", "rows", "dim", "clip_model", "clip_pretrained", "layout", "source")}
-    infos.update(metadata=config["metadata"], metadata_files=source.metadata_files(), kinds=kinds, config=config)
+    infos = {
+        k: config[k]
+        for k in ("version", "rows", "dim", "clip_model", "clip_pretrained", "layout", "source")
+    }
+    infos.update(
+        metadata=config["metadata"],
+        metadata_files=source.metadata_files(),
+        kinds=kinds,
+        config=config,
+    )
     _atomic(out / INFOS, lambda p: p.write_text(json.dumps(infos, indent=2)))
     shutil.rmtree(out / WORK, ignore_errors=True)
     return infos
@@ -311,13 +337,18 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
             ivf.merge_from(faiss.extract_index_ivf(part), 0)
         index.ntotal = ivf.ntotal
     else:
-        index = faiss.IndexFlatIP(config["dim"]) if family == "flat" else \
-            faiss.index_factory(config["dim"], key, faiss.METRIC_INNER_PRODUCT)
+        index = (
+            faiss.IndexFlatIP(config["dim"])
+            if family == "flat"
+            else faiss.index_factory(config["dim"], key, faiss.METRIC_INNER_PRODUCT)
+        )
         for p in parts:
             part = faiss.read_index(p)
             index.add(part.reconstruct_n(0, part.ntotal))
     if index.ntotal != config["rows"]:
-        raise KnnIndexError(f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows")
+        raise KnnIndexError(
+            f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows"
+        )
     _atomic(final_path, lambda p: faiss.write_index(index, str(p)))
 
 
@@ -327,8 +358,9 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------- local engine
-def build_index(src: str | os.PathLike, out: str | os.PathLike, *, progress: bool = False,
-                **kwargs: Any) -> dict[str, Any]:
+def build_index(
+    src: str | os.PathLike, out: str | os.PathLike, *, progress: bool = False, **kwargs: Any
+) -> dict[str, Any]:
     """``plan`` → ``run_one`` for each order (in this process) → ``finish``; returns the infos.
     Keyword arguments are :func:`plan`'s."""
     from tqdm.auto import tqdm

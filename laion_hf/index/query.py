@@ -7,8 +7,9 @@ import functools
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,22 +33,37 @@ class IndexFolder:
     (default ``OUT/aesthetic_embeddings``); without them aesthetic weighting is unavailable.
     """
 
-    def __init__(self, out: str | os.PathLike, metadata: str | None = None, *,
-                 storage_options: dict | None = None, device: str = "cpu",
-                 aesthetic_embeddings: str | None = None) -> None:
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        metadata: str | None = None,
+        *,
+        storage_options: dict | None = None,
+        device: str = "cpu",
+        aesthetic_embeddings: str | None = None,
+    ) -> None:
         self.out = Path(out)
         self.infos = read_infos(out)
-        files = metadata_files(metadata, storage_options) if metadata else self.infos["metadata_files"]
+        files = (
+            metadata_files(metadata, storage_options) if metadata else self.infos["metadata_files"]
+        )
         check_fingerprint(self.infos, files, storage_options, metadata or self.infos["source"])
         self.metadata = read_metadata(files, storage_options)
         self.indexes = {k: KnnIndex(out, k, self.infos) for k in self.infos["kinds"]}
-        self.model, self.pretrained = self.infos.get("clip_model"), self.infos.get("clip_pretrained")
+        self.model, self.pretrained = (
+            self.infos.get("clip_model"),
+            self.infos.get("clip_pretrained"),
+        )
         self.device = device
         self.safety = _safety_column(self.metadata)
         self.aesthetic = _ratings(Path(aesthetic_embeddings) if aesthetic_embeddings else
                                   self.out / "aesthetic_embeddings")  # fmt: skip
         images = self.out / IMAGES_FILE
-        self.images = pa.ipc.open_file(pa.memory_map(str(images))).read_all()["image"] if images.exists() else None
+        self.images = (
+            pa.ipc.open_file(pa.memory_map(str(images))).read_all()["image"]
+            if images.exists()
+            else None
+        )
 
     @property
     def rows(self) -> int:
@@ -85,7 +101,9 @@ class IndexFolder:
             raise KnnIndexError(f"the image does not decode: {type(e).__name__}: {e}") from None
         return self.embedder().encode_pil([img]).astype(np.float32)
 
-    def rows_of(self, ids: Sequence[int], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def rows_of(
+        self, ids: Sequence[int], columns: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Metadata rows of ``ids`` as JSON-ready dicts."""
         table = self.metadata.take(pa.array(np.asarray(ids, dtype=np.int64)))
         if columns is not None:
@@ -120,11 +138,17 @@ def _embedder(model: str, pretrained: str | None, device: str) -> Any:
     try:
         from laion_hf.clip.model import ClipEmbedder
     except ImportError as e:
-        raise KnnIndexError(f"text and image queries need the clip extra: pip install 'laion-hf[clip]' ({e})") from None
-    return ClipEmbedder(model, pretrained, device=device, precision="fp32" if device == "cpu" else "auto")
+        raise KnnIndexError(
+            f"text and image queries need the clip extra: pip install 'laion-hf[clip]' ({e})"
+        ) from None
+    return ClipEmbedder(
+        model, pretrained, device=device, precision="fp32" if device == "cpu" else "auto"
+    )
 
 
-def check_fingerprint(infos: dict, files: Sequence[str], storage_options: dict | None, where: str) -> None:
+def check_fingerprint(
+    infos: dict, files: Sequence[str], storage_options: dict | None, where: str
+) -> None:
     """Refuse metadata whose rows are not the index's rows (clip-retrieval #304)."""
     fp = metadata_fingerprint(files, storage_options)
     want = infos["metadata"]
@@ -147,8 +171,12 @@ def open_index(out: str | os.PathLike, metadata: str | None = None, **kwargs: An
     return IndexFolder(out, metadata, **kwargs)
 
 
-def _query_vector(folder: IndexFolder, text: str | None, image: bytes | str | None,
-                  embedding: Sequence[float] | None) -> np.ndarray:
+def _query_vector(
+    folder: IndexFolder,
+    text: str | None,
+    image: bytes | str | None,
+    embedding: Sequence[float] | None,
+) -> np.ndarray:
     given = [x is not None for x in (text, image, embedding)]
     if sum(given) != 1:
         raise KnnIndexError("give exactly one of a text, an image or an embedding to search by")
@@ -163,7 +191,9 @@ def _query_vector(folder: IndexFolder, text: str | None, image: bytes | str | No
         return folder.embed_image(image)
     q = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
     if q.shape[1] != folder.infos["dim"]:
-        raise KnnIndexError(f"the query embedding has {q.shape[1]} values, the index {folder.infos['dim']}")
+        raise KnnIndexError(
+            f"the query embedding has {q.shape[1]} values, the index {folder.infos['dim']}"
+        )
     return q / max(float(np.linalg.norm(q)), 1e-12)
 
 
@@ -201,21 +231,66 @@ def filter_near(
     ``OUT/part-00000.parquet`` (score order, with a ``similarity`` column) and ``stats.json``.
 
     ``modality`` picks the image index (default) or the text index. Returns the stats:
-    ``rows_in`` (rows searched), ``rows_kept``, ``output_files``.
+    ``rows_in`` (rows searched) = ``rows_kept`` + ``removed_by_query``, ``output_files``.
     """
     import pyarrow.parquet as pq
 
     folder = IndexFolder(index_dir, metadata)
     q = _query_vector(folder, text, image, embedding)
     sims, ids = nearest(folder.index(modality), q, k, min_similarity)
-    table = folder.metadata.take(pa.array(ids, pa.int64())).append_column("similarity", pa.array(sims, pa.float32()))
+    table = folder.metadata.take(pa.array(ids, pa.int64())).append_column(
+        "similarity", pa.array(sims, pa.float32())
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "part-00000.parquet"
     pq.write_table(table, path)
-    stats = {"rows_in": folder.rows, "rows_kept": table.num_rows, "output_files": [str(path)],
+    stats = {"rows_in": folder.rows, "rows_kept": table.num_rows,
+             "removed_by_query": folder.rows - table.num_rows, "output_files": [str(path)],
              "query": {"text": text, "image": image if isinstance(image, str) else None,
                        "embedding": embedding is not None, "k": k, "min_similarity": min_similarity,
                        "modality": modality}, "index": str(index_dir)}  # fmt: skip
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def add_near_arguments(parser: Any) -> None:
+    """``--near TEXT`` / ``--near-image PATH`` / ``--near-embedding FILE.npy`` with ``--k`` or
+    ``--min-similarity`` and ``--modality``: the ``filter`` verb's subsets by query (SOURCE is
+    then an index folder made by ``laion-hf index``)."""
+    g = parser.add_argument_group(
+        "subset by query (SOURCE is an index folder from `laion-hf index`)"
+    )
+    g.add_argument(
+        "--near", default=None, metavar="TEXT", help="keep the rows nearest this caption"
+    )
+    g.add_argument(
+        "--near-image", default=None, metavar="PATH", help="keep the rows nearest this image"
+    )
+    g.add_argument(
+        "--near-embedding", default=None, metavar="NPY", help="... nearest this vector (.npy)"
+    )
+    g.add_argument(
+        "--k", type=int, default=None, help="how many rows to keep (100 without --min-similarity)"
+    )
+    g.add_argument(
+        "--min-similarity", type=float, default=None, help="keep rows at least this similar"
+    )
+    g.add_argument("--modality", choices=["image", "text"], default="image",
+                   help="search the image index (default) or the text index")  # fmt: skip
+
+
+def near_kwargs_from_args(args: Any) -> dict[str, Any] | None:
+    """:func:`filter_near` keyword arguments from ``add_near_arguments``'s flags, or None when
+    no query flag was given."""
+    if args.near is None and args.near_image is None and args.near_embedding is None:
+        return None
+    embedding = None
+    if args.near_embedding is not None:
+        try:
+            embedding = np.load(args.near_embedding).astype(np.float32).ravel().tolist()
+        except (OSError, ValueError) as e:
+            raise KnnIndexError(f"--near-embedding {args.near_embedding}: {e}") from None
+    k = args.k if args.k is not None or args.min_similarity is not None else 100
+    return {"text": args.near, "image": args.near_image, "embedding": embedding, "k": k,
+            "min_similarity": args.min_similarity, "modality": args.modality}  # fmt: skip

@@ -20,7 +20,9 @@ def read_infos(out: str | Path) -> dict[str, Any]:
     """``OUT/infos.json`` of a finished index (a clear error when absent or unfinished)."""
     path = Path(out) / INFOS
     if not path.exists():
-        raise KnnIndexError(f"{out}: no {INFOS}; not an index folder, or `laion-hf index` has not finished")
+        raise KnnIndexError(
+            f"{out}: no {INFOS}; not an index folder, or `laion-hf index` has not finished"
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as e:
@@ -52,7 +54,9 @@ class KnnIndex:
         self.out, self.kind = Path(out), kind
         self.infos = infos or read_infos(out)
         if kind not in self.infos["kinds"]:
-            raise KnnIndexError(f"{out} has no {kind} index (it has {', '.join(self.infos['kinds'])})")
+            raise KnnIndexError(
+                f"{out} has no {kind} index (it has {', '.join(self.infos['kinds'])})"
+            )
         self.key = self.infos["config"]["index_keys"][kind]
         self.family = index_family(self.key)
         self.params = dict(self.infos["kinds"][kind].get("search_params") or {})
@@ -79,15 +83,23 @@ class KnnIndex:
         """Use ``params`` (``{"efSearch": n}`` / ``{"nprobe": n}``) from now on."""
         self.params = dict(params)
 
-    def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top ``k`` per query as ``(similarities, ids)`` in score order; rows without a vector are
         never returned (so a result may be shorter than ``k``)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = int(min(k, self.ntotal))
         extra = int(min(len(self.missing), k, self.ntotal - k))
-        p = faiss_params(self.family, params if params is not None else self.params, k + extra,
-                         self._hnsw_quantizer)
-        D, I = self.index.search(q, k + extra, params=p[0]) if p else self.index.search(q, k + extra)
+        p = faiss_params(
+            self.family,
+            params if params is not None else self.params,
+            k + extra,
+            self._hnsw_quantizer,
+        )
+        D, I = (
+            self.index.search(q, k + extra, params=p[0]) if p else self.index.search(q, k + extra)
+        )
         out = []
         for d, i in zip(D, I):
             keep = i >= 0
@@ -104,8 +116,9 @@ class KnnIndex:
         return self.index.reconstruct_batch(ids)
 
 
-def exact_search(source: EmbeddingSource, kind: str, queries: np.ndarray, k: int,
-                 batch_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    source: EmbeddingSource, kind: str, queries: np.ndarray, k: int, batch_rows: int = 16384
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top ``k`` over every vector of ``source`` (rows without a vector
     excluded), reading chunk by chunk: ``(similarities, ids)``, ``-1`` ids where fewer exist."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -125,7 +138,7 @@ def exact_search(source: EmbeddingSource, kind: str, queries: np.ndarray, k: int
 
 def duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np.ndarray:
     """clip back's dedup: positions (in rank order) that are not the best-ranked member of their
-    connected component of the "similarity > threshold" graph. Returns a boolean mask."""
+    connected component of the "similarity > threshold" graph (faiss range search's rule). Returns a boolean mask."""
     n = len(embeddings)
     x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     parent = np.arange(n)
@@ -138,8 +151,8 @@ def duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np
 
     block = 2048
     for s in range(0, n, block):
-        sims = x[s: s + block] @ x.T
-        rows, cols = np.nonzero(sims >= threshold)
+        sims = x[s : s + block] @ x.T
+        rows, cols = np.nonzero(sims > threshold)
         for r, c in zip(rows + s, cols):
             if r < c:
                 ra, rb = root(r), root(c)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -83,7 +85,7 @@ class EmbeddingSource:
                 bounds = np.cumsum((0,) + tuple(part.row_groups)).tolist()
             else:
                 bounds = list(range(0, part.rows, max(1, batch_rows))) + [part.rows]
-            out += [(i, a, b, off + a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            out += [(i, a, b, off + a) for a, b in itertools.pairwise(bounds) if b > a]
         return out
 
     def read(self, kind: str, part: int, start: int, stop: int) -> np.ndarray:
@@ -94,7 +96,9 @@ class EmbeddingSource:
         return _read_parquet_rows(p.metadata, p.vectors[kind], p.row_groups, start, stop,
                                   self.dim, self.storage_options)  # fmt: skip
 
-    def read_positions(self, kind: str, positions: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+    def read_positions(
+        self, kind: str, positions: np.ndarray, batch_rows: int = 65536
+    ) -> np.ndarray:
         """The vectors at sorted global ``positions`` (a sample), reading chunk by chunk."""
         out = np.zeros((len(positions), self.dim), np.float32)
         for part, a, b, g in self.chunks(batch_rows):
@@ -115,7 +119,9 @@ def _fs(path: str, storage_options: dict | None) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(path, **(storage_options or {}))
     except (ImportError, ValueError) as e:
-        raise SourceError(f"cannot open {path}: {e} (install the fsspec backend for this protocol)") from None
+        raise SourceError(
+            f"cannot open {path}: {e} (install the fsspec backend for this protocol)"
+        ) from None
 
 
 def _full(root_url: str, path: str) -> str:
@@ -138,13 +144,16 @@ def is_embed_layout(src: str, storage_options: dict | None = None) -> bool:
     """Whether ``src`` is a folder in ``laion-hf embed``'s layout (``metadata/`` + ``img_emb/``)."""
     fs, root = _fs(src, storage_options)
     try:
-        return fs.isdir(f"{root}/metadata") and (fs.isdir(f"{root}/img_emb") or fs.isdir(f"{root}/text_emb"))
-    except Exception:
+        return fs.isdir(f"{root}/metadata") and (
+            fs.isdir(f"{root}/img_emb") or fs.isdir(f"{root}/text_emb")
+        )
+    except (OSError, ValueError):
         return False
 
 
-def open_source(src: str | os.PathLike, storage_options: dict | None = None,
-                clip_model: str | None = None) -> EmbeddingSource:
+def open_source(
+    src: str | os.PathLike, storage_options: dict | None = None, clip_model: str | None = None
+) -> EmbeddingSource:
     """Open ``src`` (embed output folder, or parquet shards with embedding columns)."""
     src = os.fspath(src)
     if "://" not in src:
@@ -162,7 +171,9 @@ def _open_embed(src: str, so: dict | None) -> EmbeddingSource:
     fs, root = _fs(src, so)
     metas = _numbered(fs, f"{root}/metadata", "metadata_", ".parquet")
     if not metas:
-        raise KnnIndexError(f"{src}/metadata holds no metadata_N.parquet: is `laion-hf embed` finished?")
+        raise KnnIndexError(
+            f"{src}/metadata holds no metadata_N.parquet: is `laion-hf embed` finished?"
+        )
     npys = {k: _numbered(fs, f"{root}/{d}", pre, ".npy") for k, (d, pre) in _NPY_DIRS.items()}
     kinds = tuple(k for k in KINDS if npys[k])
     if not kinds:
@@ -172,14 +183,18 @@ def _open_embed(src: str, so: dict | None) -> EmbeddingSource:
         vecs = {}
         for k in kinds:
             if n not in npys[k]:
-                raise KnnIndexError(f"{src}: metadata_{n}.parquet has no {_NPY_DIRS[k][1]}{n}.npy beside it")
+                raise KnnIndexError(
+                    f"{src}: metadata_{n}.parquet has no {_NPY_DIRS[k][1]}{n}.npy beside it"
+                )
             vecs[k] = _full(src, npys[k][n])
         shapes = {k: _npy_shape(vecs[k], so) for k in kinds}
         rows = _parquet_file(_full(src, metas[n]), _so_key(so)).metadata.num_rows
         for k, shape in shapes.items():
             if shape[0] != rows or (dim is not None and shape[1] != dim):
-                raise KnnIndexError(f"{vecs[k]}: shape {shape} does not match metadata_{n}.parquet "
-                                    f"({rows} rows, dim {dim}): the part is misaligned or half-written")
+                raise KnnIndexError(
+                    f"{vecs[k]}: shape {shape} does not match metadata_{n}.parquet "
+                    f"({rows} rows, dim {dim}): the part is misaligned or half-written"
+                )
             dim = shape[1]
         parts.append(Part(_full(src, metas[n]), rows, vecs))
     model, pretrained = _embed_model(fs, root)
@@ -205,10 +220,14 @@ def _open_shards(src: str, so: dict | None) -> EmbeddingSource:
         schema = pf.schema_arrow
         have = tuple(k for k in KINDS if SHARD_COLUMNS[k] in schema.names)
         if not have:
-            raise KnnIndexError(f"{path}: no image_embedding/text_embedding column (have {schema.names[:12]}): "
-                                "index `laion-hf embed` output, or shards written with CLIP features")
+            raise KnnIndexError(
+                f"{path}: no image_embedding/text_embedding column (have {schema.names[:12]}): "
+                "index `laion-hf embed` output, or shards written with CLIP features"
+            )
         if kinds is not None and have != kinds:
-            raise KnnIndexError(f"{path}: embedding columns {have} differ from the other files' {kinds}")
+            raise KnnIndexError(
+                f"{path}: embedding columns {have} differ from the other files' {kinds}"
+            )
         kinds = have
         d = _list_size(schema.field(SHARD_COLUMNS[have[0]]).type, pf, SHARD_COLUMNS[have[0]])
         if dim is not None and d != dim:
@@ -227,10 +246,14 @@ def _shards_model(src: str, so: dict | None) -> tuple[str | None, str | None]:
     try:
         with fs.open(f"{root.rstrip('/')}/stats.json", "rb") as f:
             stats = json.load(f)
-    except Exception:
+    except (OSError, ValueError):
         return None, None
     for cfg in [stats] + [v for v in stats.values() if isinstance(v, dict)]:
-        clip = (cfg.get("provenance") or {}).get("clip") if isinstance(cfg.get("provenance"), dict) else None
+        clip = (
+            (cfg.get("provenance") or {}).get("clip")
+            if isinstance(cfg.get("provenance"), dict)
+            else None
+        )
         if isinstance(clip, dict) and clip.get("model"):
             return clip["model"], clip.get("pretrained")
     return None, None
@@ -270,7 +293,11 @@ def _npy_header(path: str, so: dict | None) -> tuple[tuple, np.dtype, int]:
     with fs.open(p, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read(f)
         except ValueError as e:
             raise KnnIndexError(f"{path}: not a .npy file: {e}") from None
@@ -279,7 +306,9 @@ def _npy_header(path: str, so: dict | None) -> tuple[tuple, np.dtype, int]:
         return shape, dtype, f.tell()
 
 
-_npy_header_cached = functools.lru_cache(maxsize=4096)(lambda path, so_key: _npy_header(path, json.loads(so_key)))
+_npy_header_cached = functools.lru_cache(maxsize=4096)(
+    lambda path, so_key: _npy_header(path, json.loads(so_key))
+)
 
 
 def _npy_shape(path: str, so: dict | None) -> tuple:
@@ -298,8 +327,9 @@ def _read_npy_rows(path: str, start: int, stop: int, so: dict | None) -> np.ndar
     return np.frombuffer(buf, dtype).reshape(stop - start, shape[1]).astype(np.float32)
 
 
-def _read_parquet_rows(path: str, column: str, groups: tuple, start: int, stop: int, dim: int,
-                       so: dict | None) -> np.ndarray:
+def _read_parquet_rows(
+    path: str, column: str, groups: tuple, start: int, stop: int, dim: int, so: dict | None
+) -> np.ndarray:
     pf = _parquet_file(path, _so_key(so))
     bounds = np.cumsum((0,) + tuple(groups))
     out = np.zeros((stop - start, dim), np.float32)
@@ -307,8 +337,12 @@ def _read_parquet_rows(path: str, column: str, groups: tuple, start: int, stop: 
         a, b = max(start, bounds[g]), min(stop, bounds[g + 1])
         if b <= a:
             continue
-        col = pf.read_row_group(g, columns=[column])[column].combine_chunks().slice(a - bounds[g], b - a)
-        out[a - start: b - start] = list_to_matrix(col, dim, f"{path} column {column}")
+        col = (
+            pf.read_row_group(g, columns=[column])[column]
+            .combine_chunks()
+            .slice(a - bounds[g], b - a)
+        )
+        out[a - start : b - start] = list_to_matrix(col, dim, f"{path} column {column}")
     return out
 
 
@@ -326,7 +360,9 @@ def list_to_matrix(col: pa.Array, dim: int, what: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- metadata
-def metadata_fingerprint(files: Sequence[str], storage_options: dict | None = None) -> dict[str, Any]:
+def metadata_fingerprint(
+    files: Sequence[str], storage_options: dict | None = None
+) -> dict[str, Any]:
     """A fingerprint of metadata files in row order: per file its name, row count and a hash of
     the first identifying column present (``key``, ``url``, ``caption``).
 
@@ -363,15 +399,19 @@ def metadata_files(folder: str, storage_options: dict | None = None) -> list[str
     return resolve_source(folder, storage_options)
 
 
-def read_metadata(files: Sequence[str], storage_options: dict | None = None,
-                  columns: Sequence[str] | None = None) -> pa.Table:
+def read_metadata(
+    files: Sequence[str], storage_options: dict | None = None, columns: Sequence[str] | None = None
+) -> pa.Table:
     """The metadata files as one table (row ``i`` = global row ``i``), without vectors or image
     bytes (``columns`` picks others)."""
     tables = []
     for path in files:
         pf = _parquet_file(path, _so_key(storage_options))
-        cols = [c for c in pf.schema_arrow.names if c not in HEAVY_COLUMNS] if columns is None else \
-            [c for c in columns if c in pf.schema_arrow.names]
+        cols = (
+            [c for c in pf.schema_arrow.names if c not in HEAVY_COLUMNS]
+            if columns is None
+            else [c for c in columns if c in pf.schema_arrow.names]
+        )
         tables.append(pf.read(columns=cols))
     if not tables:
         raise KnnIndexError("no metadata files")

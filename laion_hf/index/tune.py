@@ -17,12 +17,22 @@ MAX_QUERIES = 500
 LATENCY_QUERIES = 100
 
 
-def held_out_queries(source: EmbeddingSource, kind: str, train_rows: int, n: int = MAX_QUERIES) -> np.ndarray:
+def held_out_queries(
+    source: EmbeddingSource, kind: str, train_rows: int, n: int = MAX_QUERIES
+) -> np.ndarray:
     """Query vectors from rows outside the training sample: the other modality's vectors when
     the source has them (a caption searching images, as users do), else this kind's."""
     rows = source.rows
-    train = np.unique(np.linspace(0, rows - 1, train_rows).astype(np.int64)) if train_rows else np.zeros(0, np.int64)
-    pool = np.setdiff1d(np.arange(rows, dtype=np.int64), train) if len(train) < rows else np.arange(rows)
+    train = (
+        np.unique(np.linspace(0, rows - 1, train_rows).astype(np.int64))
+        if train_rows
+        else np.zeros(0, np.int64)
+    )
+    pool = (
+        np.setdiff1d(np.arange(rows, dtype=np.int64), train)
+        if len(train) < rows
+        else np.arange(rows)
+    )
     rng = np.random.default_rng(0)
     pos = np.sort(rng.choice(pool, size=min(len(pool), 4 * n), replace=False))
     other = [k for k in source.kinds if k != kind]
@@ -89,12 +99,14 @@ def tune_kind(out: Path, kind: str, source: EmbeddingSource, config: dict) -> di
         chosen = sweep[-1]
         if rec >= target:
             break
-    size = sum(p.stat().st_size for p in Path(out).glob(f"{kind}.*") if p.suffix in (".index", ".ivfdata"))
+    size = sum(
+        p.stat().st_size for p in Path(out).glob(f"{kind}.*") if p.suffix in (".index", ".ivfdata")
+    )
     return {
         "index_key": key, "search_params": chosen["params"], "recall_at_10": chosen["recall_at_10"],
         "recall_target": target, "target_met": chosen["recall_at_10"] >= target,
         "latency_ms_p50": chosen["latency_ms_p50"], "latency_ms_p99": chosen["latency_ms_p99"],
-        "latency_budget_ms": budget, "queries": int(len(queries)), "sweep": sweep,
-        "count": index.ntotal, "missing": int(len(index.missing)), "size_bytes": int(size),
+        "latency_budget_ms": budget, "queries": len(queries), "sweep": sweep,
+        "count": index.ntotal, "missing": len(index.missing), "size_bytes": int(size),
         "file": index_file(Path("."), kind).name,
     }  # fmt: skip

@@ -19,7 +19,7 @@ _EXPORTS = {
     "UNAVAILABLE_HEADER": "laion_hf.serve.app",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

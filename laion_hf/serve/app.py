@@ -22,15 +22,16 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from laion_hf.errors import KnnIndexError
+from laion_hf.errors import KnnIndexError, LaionHFError
 from laion_hf.index.query import IndexFolder
 from laion_hf.index.search import duplicates
 
@@ -118,7 +119,9 @@ def _aesthetic(body: dict) -> tuple[int | None, float]:
     if isinstance(score, str) and score.strip() == "":
         score = None
     elif isinstance(score, bool) or not isinstance(score, (int, str)):
-        raise BadRequest(f"aesthetic_score must be an integer 0-9, or \"\" for none; got {json.dumps(score)[:40]}")
+        raise BadRequest(
+            f'aesthetic_score must be an integer 0-9, or "" for none; got {json.dumps(score)[:40]}'
+        )
     else:
         try:
             score = int(score)
@@ -163,8 +166,12 @@ def _query_fields(req: KnnRequest, body: dict) -> None:
         req.image_url = url
     elif emb is not None:
         dim = req.folder.infos["dim"]
-        if len(emb) != dim or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb):
-            raise BadRequest(f"embedding_input must be a list of {dim} numbers (this index's dimension)")
+        if len(emb) != dim or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb
+        ):
+            raise BadRequest(
+                f"embedding_input must be a list of {dim} numbers (this index's dimension)"
+            )
         req.embedding = np.asarray(emb, dtype=np.float32).reshape(1, -1)
         if not np.isfinite(req.embedding).all() or not np.abs(req.embedding).sum() > 0:
             raise BadRequest("embedding_input must be finite and not all zeros")
@@ -218,8 +225,14 @@ class KnnService:
 
     def _warm(self, folder: IndexFolder) -> None:
         try:
-            folder.embedder()
-        except Exception as e:  # reported again, as a 400, by the queries that need it
+            with self.model_lock:
+                folder.embedder()
+        except (
+            LaionHFError,
+            ImportError,
+            OSError,
+            RuntimeError,
+        ) as e:  # a 400 for the queries needing it
             LOG.warning("%s: text and image queries unavailable: %s", folder.out, e)
 
     async def stop(self, app: web.Application) -> None:
@@ -247,7 +260,9 @@ class KnnService:
         folder = req.folder
         try:
             if req.use_mclip:
-                req.unavailable["use_mclip"] = "no multilingual text model; the index's own CLIP model was used"
+                req.unavailable["use_mclip"] = (
+                    "no multilingual text model; the index's own CLIP model was used"
+                )
             if req.text is not None:
                 return await self._run(self._embed, folder.embed_text, req.text)
             if req.image_url is not None:
@@ -267,7 +282,9 @@ class KnnService:
             return q
         ratings = req.folder.aesthetic
         if ratings is None:
-            req.unavailable["aesthetic_score"] = f"no aesthetic rating embeddings for {req.folder.model or 'this model'}"
+            req.unavailable["aesthetic_score"] = (
+                f"no aesthetic rating embeddings for {req.folder.model or 'this model'}"
+            )
             return q
         q = q + ratings[req.aesthetic_score] * req.aesthetic_weight
         return q / np.linalg.norm(q)
@@ -292,7 +309,11 @@ class KnnService:
         """clip back's response items: metadata (+ base64 image) for the first num_images."""
         head = ids[: req.num_images]
         metas = req.folder.rows_of(head)
-        images = req.folder.images.take(head.tolist()).to_pylist() if req.folder.images is not None else None
+        images = (
+            req.folder.images.take(head.tolist()).to_pylist()
+            if req.folder.images is not None
+            else None
+        )
         out = []
         for n, (s, i) in enumerate(zip(sims.tolist(), ids.tolist())):
             item = dict(metas[n]) if n < len(metas) else {}
@@ -350,7 +371,9 @@ async def metadata_service(request: web.Request) -> web.Response:
         raise BadRequest("the body must be a JSON object")
     folder = _folder(service.indices, body)
     ids = body.get("ids")
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
         raise BadRequest("missing or invalid field ids: a list of integers")
     bad = [i for i in ids if not 0 <= i < folder.rows]
     if bad:
@@ -394,7 +417,9 @@ async def errors_and_cors(request: web.Request, handler: Any) -> web.StreamRespo
     except web.HTTPException as e:
         if e.status == 413:
             limit = request.app[SERVICE].config.max_body_bytes
-            response = web.json_response({"error": f"the request body is larger than {limit:,} bytes"}, status=400)
+            response = web.json_response(
+                {"error": f"the request body is larger than {limit:,} bytes"}, status=400
+            )
         else:
             raise
     response.headers.setdefault("Access-Control-Allow-Origin", "*")
@@ -409,10 +434,14 @@ def _name(path: str) -> tuple[str, str]:
     return Path(path).resolve().name, path
 
 
-def load_indices(paths: Sequence[str | os.PathLike] | Mapping[str, Any], **kwargs: Any) -> dict[str, IndexFolder]:
+def load_indices(
+    paths: Sequence[str | os.PathLike] | Mapping[str, Any], **kwargs: Any
+) -> dict[str, IndexFolder]:
     """Index folders by name: ``NAME=DIR`` or ``DIR`` (named after the folder), or a mapping
     name -> folder path or :class:`IndexFolder`. ``kwargs`` go to :class:`IndexFolder`."""
-    items = list(paths.items()) if isinstance(paths, Mapping) else [_name(os.fspath(p)) for p in paths]
+    items = (
+        list(paths.items()) if isinstance(paths, Mapping) else [_name(os.fspath(p)) for p in paths]
+    )
     out: dict[str, IndexFolder] = {}
     for name, value in items:
         if name in out:
@@ -421,8 +450,11 @@ def load_indices(paths: Sequence[str | os.PathLike] | Mapping[str, Any], **kwarg
     return out
 
 
-def make_app(indices: Sequence[str | os.PathLike] | Mapping[str, Any], config: ServeConfig | None = None,
-             **folder_kwargs: Any) -> web.Application:
+def make_app(
+    indices: Sequence[str | os.PathLike] | Mapping[str, Any],
+    config: ServeConfig | None = None,
+    **folder_kwargs: Any,
+) -> web.Application:
     """The aiohttp app serving clip back's API over ``indices`` (see :func:`load_indices`).
 
     Other routes (a web page at ``/``) can be added to the returned app before it runs;
@@ -444,7 +476,9 @@ def make_app(indices: Sequence[str | os.PathLike] | Mapping[str, Any], config: S
     return app
 
 
-async def start_server(app: web.Application, host: str = "127.0.0.1", port: int = 1234) -> tuple[web.AppRunner, str]:
+async def start_server(
+    app: web.Application, host: str = "127.0.0.1", port: int = 1234
+) -> tuple[web.AppRunner, str]:
     """Start ``app`` on ``host:port`` (0 = any free port); returns the runner and the base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -50,3 +50,8 @@ class CardError(HubError):
 
 class EngineError(LaionHFError):
     """An execution engine (``--engine ray``) is missing, unreachable or failed."""
+
+
+class OutputError(LaionHFError):
+    """An output path cannot be used: it is a file, not writable, overlaps the inputs, or
+    holds files that laion-hf did not write."""

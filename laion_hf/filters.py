@@ -534,80 +534,96 @@ def filter_to_parquet(
     **load_kwargs: Any,
 ) -> dict[str, Any]:
     """Filter ``source`` (see :func:`laion_hf.load_laion` for the options) into parquet parts
-    ``out_dir/part-{i:05d}.parquet`` (canonical schema), written atomically, plus
-    ``out_dir/stats.json`` with the scan counts. Returns the stats dict.
+    ``out_dir/part-{i:05d}.parquet`` (canonical schema) plus ``out_dir/stats.json`` with the
+    scan counts. Returns the stats dict.
+
+    ``out_dir`` must not contain or overlap the inputs (:class:`~laion_hf.errors.OutputError`).
+    The parts are written beside the previous run's output and swapped in at the end; a rerun
+    replaces only files that laion-hf wrote there (its manifest), never a user's file.
     """
     import json
-    import os
     import time
 
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    from laion_hf._util.outdir import OutputDir
     from laion_hf.builder import make_builder
 
-    builder = make_builder(source, **load_kwargs)
-    os.makedirs(out_dir, exist_ok=True)
-    import glob
-
-    for old in glob.glob(os.path.join(out_dir, "part-*.parquet")) + [os.path.join(out_dir, "stats.json")]:
-        if os.path.exists(old):  # a previous, larger run must not leave parts behind
-            os.remove(old)
-    files: list[str] = []
-    writer = None
-    written_in_file = 0
-    tmp = ""
+    if rows_per_file < 1:
+        raise FilterError(f"rows_per_file must be at least 1, got {rows_per_file}")
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
     start = time.time()
-
-    def close() -> None:
-        nonlocal writer
-        if writer is not None:
-            writer.close()
-            os.replace(tmp, tmp[: -len(".tmp")])
-            writer = None
-
-    bar = tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="filter")
-    try:
-        for table in builder.iter_tables():
-            stats = builder.stats
-            bar.n = stats.rows_in
-            bar.set_postfix(kept=f"{stats.rows_kept / max(stats.rows_in, 1):.1%}", refresh=False)
-            bar.update(0)
-            while table.num_rows:
-                if writer is None:
-                    path = os.path.join(out_dir, f"part-{len(files):05d}.parquet")
-                    tmp = path + ".tmp"
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                    files.append(path)
-                    written_in_file = 0
-                take = min(table.num_rows, rows_per_file - written_in_file)
-                writer.write_table(table.slice(0, take))
-                written_in_file += take
-                table = table.slice(take)
-                if written_in_file >= rows_per_file:
-                    close()
-        if writer is None and not files:  # nothing kept: still write an empty part with the schema
-            path = os.path.join(out_dir, "part-00000.parquet")
-            tmp = path + ".tmp"
-            writer = pq.ParquetWriter(tmp, builder.out_schema, compression="zstd")
-            files.append(path)
-        close()
-    finally:
-        if writer is not None:
-            writer.close()
-            os.remove(tmp)
-        bar.close()
-    result = builder.stats.as_dict()
-    result.update(
-        filters=builder.filter_spec.descriptions,
-        release=builder.release,
-        output_files=[os.path.basename(f) for f in files],
-        duration_s=round(time.time() - start, 3),
-    )
-    with open(os.path.join(out_dir, "stats.json.tmp"), "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(os.path.join(out_dir, "stats.json.tmp"), os.path.join(out_dir, "stats.json"))
+    with OutputDir(out_dir, inputs=sources, kind="filter") as out:
+        builder = make_builder(source, **load_kwargs)
+        parts = _PartWriter(out, rows_per_file)
+        bar = tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="filter")
+        try:
+            for table in builder.iter_tables():
+                stats = builder.stats
+                bar.n = stats.rows_in
+                bar.set_postfix(kept=f"{stats.rows_kept / max(stats.rows_in, 1):.1%}", refresh=False)
+                bar.update(0)
+                parts.write(table)
+            files = parts.finish(builder.out_schema)
+        finally:
+            parts.abort()
+            bar.close()
+        result = builder.stats.as_dict()
+        result.update(
+            filters=builder.filter_spec.descriptions,
+            release=builder.release,
+            output_files=files,
+            duration_s=round(time.time() - start, 3),
+        )
+        out.commit(files, final={"stats.json": json.dumps(result, indent=2)})
     return result
+
+
+class _PartWriter:
+    """Cuts a stream of tables into staged ``part-{i:05d}.parquet`` files of ``rows_per_file``."""
+
+    def __init__(self, out: Any, rows_per_file: int) -> None:
+        self.out = out
+        self.rows_per_file = rows_per_file
+        self.files: list[str] = []
+        self.writer: Any = None
+        self.in_file = 0
+
+    def _open(self, schema: pa.Schema) -> None:
+        import pyarrow.parquet as pq
+
+        name = f"part-{len(self.files):05d}.parquet"
+        self.writer = pq.ParquetWriter(self.out.path(name), schema, compression="zstd")
+        self.files.append(name)
+        self.in_file = 0
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table``, starting a new part whenever one is full."""
+        while table.num_rows:
+            if self.writer is None:
+                self._open(table.schema)
+            take = min(table.num_rows, self.rows_per_file - self.in_file)
+            self.writer.write_table(table.slice(0, take))
+            self.in_file += take
+            table = table.slice(take)
+            if self.in_file >= self.rows_per_file:
+                self._close()
+
+    def finish(self, schema: pa.Schema) -> list[str]:
+        """Close the last part (an empty part with ``schema`` when nothing was kept)."""
+        if not self.files:
+            self._open(schema)
+        self._close()
+        return list(self.files)
+
+    def abort(self) -> None:
+        """Close an open writer (its staged file is removed with the staging folder)."""
+        self._close()
 
 
 def add_load_arguments(p) -> None:

@@ -116,3 +116,35 @@ def test_output_path_that_is_a_file_is_one_clear_line(laion_dl, tmp_path, capsys
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and "Traceback" not in err
     assert target.read_text() == "x"
+
+
+def test_synth_into_an_earlier_runs_folder_never_mixes_runs(tmp_path, capsys):
+    out = tmp_path / "meta"
+    assert main(["synth", "--rows", "300", "--files", "3", "--out", str(out)]) == 0
+    assert main(["synth", "--rows", "100", "--files", "1", "--out", str(out)]) == 0
+    assert "wrote 100 rows" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet"]
+    from laion_hf import load_laion
+
+    assert sum(t.num_rows for t in load_laion(str(out)).with_format("arrow").iter(batch_size=1000)) == 100
+
+
+def test_interrupted_synth_leaves_no_temporary_file_and_keeps_the_old_output(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "meta"
+    synthesize(50, out, seed=1)
+    before = _digests(out)
+    proc = subprocess.Popen([sys.executable, "-m", "laion_hf.cli", "synth", "--rows", "5000000",
+                             "--row-group-size", "20000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".laion-hf-staging-*/part-*.parquet")):
+        time.sleep(0.05)
+    assert list(out.glob(".laion-hf-staging-*/part-*.parquet")), "synth never started writing"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert _digests(out) == before  # the old output, whole; no staging folder, no .tmp file
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".laion-hf-staging")]

@@ -129,11 +129,36 @@ _FUNCTIONS = {
 }
 
 
+MAX_NESTING = 64  # parentheses, `not` and unary minus; `and`/`or` chains of any length are fine
+MAX_DEPTH = 200  # of the whole tree, e.g. `a + a + ... + a` (arithmetic is not re-associated)
+
+
+def _balanced(op: str, nodes: list) -> tuple:
+    """``a op b op c ...`` as a balanced tree (``and``/``or`` are associative), so that a chain
+    of a thousand terms is ~10 levels deep, not a thousand."""
+    while len(nodes) > 1:
+        nodes = [(op, *nodes[i : i + 2]) if i + 1 < len(nodes) else nodes[i] for i in range(0, len(nodes), 2)]
+    return nodes[0]
+
+
+def _depth(tree: tuple) -> int:
+    """The depth of a parsed tree, computed without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        for part in node[1:]:
+            children = part if isinstance(part, list) else [part]
+            stack.extend((c, d + 1) for c in children if isinstance(c, tuple))
+    return deepest
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> _Tok:
         return self.tokens[self.i]
@@ -163,24 +188,34 @@ class _Parser:
         return node
 
     def or_expr(self):
-        node = self.and_expr()
+        nodes = [self.and_expr()]
         while self.at("kw", "or"):
             self.take()
-            node = ("or", node, self.and_expr())
-        return node
+            nodes.append(self.and_expr())
+        return _balanced("or", nodes)
 
     def and_expr(self):
-        node = self.not_expr()
+        nodes = [self.not_expr()]
         while self.at("kw", "and"):
             self.take()
-            node = ("and", node, self.not_expr())
-        return node
+            nodes.append(self.not_expr())
+        return _balanced("and", nodes)
 
     def not_expr(self):
         if self.at("kw", "not"):
             self.take()
-            return ("not", self.not_expr())
+            return ("not", self.nested(self.not_expr))
         return self.comparison()
+
+    def nested(self, parse):
+        """Parse one nesting level with ``parse``, refusing expressions nested too deeply."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise FilterError(f"filter expression nested more than {MAX_NESTING} levels deep: {self.text[:80]!r}...")
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def comparison(self):
         left = self.sum()
@@ -248,9 +283,9 @@ class _Parser:
         if tok.kind == "kw" and tok.value in ("null", "none"):
             return ("lit", None)
         if tok.kind == "op" and tok.value == "-":
-            return ("neg", self.factor())
+            return ("neg", self.nested(self.factor))
         if tok.kind == "op" and tok.value == "(":
-            node = self.or_expr()
+            node = self.nested(self.or_expr)
             self.expect("op", ")")
             return node
         if tok.kind == "name":
@@ -382,7 +417,13 @@ def parse_filter(text: str, known_columns: Iterable[str] | None = None) -> Parse
     """
     if not isinstance(text, str) or not text.strip():
         raise FilterError("empty filter expression")
-    tree = _Parser(text).parse()
+    try:
+        tree = _Parser(text).parse()
+    except RecursionError:
+        raise FilterError(f"filter expression too deeply nested: {text[:80]!r}...") from None
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise FilterError(f"filter expression is {depth} levels deep (at most {MAX_DEPTH}): {text[:80]!r}...")
     columns = _columns_of(tree)
     if known_columns is not None:
         known = list(known_columns)

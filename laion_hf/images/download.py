@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from laion_hf.errors import FetchError, ShardError
 from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
-from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
+from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs, parse_allow_list
 from laion_hf.images.resize import ImageResult, ResizeConfig
 from laion_hf.sources import is_url, memory_tables, open_parquet
 
@@ -693,7 +693,7 @@ def register_cli(sub: Any) -> None:
         description="Fetch the images of a metadata file into img2dataset-compatible shards: "
         "{shard}.tar ({key}.jpg/.txt/.json), {shard}.parquet (one row per input row, failures "
         "included, with their status) and {shard}_stats.json. Resumes: shards with a stats file are "
-        "skipped. Private/loopback addresses are refused unless --allow-private-networks.",
+        "skipped. Private/loopback addresses are refused unless listed in --allow-private-networks.",
     )
     p.add_argument("source", nargs="?", help="metadata parquet/csv/tsv/txt file, folder or glob, or parquet URL/glob "
                    "(hf://datasets/..., https://..., s3://...)")
@@ -727,8 +727,12 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="on-disk image cache (a rerun makes no request for cached rows)")
     p.add_argument("--retry-failed", default=None, metavar="PREVIOUS_OUT",
                    help="download again only the failed rows of a previous output folder (keys kept)")
-    p.add_argument("--allow-private-networks", action="store_true",
-                   help="allow loopback/private addresses (local mirrors and tests only)")
+    p.add_argument("--allow-private-networks", nargs="?", const=BARE_ALLOW, default=None, metavar="NETS",
+                   type=_allow_list_arg,
+                   help="comma-separated networks to allow beside public addresses, each optionally with "
+                   "one port: 127.0.0.1/32,::1/128 or 127.0.0.1:8080 (local mirrors and tests only; every "
+                   "redirect is checked again; link-local/metadata addresses such as 169.254.169.254 only "
+                   "when named). Bare (deprecated): loopback only")
     p.add_argument("--ca-file", default=None, metavar="PEM",
                    help="extra certificate authorities to trust for HTTPS (a local mirror's, a proxy's)")
     p.add_argument("--no-progress", action="store_true")
@@ -738,6 +742,22 @@ def register_cli(sub: Any) -> None:
     add_load_arguments(p)  # --where/--preset/--blocklist/--sample...: select parquet metadata rows first
     add_engine_arguments(p)
     p.set_defaults(func=_cli)
+
+
+BARE_ALLOW = "127.0.0.0/8,::1/128"  # what a bare --allow-private-networks allows (deprecated spelling)
+
+
+def _allow_list_arg(text: str) -> str:
+    """argparse type of ``--allow-private-networks``: a valid allow-list, kept as its text."""
+    import argparse
+
+    try:
+        if not parse_allow_list(text):
+            raise FetchError("no network given")
+    except FetchError as e:
+        raise argparse.ArgumentTypeError(f"{e} (give e.g. 127.0.0.1/32,::1/128 before SOURCE, or put the "
+                                         "flag after SOURCE)") from None
+    return text
 
 
 _SELECTING = ("where", "preset", "blocklist", "sample", "columns", "release")
@@ -770,6 +790,10 @@ def _cli(args: Any) -> int:
         raise FetchError("give a SOURCE or --retry-failed PREVIOUS_OUT")
     from laion_hf.engine_ray import engine_call
 
+    if args.allow_private_networks is BARE_ALLOW:
+        print("laion-hf download: a bare --allow-private-networks is deprecated and now allows loopback only "
+              f"({BARE_ALLOW}); name the networks: --allow-private-networks 127.0.0.1/32,::1/128",
+              file=sys.stderr)
     run = engine_call(args, download, "download")  # the local function, or its Ray Data twin
     source, builder = _selected_source(args)
     stats = run(
@@ -785,7 +809,7 @@ def _cli(args: Any) -> int:
         max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
         max_body_bytes=int(args.max_body_mb * 2**20), user_agent_token=args.user_agent_token,
         disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
-        allow_private_networks=args.allow_private_networks, ca_file=args.ca_file,
+        allow_private_networks=args.allow_private_networks or False, ca_file=args.ca_file,
     )
     report = {k: stats[k] for k in ("count", "successes", "failed_to_download", "failed_to_resize",
                                     "status_dict", "samples_per_s", "out_dir")}

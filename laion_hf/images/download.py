@@ -362,9 +362,42 @@ async def _run_shard_async(job: _Job, progress: Callable[[int, int], None]) -> d
 _QUEUE: Any = None
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, parent_pid: Optional[int] = None) -> None:
     global _QUEUE
     _QUEUE = queue
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Make this (worker) process exit as soon as ``parent_pid``, its parent, dies.
+
+    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a daemon
+    thread also polls the parent pid (a dead parent's children are re-parented), which covers
+    other systems and the race of a parent dying before the ``prctl``.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog thread still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # nothing to save: the parent that would merge this shard is gone
+
+    threading.Thread(target=watch, name="laion-hf-parent-watch", daemon=True).start()
 
 
 def run_shard(job: _Job, progress: Optional[Callable[[int, int], None]] = None) -> dict:
@@ -565,7 +598,7 @@ def _run_pool(jobs: list[_Job], processes: int, on_progress: Callable[[int, int]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(q,)) as pool:
+                             initializer=_init_worker, initargs=(q, os.getpid())) as pool:
         futs = {pool.submit(_run_shard, job): job for job in jobs}
         remaining = set(futs)
         while remaining:

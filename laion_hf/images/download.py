@@ -752,6 +752,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per attempt (default 20)")
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--max-body-mb", type=float, default=32.0)
+    p.add_argument("--max-decode-mb", type=float, default=512.0,
+                   help="refuse (decode_too_large) an image whose decode and RGB conversion would take more "
+                   "MiB than this, judged from its header before decoding (default 512)")
     p.add_argument("--user-agent-token", default=None, help="your token, added to the User-Agent")
     p.add_argument("--disallowed-header-directives", default=",".join(("noai", "noimageai", "noindex", "noimageindex")),
                    help="comma-separated X-Robots-Tag directives that opt out ('' to ignore the header)")
@@ -840,7 +843,8 @@ def _cli(args: Any) -> int:
         downscale_interpolation=args.downscale_interpolation, upscale_interpolation=args.upscale_interpolation,
         min_image_size=args.min_image_size, max_image_area=args.max_image_area,
         max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
-        max_body_bytes=int(args.max_body_mb * 2**20), user_agent_token=args.user_agent_token,
+        max_body_bytes=int(args.max_body_mb * 2**20), max_decode_bytes=int(args.max_decode_mb * 2**20),
+        user_agent_token=args.user_agent_token,
         disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
         allow_private_networks=args.allow_private_networks or False, ca_file=args.ca_file,
     )

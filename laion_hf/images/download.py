@@ -726,7 +726,8 @@ def register_cli(sub: Any) -> None:
         description="Fetch the images of a metadata file into img2dataset-compatible shards: "
         "{shard}.tar ({key}.jpg/.txt/.json), {shard}.parquet (one row per input row, failures "
         "included, with their status) and {shard}_stats.json. Resumes: shards with a stats file are "
-        "skipped. Private/loopback addresses are refused unless listed in --allow-private-networks.",
+        "skipped. Private/loopback addresses are refused unless listed in "
+        "--allow-private-networks.",
     )
     p.add_argument("source", nargs="?", help="metadata parquet/csv/tsv/txt file, folder or glob, or parquet URL/glob "
                    "(hf://datasets/..., https://..., s3://...)")
@@ -753,8 +754,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--max-body-mb", type=float, default=32.0)
     p.add_argument("--max-decode-mb", type=float, default=512.0,
-                   help="refuse (decode_too_large) an image whose decode and RGB conversion would take more "
-                   "MiB than this, judged from its header before decoding (default 512)")
+                   help="refuse (decode_too_large) an image whose decode and RGB conversion would "
+                   "take more MiB than this, judged from its header before decoding (default 512)")
     p.add_argument("--user-agent-token", default=None, help="your token, added to the User-Agent")
     p.add_argument("--disallowed-header-directives", default=",".join(("noai", "noimageai", "noindex", "noimageindex")),
                    help="comma-separated X-Robots-Tag directives that opt out ('' to ignore the header)")
@@ -763,12 +764,12 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="on-disk image cache (a rerun makes no request for cached rows)")
     p.add_argument("--retry-failed", default=None, metavar="PREVIOUS_OUT",
                    help="download again only the failed rows of a previous output folder (keys kept)")
-    p.add_argument("--allow-private-networks", nargs="?", const=BARE_ALLOW, default=None, metavar="NETS",
-                   type=_allow_list_arg,
-                   help="comma-separated networks to allow beside public addresses, each optionally with "
-                   "one port: 127.0.0.1/32,::1/128 or 127.0.0.1:8080 (local mirrors and tests only; every "
-                   "redirect is checked again; link-local/metadata addresses such as 169.254.169.254 only "
-                   "when named). Bare (deprecated): loopback only")
+    p.add_argument("--allow-private-networks", nargs="?", const=BARE_ALLOW, default=None,
+                   metavar="NETS", type=_allow_list_arg,
+                   help="comma-separated networks to allow beside public addresses, each optionally "
+                   "with one port: 127.0.0.1/32,::1/128 or 127.0.0.1:8080 (local mirrors and tests "
+                   "only; every redirect is checked again; link-local/metadata addresses such as "
+                   "169.254.169.254 only when named). Bare (deprecated): loopback only")
     p.add_argument("--ca-file", default=None, metavar="PEM",
                    help="extra certificate authorities to trust for HTTPS (a local mirror's, a proxy's)")
     p.add_argument("--no-progress", action="store_true")
@@ -780,7 +781,7 @@ def register_cli(sub: Any) -> None:
     p.set_defaults(func=_cli)
 
 
-BARE_ALLOW = "127.0.0.0/8,::1/128"  # what a bare --allow-private-networks allows (deprecated spelling)
+BARE_ALLOW = "127.0.0.0/8,::1/128"  # what a bare --allow-private-networks allows (deprecated)
 
 
 def _allow_list_arg(text: str) -> str:
@@ -791,8 +792,8 @@ def _allow_list_arg(text: str) -> str:
         if not parse_allow_list(text):
             raise FetchError("no network given")
     except FetchError as e:
-        raise argparse.ArgumentTypeError(f"{e} (give e.g. 127.0.0.1/32,::1/128 before SOURCE, or put the "
-                                         "flag after SOURCE)") from None
+        raise argparse.ArgumentTypeError(f"{e} (give e.g. 127.0.0.1/32,::1/128 before SOURCE, or "
+                                         "put the flag after SOURCE)") from None
     return text
 
 
@@ -827,8 +828,9 @@ def _cli(args: Any) -> int:
     from laion_hf.engine_ray import engine_call
 
     if args.allow_private_networks is BARE_ALLOW:
-        print("laion-hf download: a bare --allow-private-networks is deprecated and now allows loopback only "
-              f"({BARE_ALLOW}); name the networks: --allow-private-networks 127.0.0.1/32,::1/128",
+        print("laion-hf download: a bare --allow-private-networks is deprecated and now allows "
+              f"loopback only ({BARE_ALLOW}); name the networks: "
+              "--allow-private-networks 127.0.0.1/32,::1/128",
               file=sys.stderr)
     run = engine_call(args, download, "download")  # the local function, or its Ray Data twin
     source, builder = _selected_source(args)
@@ -843,7 +845,8 @@ def _cli(args: Any) -> int:
         downscale_interpolation=args.downscale_interpolation, upscale_interpolation=args.upscale_interpolation,
         min_image_size=args.min_image_size, max_image_area=args.max_image_area,
         max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
-        max_body_bytes=int(args.max_body_mb * 2**20), max_decode_bytes=int(args.max_decode_mb * 2**20),
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_decode_bytes=int(args.max_decode_mb * 2**20),
         user_agent_token=args.user_agent_token,
         disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
         allow_private_networks=args.allow_private_networks or False, ca_file=args.ca_file,

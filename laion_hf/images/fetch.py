@@ -168,14 +168,15 @@ class AllowRule:
     @property
     def names_metadata(self) -> bool:
         """True when the entry lies inside a link-local/metadata network (named explicitly)."""
-        return any(self.network.version == m.version and self.network.subnet_of(m) for m in METADATA_NETWORKS)
+        net = self.network
+        return any(net.version == m.version and net.subnet_of(m) for m in METADATA_NETWORKS)
 
     def matches(self, ip: Any, port: Optional[int]) -> bool:
         return ip in self.network and (self.port is None or self.port == port)
 
 
 def parse_allow_rule(entry: Any) -> AllowRule:
-    """``"10.0.0.0/8"``, ``"127.0.0.1:8080"``, ``"[::1]:8080"`` or ``"[fd00::/8]:443"`` -> AllowRule."""
+    """``"10.0.0.0/8"``, ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"[fd00::/8]:443"`` -> a rule."""
     if not isinstance(entry, str) or not entry.strip():
         raise FetchError(f"allow_private_networks entries must be CIDR strings, got {entry!r}")
     text, port = entry.strip(), None
@@ -186,12 +187,13 @@ def parse_allow_rule(entry: Any) -> AllowRule:
         if port_text is not None:
             port = int(port_text)
             if not 0 < port < 65536:
-                raise FetchError(f"port {port} in allow_private_networks entry {entry!r} is not within 1..65535")
+                raise FetchError(f"port {port} in allow_private_networks entry {entry!r} "
+                                 "is not within 1..65535")
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as e:
-        raise FetchError(f"allow_private_networks entry {entry!r} is not a CIDR network "
-                         f"(like 127.0.0.1/32, ::1/128, 127.0.0.1:8080 or [::1]:8080): {e}") from None
+        raise FetchError(f"allow_private_networks entry {entry!r} is not a CIDR network (like "
+                         f"127.0.0.1/32, ::1/128, 127.0.0.1:8080 or [::1]:8080): {e}") from None
     return AllowRule(net, port)
 
 
@@ -202,7 +204,8 @@ def parse_allow_list(allow: Any) -> list[AllowRule]:
     try:
         entries = list(allow)
     except TypeError:
-        raise FetchError(f"allow_private_networks must be a bool or CIDR networks, got {allow!r}") from None
+        msg = f"allow_private_networks must be a bool or CIDR networks, got {allow!r}"
+        raise FetchError(msg) from None
     return [parse_allow_rule(e) for e in entries]
 
 
@@ -244,7 +247,8 @@ class AddressPolicy:
 
 def _special_reason(ip: Any) -> Optional[str]:
     """Why ``ip`` is not a public address, or None when it is."""
-    for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved", "is_unspecified"):
+    for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved",
+                 "is_unspecified"):
         if getattr(ip, attr):
             return f"{ip} is {attr[3:].replace('_', '-')}"
     if not ip.is_global:
@@ -643,7 +647,7 @@ def make_configs(fetch: Optional[FetchConfig] = None, resize: Optional[ResizeCon
 
 
 __all__ = [
-    "FetchConfig", "AddressPolicy", "AllowRule", "METADATA_NETWORKS", "parse_allow_list", "parse_allow_rule",
-    "GuardedResolver", "StaticResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
+    "FetchConfig", "AddressPolicy", "AllowRule", "METADATA_NETWORKS", "parse_allow_list",
+    "parse_allow_rule", "GuardedResolver", "StaticResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
     "FetchResult", "check_url", "robots_optout", "make_configs", "split_kwargs"
 ]

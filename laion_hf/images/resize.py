@@ -176,7 +176,8 @@ def decode_cost(img: Image.Image, orientation: int = 1) -> int:
     px = w * h
     cost = px * _bytes_per_pixel(img.mode)
     if img.mode != "RGB":
-        alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
+        alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            img.mode == "P" and "transparency" in img.info)
         cost += px * (9 if alpha else 4)  # RGBA copy + RGB canvas + mask, or the RGB copy
     if orientation != 1:
         cost += px * 4  # exif_transpose makes a copy
@@ -277,7 +278,8 @@ def _describe(e: BaseException) -> str:
     return _ADDRESS.sub("", f"{type(e).__name__}: {e}")
 
 
-def process_image(data: bytes, cfg: ResizeConfig, budget: Optional[DecodeBudget] = None) -> ImageResult:
+def process_image(data: bytes, cfg: ResizeConfig,
+                  budget: Optional[DecodeBudget] = None) -> ImageResult:
     """Sniff, decode (EXIF-oriented, RGB), check, resize and encode ``data`` per ``cfg``.
 
     The decode holds its estimated bytes of ``budget`` (default: the process's budget of
@@ -331,8 +333,8 @@ def process_image(data: bytes, cfg: ResizeConfig, budget: Optional[DecodeBudget]
         if cost > cfg.max_decode_bytes:
             return ImageResult(
                 st.DECODE_TOO_LARGE,
-                f"{fmt} {img.size[0]}x{img.size[1]} mode {img.mode} needs ~{cost / 2**20:.0f} MiB to decode "
-                f"and convert to RGB, above max_decode_bytes={cfg.max_decode_bytes}",
+                f"{fmt} {img.size[0]}x{img.size[1]} mode {img.mode} needs ~{cost / 2**20:.0f} MiB "
+                f"to decode and convert to RGB, above max_decode_bytes={cfg.max_decode_bytes}",
                 original_width=ow, original_height=oh)
         with (budget or process_budget(cfg.decode_memory_budget)).hold(cost):  # until encoded
             return _decode_encode(img, fmt, orientation, needs_resize, ow, oh, cfg)
@@ -343,8 +345,8 @@ def process_image(data: bytes, cfg: ResizeConfig, budget: Optional[DecodeBudget]
             pass
 
 
-def _decode_encode(img: Image.Image, fmt: str, orientation: int, needs_resize: bool, ow: int, oh: int,
-                   cfg: ResizeConfig) -> ImageResult:
+def _decode_encode(img: Image.Image, fmt: str, orientation: int, needs_resize: bool,
+                   ow: int, oh: int, cfg: ResizeConfig) -> ImageResult:
     """Decode an opened image, orient it, make it RGB, resize it and encode it per ``cfg``."""
     opened = img
     try:

@@ -227,10 +227,11 @@ def _finish(out_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 def register_cli(sub) -> None:
     """``laion-hf demo``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded sample (loopback only)",
                        description=__doc__)
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out, replaced)")
-    p.add_argument("--rows", type=int, default=2000, help="synthetic rows (default 2,000)")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out; a previous demo output there is replaced, any other non-empty folder refused)")
+    p.add_argument("--rows", type=A.positive_int, default=2000, help="synthetic rows (default 2,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--through", choices=STAGES, default="dataloader", help="stop after this stage")
     from laion_hf.clip.embed import add_clip_arguments

@@ -817,13 +817,14 @@ def embed_shards_ray(
 # ---------------------------------------------------------------------------- CLI glue
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """``--engine local|ray``, ``--address`` and ``--ray-workers`` for a verb."""
+    from laion_hf.cli import _args as A
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="run on this machine (local, default) or on Ray Data (ray; pip install 'laion-hf[ray]')")
     g.add_argument("--address", default=None,
                    help="with --engine ray: the Ray cluster (auto, ray://head:10001, host:6379); "
                    "default: the connected one, else a new local instance")  # fmt: skip
-    g.add_argument("--ray-workers", type=int, default=None,
+    g.add_argument("--ray-workers", type=A.positive_int, default=None,
                    help="with --engine ray: worker actors/tasks (default: one per CPU; embed: one per GPU)")
 
 

@@ -669,6 +669,7 @@ class _PartWriter:
 
 def add_load_arguments(p) -> None:
     """The metadata-selection options shared by every command that reads LAION metadata."""
+    from laion_hf.cli import _args as A
     p.add_argument("--where", action="append", metavar="EXPR",
                    help="filter expression, e.g. \"similarity >= 0.28 and punsafe < 0.1\" (repeatable, ANDed)")
     p.add_argument("--preset", action="append", metavar="NAME",
@@ -676,7 +677,7 @@ def add_load_arguments(p) -> None:
     p.add_argument("--blocklist", action="append", metavar="FILE",
                    help="text file of MD5/SHA-256 hex digests to remove (repeatable)")
     p.add_argument("--blocklist-column", default="url", help="column whose digest is matched (default url)")
-    p.add_argument("--sample", type=float, help="keep this fraction of rows, chosen by a hash of the key")
+    p.add_argument("--sample", type=A.fraction, help="keep this fraction of rows, chosen by a hash of the key")
     p.add_argument("--columns", help="comma-separated output columns (default: all)")
     p.add_argument("--release", help="release name (default: detected from the columns)")
     p.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise",
@@ -695,12 +696,13 @@ def load_kwargs_from_args(args) -> dict[str, Any]:
 
 def register_cli(sub) -> None:
     """``laion-hf filter`` and ``laion-hf presets``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser("filter", help="filter LAION metadata into parquet shards",
                        description="Read SOURCE in the canonical schema, keep rows matching --where/--preset, "
                        "drop blocklisted rows, and write parquet parts + stats.json to --out.")
     p.add_argument("source", help="parquet file, folder, glob or fsspec URL")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--rows-per-file", type=int, default=1_000_000)
+    p.add_argument("--rows-per-file", type=A.positive_int, default=1_000_000)
     p.add_argument("--no-progress", action="store_true")
     add_load_arguments(p)
     from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)

@@ -50,6 +50,17 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
     return path
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Check that ``path`` can be written as a file (not a folder; its folder writable)."""
+    target = _real(path)
+    if target.is_dir():
+        raise OutputError(f"output file {os.fspath(path)!r} is a folder")
+    check_output_dir(target.parent)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError(f"output file {os.fspath(path)!r} is not writable")
+    return target
+
+
 def check_disjoint(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> None:
     """Refuse an output folder that contains, equals or lies inside one of the local ``inputs``
     (files or folders; URLs are ignored). Raises :class:`OutputError` naming both."""

@@ -720,6 +720,7 @@ def collect_stats(out_dir: Union[str, os.PathLike]) -> dict:
 # ---------------------------------------------------------------------- CLI
 def register_cli(sub: Any) -> None:
     """Add ``laion-hf download``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser(
         "download",
         help="download images into img2dataset-compatible shards (tar or parquet + stats)",
@@ -733,27 +734,27 @@ def register_cli(sub: Any) -> None:
                    "(hf://datasets/..., https://..., s3://...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", dest="output_format", choices=["webdataset", "parquet"], default="webdataset")
-    p.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--concurrency", type=int, default=64, help="fetches in flight per process (default 64)")
-    p.add_argument("--per-host", type=int, default=16, help="connections per host (0 = unlimited; default 16)")
-    p.add_argument("--shard-size", type=int, default=10_000, help="rows per shard (default 10000)")
+    p.add_argument("--processes", type=A.positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--concurrency", type=A.positive_int, default=64, help="fetches in flight per process (default 64)")
+    p.add_argument("--per-host", type=A.non_negative_int, default=16, help="connections per host (0 = unlimited; default 16)")
+    p.add_argument("--shard-size", type=A.positive_int, default=10_000, help="rows per shard (default 10000)")
     p.add_argument("--url-col", default=None, help="URL column (default url or URL)")
     p.add_argument("--caption-col", default=None, help="caption column (default caption or TEXT)")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=A.positive_int, default=256)
     p.add_argument("--resize-mode", default="border", choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
     p.add_argument("--resize-only-if-bigger", action="store_true")
     p.add_argument("--encode-format", default="jpg", choices=["jpg", "png", "webp"])
-    p.add_argument("--encode-quality", type=int, default=95)
+    p.add_argument("--encode-quality", type=A.non_negative_int, default=95)
     p.add_argument("--downscale-interpolation", default="area", choices=["area", "bilinear", "bicubic", "lanczos", "nearest"])
     p.add_argument("--upscale-interpolation", default="lanczos", choices=["area", "bilinear", "bicubic", "lanczos", "nearest"])
     p.add_argument("--skip-reencode", action="store_true", help="keep the original bytes when no resize is needed")
-    p.add_argument("--min-image-size", type=int, default=0)
-    p.add_argument("--max-image-area", type=float, default=math.inf)
-    p.add_argument("--max-aspect-ratio", type=float, default=math.inf)
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds per attempt (default 20)")
-    p.add_argument("--retries", type=int, default=2)
-    p.add_argument("--max-body-mb", type=float, default=32.0)
-    p.add_argument("--max-decode-mb", type=float, default=512.0,
+    p.add_argument("--min-image-size", type=A.non_negative_int, default=0)
+    p.add_argument("--max-image-area", type=A.positive_float, default=math.inf)
+    p.add_argument("--max-aspect-ratio", type=A.aspect_ratio, default=math.inf)
+    p.add_argument("--timeout", type=A.positive_float, default=20.0, help="seconds per attempt (default 20)")
+    p.add_argument("--retries", type=A.non_negative_int, default=2)
+    p.add_argument("--max-body-mb", type=A.positive_float, default=32.0)
+    p.add_argument("--max-decode-mb", type=A.positive_float, default=512.0,
                    help="refuse (decode_too_large) an image whose decode and RGB conversion would "
                    "take more MiB than this, judged from its header before decoding (default 512)")
     p.add_argument("--user-agent-token", default=None, help="your token, added to the User-Agent")

@@ -258,7 +258,7 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
     for sub in ("img_emb", "text_emb", "metadata", "stats"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     cfg_path = out / "embed_config.json"
-    if cfg_path.exists():
+    if cfg_path.exists() and any((out / "stats").glob("stats_*.json")):
         old = json.loads(cfg_path.read_text())
         diff = [k for k in config if old.get(k) != config[k]]
         if diff:
@@ -266,7 +266,7 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
                 f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
                 f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
             )
-    else:
+    else:  # a new folder, or one whose earlier run finished no part: nothing to protect yet
         _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
 
 

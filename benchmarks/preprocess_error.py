@@ -50,8 +50,14 @@ def reference(blobs: list[bytes], size: int) -> torch.Tensor:
 
 
 def embedder_pixels(emb: ClipEmbedder, blobs: list[bytes], draft: bool) -> torch.Tensor:
-    host = torch.stack([torch.from_numpy(np.asarray(prepare_pil(emb, Image.open(io.BytesIO(b)), draft=draft)).copy())
-                        for b in blobs])
+    host = torch.stack(
+        [
+            torch.from_numpy(
+                np.asarray(prepare_pil(emb, Image.open(io.BytesIO(b)), draft=draft)).copy()
+            )
+            for b in blobs
+        ]
+    )
     return emb.to_model_input(host).cpu()
 
 
@@ -79,7 +85,9 @@ def main() -> None:
     data = images(args.n)
     emb = ClipEmbedder("laion-hf-tiny", device="cpu", precision="fp32")
     esize = emb.image_size[0]
-    print(f"error vs open_clip.image_transform(S, is_train=False), normalised units, {args.n} images per kind")
+    print(
+        f"error vs open_clip.image_transform(S, is_train=False), normalised units, {args.n} images per kind"
+    )
     for kind, blobs in data.items():
         want = reference(blobs, args.size)
         for draft in (False, True):
@@ -88,7 +96,11 @@ def main() -> None:
             report(f"loader {kind} S={args.size} draft={draft}", got, want)
         ewant = reference(blobs, esize)
         for draft in (False, True):
-            report(f"embedder {kind} S={esize} draft={draft}", embedder_pixels(emb, data[kind], draft), ewant)
+            report(
+                f"embedder {kind} S={esize} draft={draft}",
+                embedder_pixels(emb, blobs, draft),
+                ewant,
+            )
     exact = rate(data["jpeg"], args.size, False, args.repeats)
     draft = rate(data["jpeg"], args.size, True, args.repeats)
     print(f"loader JPEG images/s (1 thread): exact {exact:.1f}, draft {draft:.1f}")

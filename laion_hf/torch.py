@@ -1009,6 +1009,9 @@ class _ReaderStream:
         self.segments = [_Segment(table, np.asarray(live, dtype=np.int64), np.asarray(pos), np.asarray(row))]
 
     # -- state -------------------------------------------------------------------------
+    def _mode(self) -> str:
+        return "resampled" if self.resampled else "balanced" if self.balanced else "exact"
+
     def state(self) -> dict[str, Any]:
         ids = list(self._buffered())
         pos, row = self._refs(ids)
@@ -1018,7 +1021,7 @@ class _ReaderStream:
             "reader": self.gid,
             "readers": self.readers,
             "units": len(self.units),
-            "mode": "resampled" if self.resampled else "exact",
+            "mode": self._mode(),
             "pos": self.pos,
             "row": self.row,
             "t": self.t,
@@ -1032,12 +1035,12 @@ class _ReaderStream:
         }
 
     def _restore(self, st: dict[str, Any]) -> None:
-        mode = "resampled" if self.resampled else "exact"
+        mode = self._mode()
         if st.get("reader") != self.gid or st.get("readers") != self.readers or st.get("mode") != mode:
             raise LoaderError(
                 f"saved loader state was made by reader {st.get('reader')} of {st.get('readers')} in {st.get('mode')} "
                 f"mode; this is reader {self.gid} of {self.readers} in {mode} mode. Resume with the same world_size, "
-                f"num_workers and samples_per_epoch."
+                f"num_workers, samples_per_epoch and balance."
             )
         if st.get("units") != len(self.units):
             raise LoaderError(

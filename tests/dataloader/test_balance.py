@@ -140,3 +140,13 @@ def test_all_bad_batches_are_yielded_empty_to_keep_counts_equal(corrupt_dir):
     empty = [b for rank in per_rank for b in rank if not b["key"]]
     assert len(empty) == 3
     assert all(b["num_skipped"] == 1 and b["image"].shape == (0, 3, 32, 32) for b in empty)
+
+
+def test_resume_across_balance_modes_is_refused(uneven_tars):
+    loader = make_dataloader(uneven_tars, rank=0, world_size=2, balance=False, **KW)
+    next(iter(loader))
+    state = loader.state_dict()
+    fresh = make_dataloader(uneven_tars, rank=0, world_size=2, **KW)
+    fresh.load_state_dict(state)
+    with pytest.raises(Exception, match="in exact mode; this is reader 0 of 4 in balanced mode"):
+        next(iter(fresh))

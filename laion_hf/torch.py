@@ -132,8 +132,9 @@ def fast_clip_preprocess(
     With ``draft=False`` (the default) the pixels equal open_clip's eval ``preprocess``
     (Resize(S, bicubic), CenterCrop(S), RGB, ToTensor, Normalize) applied per image and
     stacked. ``draft=True`` is an approximation: JPEGs at least twice ``S`` are first reduced in
-    the DCT domain (faster; measured error vs open_clip at S=224 up to ~0.1, mean ~0.01
-    in normalised units, more at small S, see ``benchmarks/preprocess_error.py``); use it for training only. Returns the tensor,
+    the DCT domain (faster; measured error vs open_clip at S=224 up to ~0.1, mean ~0.01 in
+    normalised units, more at small S, see ``benchmarks/preprocess_error.py``); use it for
+    training only, never to evaluate models. Returns the tensor,
     a bool mask of decodable images, and the error class name of each failure (``None`` for
     successes). Failed rows are zeros.
     """
@@ -522,7 +523,7 @@ def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError as exc:
         raise LoaderError(f"RANK / WORLD_SIZE in the environment must be integers: {exc}") from exc
 
@@ -546,18 +547,22 @@ def _count_tar_samples(fs, path: str) -> int:
 
 
 def _unit_rows(source, unit: _Unit) -> int:
-    """Rows of a base unit: parquet metadata, tar headers, or one small column of a ``datasets`` shard."""
+    """Rows of a base unit: parquet metadata, tar headers, or one small column of a
+    ``datasets`` shard."""
     if source.kind == "parquet":
         return unit.hi - unit.lo
     if source.kind == "webdataset":
         return _count_tar_samples(source.fs, source.files[unit.file])
     ds = source.ds.shard(num_shards=source.ds.num_shards, index=unit.file, contiguous=True)
     col = source.cols.key or source.cols.caption or source.cols.image
-    return sum(t.num_rows for t in ds.select_columns([col]).with_format("arrow").iter(batch_size=4096))
+    tables = ds.select_columns([col]).with_format("arrow").iter(batch_size=4096)
+    return sum(t.num_rows for t in tables)
 
 
-def _balanced_plan(units: Sequence[_Unit], rows: Sequence[int], order: Sequence[int], gid: int, readers: int,
-                   pad: bool) -> list[_Unit]:
+def _balanced_plan(
+    units: Sequence[_Unit], rows: Sequence[int], order: Sequence[int], gid: int, readers: int,
+    pad: bool,
+) -> list[_Unit]:
     """Reader ``gid``'s share of an epoch: the units in ``order`` (``rows[k]`` rows in
     ``units[order[k]]``) laid end to end and cut into ``readers`` equal row ranges. ``pad``:
     every share has ceil(total / readers) rows, the last ones wrapping around to the first rows
@@ -760,7 +765,8 @@ class LaionTorchDataset(IterableDataset):
             yield from self._source.read(unit, start)
             return
         left = unit.hi - unit.lo - start
-        tables = self._source.read(_Unit(unit.file, part=unit.part, nparts=unit.nparts), unit.lo + start)
+        whole = _Unit(unit.file, part=unit.part, nparts=unit.nparts)
+        tables = self._source.read(whole, unit.lo + start)
         with contextlib.closing(tables):
             for t in tables:
                 if left <= 0:
@@ -810,7 +816,9 @@ class LaionTorchDataset(IterableDataset):
                 raise LoaderError(f"tokenizer must be 'clip', a callable or None, got {self.tokenizer!r}")
         return self._tok(captions)
 
-    def _decode(self, table: pa.Table, carry_skipped: int, keep_empty: bool = False) -> dict[str, Any] | None:
+    def _decode(
+        self, table: pa.Table, carry_skipped: int, keep_empty: bool = False
+    ) -> dict[str, Any] | None:
         images = table.column("image").to_pylist()
         if self.preprocess is None:
             pixels, ok, errors = fast_clip_preprocess(images, self.image_size, self.mean, self.std, self.draft)

@@ -19,6 +19,38 @@ from typing import Any
 import pyarrow as pa
 
 
+DEMO_MARKER = ".laion-hf-demo"
+
+
+def prepare_demo_dir(out_dir: str, *, keep: bool = False) -> None:
+    """Make ``out_dir`` ready for a demo run without ever removing a user's files.
+
+    A missing or empty folder is used as is. A folder holding the demo's own marker file
+    (a previous demo output) is cleared unless ``keep``. Any other non-empty folder (``--out .``
+    in a project, say) is refused with :class:`~laion_hf.errors.OutputError`.
+    """
+    from laion_hf._util.outdir import check_output_dir
+    from laion_hf.errors import OutputError
+
+    check_output_dir(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.isfile(os.path.join(out_dir, DEMO_MARKER)):
+            raise OutputError(
+                f"demo output folder {out_dir!r} is not empty and is not a previous demo output "
+                f"(no {DEMO_MARKER} file): choose a new or empty folder"
+            )
+        if not keep:
+            for entry in os.listdir(out_dir):
+                path = os.path.join(out_dir, entry)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, DEMO_MARKER), "w") as f:
+        f.write("laion-hf demo output: `laion-hf demo --out` may clear this folder\n")
+
+
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.time()
@@ -52,9 +84,7 @@ def run_demo(
     from laion_hf.stats import StatsAccumulator, format_stats
     from laion_hf.synth import synthesize
 
-    if os.path.isdir(out_dir) and not keep:
-        shutil.rmtree(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    prepare_demo_dir(out_dir, keep=keep)
     summary: dict[str, Any] = {}
 
     t = _step(f"1. synthesize {rows:,} rows of LAION metadata (captions/paths from the embedded sample)")
@@ -197,10 +227,11 @@ def _finish(out_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 def register_cli(sub) -> None:
     """``laion-hf demo``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded sample (loopback only)",
                        description=__doc__)
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out, replaced)")
-    p.add_argument("--rows", type=int, default=2000, help="synthetic rows (default 2,000)")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out; a previous demo output there is replaced, any other non-empty folder refused)")
+    p.add_argument("--rows", type=A.positive_int, default=2000, help="synthetic rows (default 2,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--through", choices=STAGES, default="dataloader", help="stop after this stage")
     from laion_hf.clip.embed import add_clip_arguments

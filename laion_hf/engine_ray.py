@@ -276,8 +276,20 @@ def filter_to_parquet_ray(
         address: Ray address (see :func:`init_ray`).
         workers: at most this many tasks at once (default: as many as the cluster's CPUs).
     """
-    import shutil
+    from laion_hf._util.outdir import OutputDir
 
+    if rows_per_file < 1:
+        raise EngineError(f"rows_per_file must be at least 1, got {rows_per_file}")
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    with OutputDir(out_dir, inputs=sources, kind="filter") as out:
+        result = _filter_ray_staged(source, out, rows_per_file, progress, address, workers, load_kwargs)
+        out.commit(result["output_files"], final={"stats.json": json.dumps(result, indent=2)})
+    return result
+
+
+def _filter_ray_staged(source: Any, out: Any, rows_per_file: int, progress: bool, address: Optional[str],
+                       workers: Optional[int], load_kwargs: dict) -> dict[str, Any]:
+    """Run the Ray filter, writing parts into ``out``'s staging folder; return the stats."""
     from laion_hf.builder import ScanStats, make_builder
 
     ray = init_ray(address)
@@ -285,11 +297,7 @@ def filter_to_parquet_ray(
     start = time.time()
     builder = make_builder(source, **load_kwargs)
     planned = builder.shards()  # plans: schema, filter, shards (file x row group)
-    os.makedirs(out_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(out_dir, "part-*.parquet")):
-        os.unlink(old)  # the local engine overwrites its output too; no stale part survives
-    staging = os.path.join(out_dir, STAGING)
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = out.path(STAGING)
     os.makedirs(staging)
     plan_stats = builder.stats
     builder.stats = ScanStats()
@@ -302,7 +310,6 @@ def filter_to_parquet_ray(
     )  # fmt: skip
     results = sorted(_collect(ds), key=lambda r: r["shard"])
     if any(r["error"] for r in results):
-        shutil.rmtree(staging, ignore_errors=True)
         _raise_errors(results, "filter on Ray")
     if len(results) != len(shards):
         raise EngineError(f"filter on Ray: {len(results)} shard results for {len(shards)} shards")
@@ -320,13 +327,12 @@ def filter_to_parquet_ray(
     schema_bytes = builder.out_schema.serialize().to_pybytes()
     ds = _items(parts).map_batches(
         _write_filter_part, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"out_dir": os.fspath(out_dir), "staging": staging, "schema_bytes": schema_bytes},
+        fn_kwargs={"out_dir": os.fspath(out.staging), "staging": staging, "schema_bytes": schema_bytes},
         num_cpus=1, **_task_pool(min(workers, len(parts)) if workers else None),
     )  # fmt: skip
     written = _collect(ds)
     if len(written) != len(parts):
         raise EngineError(f"filter on Ray: {len(written)} parts written of {len(parts)}")
-    shutil.rmtree(staging, ignore_errors=True)
     result = total.as_dict()
     result.update(
         filters=builder.filter_spec.descriptions,
@@ -335,10 +341,6 @@ def filter_to_parquet_ray(
         duration_s=round(time.time() - start, 3),
         engine="ray",
     )
-    tmp = os.path.join(out_dir, "stats.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "stats.json"))
     return result
 
 
@@ -815,13 +817,14 @@ def embed_shards_ray(
 # ---------------------------------------------------------------------------- CLI glue
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """``--engine local|ray``, ``--address`` and ``--ray-workers`` for a verb."""
+    from laion_hf.cli import _args as A
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="run on this machine (local, default) or on Ray Data (ray; pip install 'laion-hf[ray]')")
     g.add_argument("--address", default=None,
                    help="with --engine ray: the Ray cluster (auto, ray://head:10001, host:6379); "
                    "default: the connected one, else a new local instance")  # fmt: skip
-    g.add_argument("--ray-workers", type=int, default=None,
+    g.add_argument("--ray-workers", type=A.positive_int, default=None,
                    help="with --engine ray: worker actors/tasks (default: one per CPU; embed: one per GPU)")
 
 

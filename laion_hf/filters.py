@@ -129,11 +129,36 @@ _FUNCTIONS = {
 }
 
 
+MAX_NESTING = 64  # parentheses, `not` and unary minus; `and`/`or` chains of any length are fine
+MAX_DEPTH = 200  # of the whole tree, e.g. `a + a + ... + a` (arithmetic is not re-associated)
+
+
+def _balanced(op: str, nodes: list) -> tuple:
+    """``a op b op c ...`` as a balanced tree (``and``/``or`` are associative), so that a chain
+    of a thousand terms is ~10 levels deep, not a thousand."""
+    while len(nodes) > 1:
+        nodes = [(op, *nodes[i : i + 2]) if i + 1 < len(nodes) else nodes[i] for i in range(0, len(nodes), 2)]
+    return nodes[0]
+
+
+def _depth(tree: tuple) -> int:
+    """The depth of a parsed tree, computed without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        for part in node[1:]:
+            children = part if isinstance(part, list) else [part]
+            stack.extend((c, d + 1) for c in children if isinstance(c, tuple))
+    return deepest
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> _Tok:
         return self.tokens[self.i]
@@ -163,24 +188,34 @@ class _Parser:
         return node
 
     def or_expr(self):
-        node = self.and_expr()
+        nodes = [self.and_expr()]
         while self.at("kw", "or"):
             self.take()
-            node = ("or", node, self.and_expr())
-        return node
+            nodes.append(self.and_expr())
+        return _balanced("or", nodes)
 
     def and_expr(self):
-        node = self.not_expr()
+        nodes = [self.not_expr()]
         while self.at("kw", "and"):
             self.take()
-            node = ("and", node, self.not_expr())
-        return node
+            nodes.append(self.not_expr())
+        return _balanced("and", nodes)
 
     def not_expr(self):
         if self.at("kw", "not"):
             self.take()
-            return ("not", self.not_expr())
+            return ("not", self.nested(self.not_expr))
         return self.comparison()
+
+    def nested(self, parse):
+        """Parse one nesting level with ``parse``, refusing expressions nested too deeply."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise FilterError(f"filter expression nested more than {MAX_NESTING} levels deep: {self.text[:80]!r}...")
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def comparison(self):
         left = self.sum()
@@ -248,9 +283,9 @@ class _Parser:
         if tok.kind == "kw" and tok.value in ("null", "none"):
             return ("lit", None)
         if tok.kind == "op" and tok.value == "-":
-            return ("neg", self.factor())
+            return ("neg", self.nested(self.factor))
         if tok.kind == "op" and tok.value == "(":
-            node = self.or_expr()
+            node = self.nested(self.or_expr)
             self.expect("op", ")")
             return node
         if tok.kind == "name":
@@ -382,7 +417,13 @@ def parse_filter(text: str, known_columns: Iterable[str] | None = None) -> Parse
     """
     if not isinstance(text, str) or not text.strip():
         raise FilterError("empty filter expression")
-    tree = _Parser(text).parse()
+    try:
+        tree = _Parser(text).parse()
+    except RecursionError:
+        raise FilterError(f"filter expression too deeply nested: {text[:80]!r}...") from None
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise FilterError(f"filter expression is {depth} levels deep (at most {MAX_DEPTH}): {text[:80]!r}...")
     columns = _columns_of(tree)
     if known_columns is not None:
         known = list(known_columns)
@@ -534,84 +575,101 @@ def filter_to_parquet(
     **load_kwargs: Any,
 ) -> dict[str, Any]:
     """Filter ``source`` (see :func:`laion_hf.load_laion` for the options) into parquet parts
-    ``out_dir/part-{i:05d}.parquet`` (canonical schema), written atomically, plus
-    ``out_dir/stats.json`` with the scan counts. Returns the stats dict.
+    ``out_dir/part-{i:05d}.parquet`` (canonical schema) plus ``out_dir/stats.json`` with the
+    scan counts. Returns the stats dict.
+
+    ``out_dir`` must not contain or overlap the inputs (:class:`~laion_hf.errors.OutputError`).
+    The parts are written beside the previous run's output and swapped in at the end; a rerun
+    replaces only files that laion-hf wrote there (its manifest), never a user's file.
     """
     import json
-    import os
     import time
 
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    from laion_hf._util.outdir import OutputDir
     from laion_hf.builder import make_builder
 
-    builder = make_builder(source, **load_kwargs)
-    os.makedirs(out_dir, exist_ok=True)
-    import glob
-
-    for old in glob.glob(os.path.join(out_dir, "part-*.parquet")) + [os.path.join(out_dir, "stats.json")]:
-        if os.path.exists(old):  # a previous, larger run must not leave parts behind
-            os.remove(old)
-    files: list[str] = []
-    writer = None
-    written_in_file = 0
-    tmp = ""
+    if rows_per_file < 1:
+        raise FilterError(f"rows_per_file must be at least 1, got {rows_per_file}")
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
     start = time.time()
-
-    def close() -> None:
-        nonlocal writer
-        if writer is not None:
-            writer.close()
-            os.replace(tmp, tmp[: -len(".tmp")])
-            writer = None
-
-    bar = tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="filter")
-    try:
-        for table in builder.iter_tables():
-            stats = builder.stats
-            bar.n = stats.rows_in
-            bar.set_postfix(kept=f"{stats.rows_kept / max(stats.rows_in, 1):.1%}", refresh=False)
-            bar.update(0)
-            while table.num_rows:
-                if writer is None:
-                    path = os.path.join(out_dir, f"part-{len(files):05d}.parquet")
-                    tmp = path + ".tmp"
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                    files.append(path)
-                    written_in_file = 0
-                take = min(table.num_rows, rows_per_file - written_in_file)
-                writer.write_table(table.slice(0, take))
-                written_in_file += take
-                table = table.slice(take)
-                if written_in_file >= rows_per_file:
-                    close()
-        if writer is None and not files:  # nothing kept: still write an empty part with the schema
-            path = os.path.join(out_dir, "part-00000.parquet")
-            tmp = path + ".tmp"
-            writer = pq.ParquetWriter(tmp, builder.out_schema, compression="zstd")
-            files.append(path)
-        close()
-    finally:
-        if writer is not None:
-            writer.close()
-            os.remove(tmp)
-        bar.close()
-    result = builder.stats.as_dict()
-    result.update(
-        filters=builder.filter_spec.descriptions,
-        release=builder.release,
-        output_files=[os.path.basename(f) for f in files],
-        duration_s=round(time.time() - start, 3),
-    )
-    with open(os.path.join(out_dir, "stats.json.tmp"), "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(os.path.join(out_dir, "stats.json.tmp"), os.path.join(out_dir, "stats.json"))
+    with OutputDir(out_dir, inputs=sources, kind="filter") as out:
+        builder = make_builder(source, **load_kwargs)
+        parts = _PartWriter(out, rows_per_file)
+        bar = tqdm(unit=" rows", unit_scale=True, disable=not progress, desc="filter")
+        try:
+            for table in builder.iter_tables():
+                stats = builder.stats
+                bar.n = stats.rows_in
+                bar.set_postfix(kept=f"{stats.rows_kept / max(stats.rows_in, 1):.1%}", refresh=False)
+                bar.update(0)
+                parts.write(table)
+            files = parts.finish(builder.out_schema)
+        finally:
+            parts.abort()
+            bar.close()
+        result = builder.stats.as_dict()
+        result.update(
+            filters=builder.filter_spec.descriptions,
+            release=builder.release,
+            output_files=files,
+            duration_s=round(time.time() - start, 3),
+        )
+        out.commit(files, final={"stats.json": json.dumps(result, indent=2)})
     return result
+
+
+class _PartWriter:
+    """Cuts a stream of tables into staged ``part-{i:05d}.parquet`` files of ``rows_per_file``."""
+
+    def __init__(self, out: Any, rows_per_file: int) -> None:
+        self.out = out
+        self.rows_per_file = rows_per_file
+        self.files: list[str] = []
+        self.writer: Any = None
+        self.in_file = 0
+
+    def _open(self, schema: pa.Schema) -> None:
+        import pyarrow.parquet as pq
+
+        name = f"part-{len(self.files):05d}.parquet"
+        self.writer = pq.ParquetWriter(self.out.path(name), schema, compression="zstd")
+        self.files.append(name)
+        self.in_file = 0
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table``, starting a new part whenever one is full."""
+        while table.num_rows:
+            if self.writer is None:
+                self._open(table.schema)
+            take = min(table.num_rows, self.rows_per_file - self.in_file)
+            self.writer.write_table(table.slice(0, take))
+            self.in_file += take
+            table = table.slice(take)
+            if self.in_file >= self.rows_per_file:
+                self._close()
+
+    def finish(self, schema: pa.Schema) -> list[str]:
+        """Close the last part (an empty part with ``schema`` when nothing was kept)."""
+        if not self.files:
+            self._open(schema)
+        self._close()
+        return list(self.files)
+
+    def abort(self) -> None:
+        """Close an open writer (its staged file is removed with the staging folder)."""
+        self._close()
 
 
 def add_load_arguments(p) -> None:
     """The metadata-selection options shared by every command that reads LAION metadata."""
+    from laion_hf.cli import _args as A
     p.add_argument("--where", action="append", metavar="EXPR",
                    help="filter expression, e.g. \"similarity >= 0.28 and punsafe < 0.1\" (repeatable, ANDed)")
     p.add_argument("--preset", action="append", metavar="NAME",
@@ -619,7 +677,7 @@ def add_load_arguments(p) -> None:
     p.add_argument("--blocklist", action="append", metavar="FILE",
                    help="text file of MD5/SHA-256 hex digests to remove (repeatable)")
     p.add_argument("--blocklist-column", default="url", help="column whose digest is matched (default url)")
-    p.add_argument("--sample", type=float, help="keep this fraction of rows, chosen by a hash of the key")
+    p.add_argument("--sample", type=A.fraction, help="keep this fraction of rows, chosen by a hash of the key")
     p.add_argument("--columns", help="comma-separated output columns (default: all)")
     p.add_argument("--release", help="release name (default: detected from the columns)")
     p.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise",
@@ -638,12 +696,13 @@ def load_kwargs_from_args(args) -> dict[str, Any]:
 
 def register_cli(sub) -> None:
     """``laion-hf filter`` and ``laion-hf presets``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser("filter", help="filter LAION metadata into parquet shards",
                        description="Read SOURCE in the canonical schema, keep rows matching --where/--preset, "
                        "drop blocklisted rows, and write parquet parts + stats.json to --out.")
     p.add_argument("source", help="parquet file, folder, glob or fsspec URL")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--rows-per-file", type=int, default=1_000_000)
+    p.add_argument("--rows-per-file", type=A.positive_int, default=1_000_000)
     p.add_argument("--no-progress", action="store_true")
     add_load_arguments(p)
     from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)

@@ -60,11 +60,18 @@ def is_url(source: str) -> bool:
     return "://" in source and not os.path.exists(source)
 
 
+def _walk_visible(source: str):
+    """``os.walk`` that skips hidden folders (a killed run's ``.laion-hf-staging-*`` among them)."""
+    for root, dirs, names in os.walk(source):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield root, dirs, names
+
+
 def _resolve_local(source: str) -> list[str]:
     if os.path.isdir(source):
         files = sorted(
             os.path.join(root, name)
-            for root, _, names in os.walk(source)
+            for root, _, names in _walk_visible(source)
             for name in names
             if name.endswith(PARQUET_SUFFIXES) and not name.startswith((".", "_"))
         )

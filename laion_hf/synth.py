@@ -110,46 +110,51 @@ def synthesize(
 
     Memory stays bounded: each file is generated in row-group-sized chunks.
     """
-    if rows < 0 or files < 1:
-        raise LaionHFError(f"rows must be >= 0 and files >= 1 (got rows={rows}, files={files})")
-    os.makedirs(out_dir, exist_ok=True)
+    if rows < 0 or files < 1 or row_group_size < 1:
+        raise LaionHFError(f"rows must be >= 0, files >= 1 and row_group_size >= 1 "
+                           f"(got rows={rows}, files={files}, row_group_size={row_group_size})")
+    from laion_hf._util.outdir import OutputDir
+
     per_file = [rows // files + (1 if i < rows % files else 0) for i in range(files)]
-    written, start = [], 0
-    for i, n in enumerate(per_file):
-        path = os.path.join(os.fspath(out_dir), f"part-{i:05d}.parquet")
-        writer = None
-        tmp = path + ".tmp"
-        try:
-            done = 0
-            while done < n or (n == 0 and writer is None):
-                chunk = min(row_group_size, n - done)
-                table = synthesize_table(chunk, seed=seed, layout=layout, start=start + done)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
-                writer.write_table(table, row_group_size=row_group_size)
-                done += chunk
-                if n == 0:
-                    break
-        finally:
-            if writer is not None:
-                writer.close()
-        os.replace(tmp, path)
-        written.append(path)
-        start += n
-    return written
+    names = [f"part-{i:05d}.parquet" for i in range(files)]
+    with OutputDir(out_dir, kind="synth") as out:  # staged, swapped in whole: never mixes runs
+        start = 0
+        for name, n in zip(names, per_file):
+            _write_part(out.path(name), n, start, seed=seed, layout=layout, row_group_size=row_group_size)
+            start += n
+        out.commit(names)
+    return [os.path.join(os.fspath(out_dir), name) for name in names]
+
+
+def _write_part(path: str, n: int, start: int, *, seed: int, layout: str, row_group_size: int) -> None:
+    """Write rows ``start .. start + n`` as one parquet file, one row group at a time."""
+    writer = None
+    try:
+        done = 0
+        while done < n or writer is None:
+            chunk = min(row_group_size, n - done)
+            table = synthesize_table(chunk, seed=seed, layout=layout, start=start + done)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="snappy")
+            writer.write_table(table, row_group_size=row_group_size)
+            done += chunk
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def register_cli(sub) -> None:
     """``laion-hf synth``: write synthetic LAION metadata."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser("synth", help="write realistic synthetic LAION metadata parquet",
                        description=synthesize.__doc__)
-    p.add_argument("--rows", type=int, default=10_000, help="number of rows (default 10,000)")
+    p.add_argument("--rows", type=A.non_negative_int, default=10_000, help="number of rows (default 10,000)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--files", type=int, default=1, help="number of parquet files (default 1)")
+    p.add_argument("--files", type=A.positive_int, default=1, help="number of parquet files (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", choices=LAYOUTS, default="laion-aesthetics",
                    help="which release's column names and types to imitate")
-    p.add_argument("--row-group-size", type=int, default=100_000)
+    p.add_argument("--row-group-size", type=A.positive_int, default=100_000)
     p.set_defaults(func=_run_cli)
 
 

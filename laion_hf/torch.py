@@ -12,8 +12,20 @@ How the work is cut:
   (after ``reshard()``). When there are fewer units than ``world_size * num_workers`` they
   are split further (row ranges for parquet, row strides otherwise), the same way on every
   rank, so every sample belongs to exactly one reader.
-* Each epoch the unit order is permuted with ``(seed, epoch)`` and dealt round-robin to the
-  ``world_size * num_workers`` readers (rank from ``torch.distributed`` when initialised).
+* Each epoch the unit order is permuted with ``(seed, epoch)``. With one rank (or
+  ``balance=False``) the units are dealt round-robin to the ``world_size * num_workers``
+  readers. With several ranks (rank and world size from ``torch.distributed`` when
+  initialised, else from the ``RANK`` / ``WORLD_SIZE`` environment variables, as webdataset
+  does) the permuted units are laid end to end and cut into equal row ranges, one per reader,
+  so that **every rank yields the same number of batches** (DDP hangs otherwise). Like
+  ``DistributedSampler``, each reader gets ceil(rows / readers) rows, the few missing at the
+  end repeating the epoch's first rows (< readers duplicates); with ``drop_last=True`` it gets
+  floor(rows / readers), the rest dropped, and short final batches are dropped. Row counts
+  come from parquet metadata, tar headers (one seek-only pass over each tar at construction)
+  or one small column of each ``datasets`` shard; a tar or ``datasets`` shard cut between
+  readers is read by skipping to the first row of the range. A batch whose every image fails
+  with ``on_error="skip"`` is then yielded empty (0 rows, ``num_skipped`` > 0) rather than
+  dropped, so counts stay equal.
 * Each reader passes its rows through a bounded shuffle buffer (``buffer_size`` rows). The
   buffer's random draw for the t-th row is a function of ``(seed, epoch, reader, t)`` only,
   so the stream is reproducible and a reader's state is small: where it reads next, and
@@ -36,9 +48,8 @@ Usage::
             ...
             checkpoint = {"loader": loader.state_dict(), ...}   # exact resume: loader.load_state_dict(...)
 
-Exact passes give ranks batch counts that can differ by a unit's worth of rows; distributed
-training whose every step synchronises (DDP, all-gathered contrastive losses) should use
-``samples_per_epoch`` so that all ranks run the same number of steps.
+Exact passes over several ranks are balanced (above); ``samples_per_epoch`` gives every rank
+the same number of whole batches too.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import posixpath
 import re
 import tarfile
@@ -80,16 +92,15 @@ _COMPACT_SLACK = 2048  # held rows beyond 2 x buffer_size that trigger a compact
 
 # --------------------------------------------------------------------------- image path
 def _resized_rgb(data: bytes, size: int, draft: bool):
-    """Decode ``data`` and apply open_clip's eval geometry: shortest side -> ``size`` (bicubic),
-    center crop ``size``², RGB. Returns a PIL image."""
+    """Decode ``data`` and apply open_clip's eval transform in its order: shortest side ->
+    ``size`` (bicubic, in the image's own mode: PIL resizes palette and 1-bit images with
+    nearest), center crop ``size``², then RGB. Returns a PIL image."""
     from PIL import Image
 
     im = Image.open(io.BytesIO(data))
     if draft and im.format == "JPEG":
-        # DCT-domain downscale by 1/2, 1/4 or 1/8 while both sides stay >= size
+        # approximation: DCT-domain downscale by 1/2, 1/4 or 1/8 while both sides stay >= size
         im.draft("RGB", (size, size))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
     w, h = im.size
     # torchvision.transforms.functional.resize(img, size) on the shorter edge
     if w <= h:
@@ -103,6 +114,8 @@ def _resized_rgb(data: bytes, size: int, draft: bool):
         top = int(round((nh - size) / 2.0))
         left = int(round((nw - size) / 2.0))
         im = im.crop((left, top, left + size, top + size))
+    if im.mode != "RGB":  # open_clip converts after resizing and cropping
+        im = im.convert("RGB")
     return im
 
 
@@ -116,9 +129,12 @@ def fast_clip_preprocess(
 ) -> tuple[torch.Tensor, np.ndarray, list[str | None]]:
     """Decode encoded images into one normalised ``[n, 3, S, S]`` float tensor.
 
-    Equivalent to open_clip's eval ``preprocess`` (Resize(S, bicubic), CenterCrop(S), RGB,
-    ToTensor, Normalize) applied per image and stacked; with ``draft=True`` large JPEGs are
-    first reduced in the DCT domain (faster, slightly different pixels). Returns the tensor,
+    With ``draft=False`` (the default) the pixels equal open_clip's eval ``preprocess``
+    (Resize(S, bicubic), CenterCrop(S), RGB, ToTensor, Normalize) applied per image and
+    stacked. ``draft=True`` is an approximation: JPEGs at least twice ``S`` are first reduced in
+    the DCT domain (faster; measured error vs open_clip at S=224 up to ~0.1, mean ~0.01 in
+    normalised units, more at small S, see ``benchmarks/preprocess_error.py``); use it for
+    training only, never to evaluate models. Returns the tensor,
     a bool mask of decodable images, and the error class name of each failure (``None`` for
     successes). Failed rows are zeros.
     """
@@ -499,6 +515,81 @@ def _files_in_folder(fs, root: str, config: str | None, split: str) -> list[str]
     return in_split or found
 
 
+# --------------------------------------------------------------------------- balancing
+def _dist_info() -> tuple[int, int]:
+    """(rank, world_size): from ``torch.distributed`` when initialised, else from the
+    ``RANK`` / ``WORLD_SIZE`` environment variables (torchrun, SLURM wrappers, as webdataset
+    does), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as exc:
+        raise LoaderError(f"RANK / WORLD_SIZE in the environment must be integers: {exc}") from exc
+
+
+def _count_tar_samples(fs, path: str) -> int:
+    """Samples in a webdataset tar (runs of members sharing a key, as ``_TarSource`` groups
+    them), counted from the headers only: a seekable read skips the member data."""
+    n, cur = 0, None
+    try:
+        with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+            for member in tar:
+                dirname, base = posixpath.split(member.name)
+                if not member.isfile() or base.startswith("."):
+                    continue
+                key = posixpath.join(dirname, base.partition(".")[0])
+                if key != cur:
+                    n, cur = n + 1, key
+    except (OSError, tarfile.TarError) as exc:
+        raise ShardError(f"cannot read webdataset tar {path}: {exc}") from exc
+    return n
+
+
+def _unit_rows(source, unit: _Unit) -> int:
+    """Rows of a base unit: parquet metadata, tar headers, or one small column of a
+    ``datasets`` shard."""
+    if source.kind == "parquet":
+        return unit.hi - unit.lo
+    if source.kind == "webdataset":
+        return _count_tar_samples(source.fs, source.files[unit.file])
+    ds = source.ds.shard(num_shards=source.ds.num_shards, index=unit.file, contiguous=True)
+    col = source.cols.key or source.cols.caption or source.cols.image
+    tables = ds.select_columns([col]).with_format("arrow").iter(batch_size=4096)
+    return sum(t.num_rows for t in tables)
+
+
+def _balanced_plan(
+    units: Sequence[_Unit], rows: Sequence[int], order: Sequence[int], gid: int, readers: int,
+    pad: bool,
+) -> list[_Unit]:
+    """Reader ``gid``'s share of an epoch: the units in ``order`` (``rows[k]`` rows in
+    ``units[order[k]]``) laid end to end and cut into ``readers`` equal row ranges. ``pad``:
+    every share has ceil(total / readers) rows, the last ones wrapping around to the first rows
+    (like ``DistributedSampler``); else floor(total / readers), the rest dropped."""
+    total = int(sum(rows))
+    if total == 0:
+        return []
+    each = -(-total // readers) if pad else total // readers
+    offs = np.concatenate([[0], np.cumsum(rows)])
+    plan, pos, end = [], gid * each, (gid + 1) * each
+    while pos < end:
+        p = pos % total
+        k = int(np.searchsorted(offs, p, side="right")) - 1
+        a = int(p - offs[k])
+        take = min(int(rows[k]) - a, end - pos)
+        plan.append(_piece(units[order[k]], a, a + take))
+        pos += take
+    return plan
+
+
+def _piece(unit: _Unit, a: int, b: int) -> _Unit:
+    """Rows ``a:b`` of ``unit`` (relative to its first row)."""
+    if unit.row_group >= 0:  # parquet: an absolute row range of the row group
+        return _Unit(unit.file, unit.row_group, unit.lo + a, unit.lo + b)
+    return _Unit(unit.file, -1, a, b, unit.part, unit.nparts)
+
+
 # --------------------------------------------------------------------------- dataset
 class LaionTorchDataset(IterableDataset):
     """Batches of decoded, preprocessed, tokenised samples for training (see module docstring).
@@ -512,7 +603,9 @@ class LaionTorchDataset(IterableDataset):
         preprocess: a per-image callable PIL -> tensor (e.g. open_clip's ``preprocess``) used
             instead of the built-in batched path; ``None`` uses the fast path.
         mean, std: normalisation of the fast path (OpenAI CLIP's by default).
-        draft: let the fast path downscale big JPEGs in the DCT domain first (faster).
+        draft: ``False`` (default): pixels equal open_clip's eval transform. ``True``: an
+            approximation that downscales big JPEGs in the DCT domain first (faster; see
+            ``fast_clip_preprocess`` for its error). Never use it to evaluate models.
         tokenizer: ``"clip"`` (open_clip's default BPE, context 77), a callable
             ``list[str] -> LongTensor``, or ``None`` to leave captions as strings only.
         shuffle: shuffle unit order and rows (buffer) with ``(seed, epoch)``.
@@ -520,14 +613,19 @@ class LaionTorchDataset(IterableDataset):
         seed: base seed; call ``set_epoch`` each epoch for a fresh order.
         samples_per_epoch: resampling mode: each epoch is this many samples (rounded up to
             whole batches per rank) drawn with replacement of units; ``None``: exact passes.
-        rank, world_size: node split; default from ``torch.distributed`` when initialised.
+        rank, world_size: node split; default from ``torch.distributed`` when initialised, else
+            the ``RANK`` / ``WORLD_SIZE`` environment variables, else a single rank.
         on_error: ``"skip"`` drops rows whose image is missing or undecodable and counts them
             in ``batch["num_skipped"]``; ``"mark"`` keeps them as zero images with
             ``batch["valid"]`` False and ``batch["error"]`` naming the error class.
         columns: extra columns to pass through (numbers and fixed-length lists become tensors).
         image_column, caption_column, key_column: override column detection.
         config, split: pick ``data/{config}/{split}-*`` in a folder of published shards.
-        drop_last: drop a final short batch in exact mode.
+        drop_last: drop a final short batch in exact mode (with several ranks: cut the row
+            shares down to equal instead of padding them up).
+        balance: with several ranks, cut exact passes into equal row shares so every rank
+            yields the same number of batches (default). ``False``: whole units dealt
+            round-robin, every row exactly once, batch counts may differ between ranks.
     """
 
     def __init__(
@@ -539,7 +637,7 @@ class LaionTorchDataset(IterableDataset):
         preprocess: Callable | None = None,
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
-        draft: bool = True,
+        draft: bool = False,
         tokenizer: str | Callable | None = "clip",
         shuffle: bool = True,
         buffer_size: int = 2000,
@@ -555,6 +653,7 @@ class LaionTorchDataset(IterableDataset):
         config: str | None = None,
         split: str = "train",
         drop_last: bool = False,
+        balance: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -578,12 +677,16 @@ class LaionTorchDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.on_error = on_error
         self.drop_last = drop_last
+        self.balance = balance
         self.epoch = 0
         self._source = self._make_source(
             source, image_column, caption_column, key_column, tuple(columns), config, split)
         self._base_units = self._source.units()  # computed once, shipped to the workers
         if not self._base_units:
             raise LoaderError(f"{source!r} holds no rows")
+        self._rows: list[int] | None = None
+        if self._balanced(self._topology()[1]):
+            self._unit_rows()  # count once here: forked workers inherit the counts
         self._tok = None
         if tokenizer is not None and tokenizer != "clip" and not callable(tokenizer):
             raise LoaderError(f"tokenizer must be 'clip', a callable or None, got {tokenizer!r}")
@@ -636,16 +739,41 @@ class LaionTorchDataset(IterableDataset):
     def _topology(self) -> tuple[int, int, int, int]:
         rank, world = self.rank, self.world_size
         if rank is None or world is None:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank = torch.distributed.get_rank() if rank is None else rank
-                world = torch.distributed.get_world_size() if world is None else world
-            else:
-                rank, world = rank or 0, world or 1
+            env_rank, env_world = _dist_info()
+            rank = env_rank if rank is None else rank
+            world = env_world if world is None else world
         if not 0 <= rank < world:
             raise LoaderError(f"rank {rank} is outside world_size {world}")
         info = get_worker_info()
         w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         return rank, world, w, nw
+
+    def _balanced(self, world: int) -> bool:
+        """Whether an exact pass cuts rows evenly across readers (see the module docstring)."""
+        return self.balance and world > 1 and self.samples_per_epoch is None
+
+    def _unit_rows(self) -> list[int]:
+        """Rows of each base unit (computed once; shipped to the workers when known early)."""
+        if self._rows is None:
+            self._rows = [_unit_rows(self._source, u) for u in self._base_units]
+        return self._rows
+
+    def _read(self, unit: _Unit, start: int) -> Iterator[pa.Table]:
+        """Rows ``start:`` of ``unit``; a row range ``lo:hi`` of a tar or ``datasets`` shard is
+        read by skipping ``lo`` rows of the whole unit and stopping after ``hi``."""
+        if unit.hi < 0 or self._source.kind == "parquet":
+            yield from self._source.read(unit, start)
+            return
+        left = unit.hi - unit.lo - start
+        whole = _Unit(unit.file, part=unit.part, nparts=unit.nparts)
+        tables = self._source.read(whole, unit.lo + start)
+        with contextlib.closing(tables):
+            for t in tables:
+                if left <= 0:
+                    break
+                t = t.slice(0, left) if t.num_rows > left else t
+                left -= t.num_rows
+                yield t
 
     def units_for(self, readers: int) -> list[_Unit]:
         """All units, split so that there are at least ``readers`` of them."""
@@ -688,7 +816,9 @@ class LaionTorchDataset(IterableDataset):
                 raise LoaderError(f"tokenizer must be 'clip', a callable or None, got {self.tokenizer!r}")
         return self._tok(captions)
 
-    def _decode(self, table: pa.Table, carry_skipped: int) -> dict[str, Any] | None:
+    def _decode(
+        self, table: pa.Table, carry_skipped: int, keep_empty: bool = False
+    ) -> dict[str, Any] | None:
         images = table.column("image").to_pylist()
         if self.preprocess is None:
             pixels, ok, errors = fast_clip_preprocess(images, self.image_size, self.mean, self.std, self.draft)
@@ -697,7 +827,7 @@ class LaionTorchDataset(IterableDataset):
         n_bad = int((~ok).sum())
         if self.on_error == "skip" and n_bad:
             keep = np.nonzero(ok)[0]
-            if len(keep) == 0:
+            if len(keep) == 0 and not keep_empty:
                 return None
             pixels = pixels[torch.from_numpy(keep)]
             table = table.take(pa.array(keep))
@@ -779,16 +909,24 @@ class _ReaderStream:
         self.units = ds.units_for(readers)
         self.S, self.B = ds.buffer_size, ds.batch_size
         self.resampled = ds.samples_per_epoch is not None
+        self.balanced = not self.resampled and ds._balanced(readers // workers)
         if self.resampled:
             per_rank = math.ceil(ds.samples_per_epoch / ((readers // workers) * self.B))
             self.quota = per_rank // workers + (1 if worker < per_rank % workers else 0)
             self.seq = None
         else:
             self.quota = None
+            if self.balanced:
+                self.units = ds._base_units
             order = np.arange(len(self.units))
             if ds.shuffle:
                 order = np.random.default_rng([ds.seed, epoch, 0x5A4D]).permutation(len(self.units))
-            self.seq = order[gid::readers].tolist()
+            if self.balanced:
+                rows = ds._unit_rows()
+                self.seq = _balanced_plan(self.units, [rows[i] for i in order], order, gid, readers,
+                                          pad=not ds.drop_last)
+            else:
+                self.seq = [self.units[i] for i in order[gid::readers]]
         self.pos = 0  # position in this reader's unit sequence of the next row to ingest
         self.row = 0  # row in that unit
         self.t = 0  # rows ingested so far
@@ -810,7 +948,7 @@ class _ReaderStream:
     # -- unit sequence and random draws ---------------------------------------------
     def _unit_at(self, p: int) -> _Unit | None:
         if self.seq is not None:
-            return self.units[self.seq[p]] if p < len(self.seq) else None
+            return self.seq[p] if p < len(self.seq) else None
         block = np.random.default_rng([self.ds.seed, self.epoch, self.gid, p // 1024, 0x5E0]).integers(
             0, len(self.units), 1024)
         return self.units[int(block[p % 1024])]
@@ -879,6 +1017,9 @@ class _ReaderStream:
         self.segments = [_Segment(table, np.asarray(live, dtype=np.int64), np.asarray(pos), np.asarray(row))]
 
     # -- state -------------------------------------------------------------------------
+    def _mode(self) -> str:
+        return "resampled" if self.resampled else "balanced" if self.balanced else "exact"
+
     def state(self) -> dict[str, Any]:
         ids = list(self._buffered())
         pos, row = self._refs(ids)
@@ -888,7 +1029,7 @@ class _ReaderStream:
             "reader": self.gid,
             "readers": self.readers,
             "units": len(self.units),
-            "mode": "resampled" if self.resampled else "exact",
+            "mode": self._mode(),
             "pos": self.pos,
             "row": self.row,
             "t": self.t,
@@ -902,12 +1043,12 @@ class _ReaderStream:
         }
 
     def _restore(self, st: dict[str, Any]) -> None:
-        mode = "resampled" if self.resampled else "exact"
+        mode = self._mode()
         if st.get("reader") != self.gid or st.get("readers") != self.readers or st.get("mode") != mode:
             raise LoaderError(
                 f"saved loader state was made by reader {st.get('reader')} of {st.get('readers')} in {st.get('mode')} "
                 f"mode; this is reader {self.gid} of {self.readers} in {mode} mode. Resume with the same world_size, "
-                f"num_workers and samples_per_epoch."
+                f"num_workers, samples_per_epoch and balance."
             )
         if st.get("units") != len(self.units):
             raise LoaderError(
@@ -936,7 +1077,7 @@ class _ReaderStream:
             lo, hi = int(wanted.min()), int(wanted.max()) + 1
             unit = self._unit_at(int(p))
             tables, got = [], 0
-            for t in self.ds._source.read(unit, lo):
+            for t in self.ds._read(unit, lo):
                 tables.append(t)
                 got += t.num_rows
                 if got >= hi - lo:
@@ -960,7 +1101,7 @@ class _ReaderStream:
     def _emit(self) -> dict[str, Any] | None:
         table = self._gather(self.pending)
         self.pending = []
-        batch = self.ds._decode(table, self._carry_skipped)
+        batch = self.ds._decode(table, self._carry_skipped, keep_empty=self.balanced)
         self.stats["rows"] += table.num_rows
         if batch is None:  # every row of this batch was skipped: carry the count to the next one
             self._carry_skipped += table.num_rows
@@ -989,7 +1130,7 @@ class _ReaderStream:
             empty_units += 1
             if self.resampled and empty_units > 4 * len(self.units) + 64:
                 raise LoaderError(f"resampled {empty_units} units in a row without finding a row: the source is empty")
-            for table in self.ds._source.read(unit, self.row):
+            for table in self.ds._read(unit, self.row):
                 n = table.num_rows
                 if not n:
                     continue

@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_outputs(args)
         return int(args.func(args) or 0)
     except LaionHFError as e:
         print(f"laion-hf {args.command}: error: {e}", file=sys.stderr)
@@ -62,6 +63,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `laion-hf ... | head`: the reader went away; not an error of ours
+        _silence_stdout()
+        return 141
+    except OSError as e:  # a disk full, a folder made read-only mid-run, ...: one line, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"laion-hf {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check every output path before any work starts (one clear line instead of a traceback
+    after a long scan): ``out`` is a folder, ``plot`` a file."""
+    from laion_hf._util.outdir import check_output_dir, check_output_file
+
+    if isinstance(getattr(args, "out", None), str):
+        check_output_dir(args.out)
+    if isinstance(getattr(args, "plot", None), str):
+        check_output_file(args.plot)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

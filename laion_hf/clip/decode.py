@@ -1,7 +1,9 @@
 """Image decoding + preprocessing for CLIP, run in worker threads (PIL releases the GIL).
 
-JPEGs are decoded with ``Image.draft`` at the smallest DCT scale that still covers the
-model's input size, then go through the model's own PIL transforms (resize, crop, RGB). The
+Images go through the model's own PIL transforms (resize, crop, RGB), so the pixels equal
+open_clip's ``preprocess``. With ``draft=True`` (an opt-in approximation for throughput) JPEGs
+are first decoded with ``Image.draft`` at the smallest DCT scale that still covers the model's
+input size. The
 result is written as uint8 HWC straight into a (pinned) batch tensor; the ``ToTensor`` +
 ``Normalize`` tail runs once per batch on the device (see ``ClipEmbedder.to_model_input``).
 """
@@ -35,7 +37,7 @@ def open_image(data: bytes | memoryview | None, path: str | None = None) -> Imag
     raise ImageDecodeError("no image bytes" + (f" and {path!r} is not a local file" if path else ""))
 
 
-def prepare_pil(embedder: "ClipEmbedder", img: Image.Image, draft: bool = True) -> Any:
+def prepare_pil(embedder: "ClipEmbedder", img: Image.Image, draft: bool = False) -> Any:
     """Apply the model's PIL-side transforms (after a JPEG draft decode when ``draft``)."""
     if draft and img.format == "JPEG":
         h, w = embedder.image_size
@@ -58,7 +60,7 @@ def preprocess_pil(embedder: "ClipEmbedder", img: Image.Image, draft: bool = Fal
 
 
 def decode_into(
-    out: torch.Tensor, slot: int, data: bytes | memoryview | None, path: str | None, embedder: "ClipEmbedder", draft: bool = True
+    out: torch.Tensor, slot: int, data: bytes | memoryview | None, path: str | None, embedder: "ClipEmbedder", draft: bool = False
 ) -> str | None:
     """Decode one image into ``out[slot]``. Returns None on success, else ``"ErrorClass: message"``."""
     try:

@@ -258,7 +258,7 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
     for sub in ("img_emb", "text_emb", "metadata", "stats"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     cfg_path = out / "embed_config.json"
-    if cfg_path.exists():
+    if cfg_path.exists() and any((out / "stats").glob("stats_*.json")):
         old = json.loads(cfg_path.read_text())
         diff = [k for k in config if old.get(k) != config[k]]
         if diff:
@@ -266,7 +266,7 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
                 f"{out} holds embeddings made with another configuration ({', '.join(diff)} differ: "
                 f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
             )
-    else:
+    else:  # a new folder, or one whose earlier run finished no part: nothing to protect yet
         _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
 
 
@@ -365,17 +365,19 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--clip-model``, ``--clip-pretrained``, ``--clip-device``, ``--clip-batch-size`` to another
     verb (the demo): the tiny random-init model by default, a real one when its weights are on disk.
     Pass the values to :func:`laion_hf.clip.clip_stage`."""
+    from laion_hf.cli import _args as A
     g = parser.add_argument_group("CLIP features")
     g.add_argument("--clip-model", default="laion-hf-tiny",
                    help="open_clip model (default: the tiny random-init test model); e.g. ViT-B-32-quickgelu")  # fmt: skip
     g.add_argument("--clip-pretrained", default=None,
                    help="its weights: a tag found in the HF cache (e.g. openai) or a checkpoint file")  # fmt: skip
     g.add_argument("--clip-device", default="auto", help="auto (CUDA if available), cpu, cuda")
-    g.add_argument("--clip-batch-size", type=int, default=None, help="images per forward pass")
+    g.add_argument("--clip-batch-size", type=A.positive_int, default=None, help="images per forward pass")
 
 
 def register_cli(sub: Any) -> None:
     """Add the ``embed`` verb to ``laion-hf``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser(
         "embed",
         help="CLIP embeddings of image shards (img2dataset tars or parquet) in clip-retrieval's layout",
@@ -394,11 +396,11 @@ def register_cli(sub: Any) -> None:
                    help="weights: a tag (e.g. laion2b_s34b_b79k, openai) found in the HF cache, or a checkpoint file")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (256 on GPU, 32 on CPU)")
+    p.add_argument("--batch-size", type=A.positive_int, default=None, help="images per forward pass (256 on GPU, 32 on CPU)")
     p.add_argument("--head", action="append", default=[], metavar="SPEC",
                    help="score head: aesthetic_v1[:vit_b_32|vit_b_16|vit_l_14], aesthetic_v2:PATH, nsfw:PATH (repeatable)")  # fmt: skip
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="embedding dtype in the .npy files")
-    p.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
+    p.add_argument("--num-workers", type=A.positive_int, default=None, help="image decoding threads")
     p.add_argument("--allow-download", action="store_true", help="let open_clip download missing weights")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder to find weights in")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -16,7 +16,7 @@ their status and message.
 Nothing raises per row.
 
 Pipelining: a producer thread pulls Arrow batches from the upstream stream and hands every
-image to a thread pool that decodes (JPEG ``draft``) and preprocesses it straight into a
+image to a thread pool that decodes (``draft=True``: JPEG DCT scaling) and preprocesses it into a
 reusable (pinned, on CUDA) uint8 batch buffer, ``prefetch`` batches ahead; the calling thread
 only copies finished batches to the device (``non_blocking``) and runs the model, so the model
 never waits for decoding unless decoding is the slower side.
@@ -108,7 +108,10 @@ class ClipPipeline:
         embedding_dtype: ``"float32"`` or ``"float16"`` for the embedding columns.
         num_workers: decode threads (default: CPU count, at most 16).
         prefetch: batches decoded ahead of the model.
-        draft: JPEG draft decoding (DCT down-scaling to the smallest scale covering the input size).
+        draft: ``False`` (default): pixels exactly the model's own ``preprocess``. ``True``: an
+            approximation for throughput: JPEGs at least twice the input size are decoded at a
+            reduced DCT scale first (error vs open_clip up to ~0.1 at 224², ~0.7 at 64², mean
+            ~0.01-0.03 in normalised units, see ``benchmarks/preprocess_error.py``); never for evaluation.
         batch_size: rows per forward pass (default: the embedder's).
         where: a filter in laion-hf's filter language applied to the output, e.g.
             ``"clip_similarity >= 0.28"`` or ``"aesthetic_score_v1 > 5 and punsafe < 0.5"`` (rows
@@ -127,7 +130,7 @@ class ClipPipeline:
         embedding_dtype: str = "float32",
         num_workers: int | None = None,
         prefetch: int = 2,
-        draft: bool = True,
+        draft: bool = False,
         batch_size: int | None = None,
         where: str | None = None,
     ) -> None:
@@ -550,7 +553,7 @@ def with_clip(
     embedding_dtype: str = "float32",
     num_workers: int | None = None,
     prefetch: int = 2,
-    draft: bool = True,
+    draft: bool = False,
     where: str | None = None,
 ) -> Any:
     """Add CLIP embeddings, ``clip_similarity`` and score-head columns to a stream.

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
 def _cmd_shards(args: argparse.Namespace) -> int:
     from laion_hf.shards import parse_size, write_shards
 
-    prov = json.loads(args.provenance) if args.provenance else {}
+    prov = args.provenance or {}
     stats = write_shards(
         args.source, args.out, format=args.format, config=args.config, split=args.split,
         max_shard_bytes=parse_size(args.max_shard_size), max_shard_rows=args.max_shard_rows,
@@ -60,6 +59,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def register_cli(sub) -> None:
     """Register the ``shards``, ``card`` and ``push`` verbs."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser("shards", help="write parquet (default) or webdataset shards + stats.json from parquet input",
                        description="Write Hub-ready shards data/{config}/train-XXXXX-of-NNNNN.{parquet,tar} and "
                                    "stats.json from parquet file(s) (e.g. the output of the image/CLIP stages) or "
@@ -71,9 +71,9 @@ def register_cli(sub) -> None:
     p.add_argument("--config", default="default", help="config name (default 'default')")
     p.add_argument("--split", default="train")
     p.add_argument("--max-shard-size", default="500MB", help="close a shard at this size (default 500MB)")
-    p.add_argument("--max-shard-rows", type=int, default=None, help="close a shard at this many rows")
+    p.add_argument("--max-shard-rows", type=A.positive_int, default=None, help="close a shard at this many rows")
     p.add_argument("--image-column", default="image")
-    p.add_argument("--provenance", default=None, help="JSON object recorded for the card (source, filters, ...)")
+    p.add_argument("--provenance", type=A.json_object, default=None, help="JSON object recorded for the card (source, filters, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace this config's existing shards")
     p.add_argument("--card", action="store_true", help="also render README.md")
     p.add_argument("--repo-id", default=None, help="repo id used in the card's loading snippets")

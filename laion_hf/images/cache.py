@@ -8,6 +8,9 @@ kept by evicting the least recently used entries (hits refresh the file's mtime)
 processes may evict at once (a vanished file is simply skipped). Permanent failures
 (404, 410, robots opt-out by default) are cached *negatively* with a time to live, so a
 second run does not ask the host again; transient failures (timeouts, 5xx) are not cached.
+Only files in that layout that start with the cache's magic bytes are ever counted or evicted,
+so a cache folder shared with other files (``~/.cache``, say) never loses them; the root holds
+a ``CACHEDIR.TAG`` marker (backup tools skip it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -27,6 +31,13 @@ from laion_hf.images import status as st
 from laion_hf.images.resize import ImageResult
 
 _MAGIC = b"LHC1"
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_KEY = re.compile(r"[0-9a-f]{64}")
+MARKER = "CACHEDIR.TAG"
+_MARKER_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This folder holds a laion-hf image cache (entries ab/<sha256>); laion-hf evicts only those.\n"
+)
 
 
 class ImageCache:
@@ -51,6 +62,12 @@ class ImageCache:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FetchError(f"cannot create the image cache folder {str(self.root)!r}: {e}") from e
+        marker = self.root / MARKER
+        if not marker.exists():
+            try:
+                marker.write_text(_MARKER_TEXT)
+            except OSError:
+                pass  # a read-only cache still serves hits
         if max_bytes <= 0:
             raise FetchError(f"cache max_bytes must be > 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
@@ -152,13 +169,16 @@ class ImageCache:
 
     # ------------------------------------------------------------------ size cap
     def entries(self) -> list[tuple[float, int, Path]]:
-        """(mtime, size, path) of every entry."""
+        """(mtime, size, path) of every entry: only files in the cache's own layout
+        (``ab/<64 hex digits starting with ab>``); anything else in the folder is never
+        counted nor evicted."""
         out = []
         for sub in os.scandir(self.root):
-            if not sub.is_dir():
+            if not (sub.is_dir(follow_symlinks=False) and _HEX2.fullmatch(sub.name)):
                 continue
             for e in os.scandir(sub.path):
-                if e.name.startswith(".tmp-"):
+                if not (_KEY.fullmatch(e.name) and e.name.startswith(sub.name)
+                        and e.is_file(follow_symlinks=False)):
                     continue
                 try:
                     s = e.stat()
@@ -185,9 +205,18 @@ class ImageCache:
         for _, size, path in sorted(entries, key=lambda e: e[0]):
             if total - freed <= goal:
                 break
-            if _unlink(path):
+            if _is_entry(path) and _unlink(path):
                 freed += size
         return freed
+
+
+def _is_entry(path: Path) -> bool:
+    """Whether ``path`` starts with the cache's magic bytes (checked before deleting it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
 
 
 def _unlink(path: Path) -> bool:

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from laion_hf.errors import FetchError, ShardError
 from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
-from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
+from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs, parse_allow_list
 from laion_hf.images.resize import ImageResult, ResizeConfig
 from laion_hf.sources import is_url, memory_tables, open_parquet
 
@@ -362,9 +362,42 @@ async def _run_shard_async(job: _Job, progress: Callable[[int, int], None]) -> d
 _QUEUE: Any = None
 
 
-def _init_worker(queue: Any) -> None:
+def _init_worker(queue: Any, parent_pid: Optional[int] = None) -> None:
     global _QUEUE
     _QUEUE = queue
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Make this (worker) process exit as soon as ``parent_pid``, its parent, dies.
+
+    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a daemon
+    thread also polls the parent pid (a dead parent's children are re-parented), which covers
+    other systems and the race of a parent dying before the ``prctl``.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog thread still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # nothing to save: the parent that would merge this shard is gone
+
+    threading.Thread(target=watch, name="laion-hf-parent-watch", daemon=True).start()
 
 
 def run_shard(job: _Job, progress: Optional[Callable[[int, int], None]] = None) -> dict:
@@ -565,7 +598,7 @@ def _run_pool(jobs: list[_Job], processes: int, on_progress: Callable[[int, int]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(q,)) as pool:
+                             initializer=_init_worker, initargs=(q, os.getpid())) as pool:
         futs = {pool.submit(_run_shard, job): job for job in jobs}
         remaining = set(futs)
         while remaining:
@@ -687,38 +720,43 @@ def collect_stats(out_dir: Union[str, os.PathLike]) -> dict:
 # ---------------------------------------------------------------------- CLI
 def register_cli(sub: Any) -> None:
     """Add ``laion-hf download``."""
+    from laion_hf.cli import _args as A
     p = sub.add_parser(
         "download",
         help="download images into img2dataset-compatible shards (tar or parquet + stats)",
         description="Fetch the images of a metadata file into img2dataset-compatible shards: "
         "{shard}.tar ({key}.jpg/.txt/.json), {shard}.parquet (one row per input row, failures "
         "included, with their status) and {shard}_stats.json. Resumes: shards with a stats file are "
-        "skipped. Private/loopback addresses are refused unless --allow-private-networks.",
+        "skipped. Private/loopback addresses are refused unless listed in "
+        "--allow-private-networks.",
     )
     p.add_argument("source", nargs="?", help="metadata parquet/csv/tsv/txt file, folder or glob, or parquet URL/glob "
                    "(hf://datasets/..., https://..., s3://...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", dest="output_format", choices=["webdataset", "parquet"], default="webdataset")
-    p.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--concurrency", type=int, default=64, help="fetches in flight per process (default 64)")
-    p.add_argument("--per-host", type=int, default=16, help="connections per host (0 = unlimited; default 16)")
-    p.add_argument("--shard-size", type=int, default=10_000, help="rows per shard (default 10000)")
+    p.add_argument("--processes", type=A.positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--concurrency", type=A.positive_int, default=64, help="fetches in flight per process (default 64)")
+    p.add_argument("--per-host", type=A.non_negative_int, default=16, help="connections per host (0 = unlimited; default 16)")
+    p.add_argument("--shard-size", type=A.positive_int, default=10_000, help="rows per shard (default 10000)")
     p.add_argument("--url-col", default=None, help="URL column (default url or URL)")
     p.add_argument("--caption-col", default=None, help="caption column (default caption or TEXT)")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=A.positive_int, default=256)
     p.add_argument("--resize-mode", default="border", choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
     p.add_argument("--resize-only-if-bigger", action="store_true")
     p.add_argument("--encode-format", default="jpg", choices=["jpg", "png", "webp"])
-    p.add_argument("--encode-quality", type=int, default=95)
+    p.add_argument("--encode-quality", type=A.non_negative_int, default=95)
     p.add_argument("--downscale-interpolation", default="area", choices=["area", "bilinear", "bicubic", "lanczos", "nearest"])
     p.add_argument("--upscale-interpolation", default="lanczos", choices=["area", "bilinear", "bicubic", "lanczos", "nearest"])
     p.add_argument("--skip-reencode", action="store_true", help="keep the original bytes when no resize is needed")
-    p.add_argument("--min-image-size", type=int, default=0)
-    p.add_argument("--max-image-area", type=float, default=math.inf)
-    p.add_argument("--max-aspect-ratio", type=float, default=math.inf)
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds per attempt (default 20)")
-    p.add_argument("--retries", type=int, default=2)
-    p.add_argument("--max-body-mb", type=float, default=32.0)
+    p.add_argument("--min-image-size", type=A.non_negative_int, default=0)
+    p.add_argument("--max-image-area", type=A.positive_float, default=math.inf)
+    p.add_argument("--max-aspect-ratio", type=A.aspect_ratio, default=math.inf)
+    p.add_argument("--timeout", type=A.positive_float, default=20.0, help="seconds per attempt (default 20)")
+    p.add_argument("--retries", type=A.non_negative_int, default=2)
+    p.add_argument("--max-body-mb", type=A.positive_float, default=32.0)
+    p.add_argument("--max-decode-mb", type=A.positive_float, default=512.0,
+                   help="refuse (decode_too_large) an image whose decode and RGB conversion would "
+                   "take more MiB than this, judged from its header before decoding (default 512)")
     p.add_argument("--user-agent-token", default=None, help="your token, added to the User-Agent")
     p.add_argument("--disallowed-header-directives", default=",".join(("noai", "noimageai", "noindex", "noimageindex")),
                    help="comma-separated X-Robots-Tag directives that opt out ('' to ignore the header)")
@@ -727,8 +765,12 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="on-disk image cache (a rerun makes no request for cached rows)")
     p.add_argument("--retry-failed", default=None, metavar="PREVIOUS_OUT",
                    help="download again only the failed rows of a previous output folder (keys kept)")
-    p.add_argument("--allow-private-networks", action="store_true",
-                   help="allow loopback/private addresses (local mirrors and tests only)")
+    p.add_argument("--allow-private-networks", nargs="?", const=BARE_ALLOW, default=None,
+                   metavar="NETS", type=_allow_list_arg,
+                   help="comma-separated networks to allow beside public addresses, each optionally "
+                   "with one port: 127.0.0.1/32,::1/128 or 127.0.0.1:8080 (local mirrors and tests "
+                   "only; every redirect is checked again; link-local/metadata addresses such as "
+                   "169.254.169.254 only when named). Bare (deprecated): loopback only")
     p.add_argument("--ca-file", default=None, metavar="PEM",
                    help="extra certificate authorities to trust for HTTPS (a local mirror's, a proxy's)")
     p.add_argument("--no-progress", action="store_true")
@@ -738,6 +780,22 @@ def register_cli(sub: Any) -> None:
     add_load_arguments(p)  # --where/--preset/--blocklist/--sample...: select parquet metadata rows first
     add_engine_arguments(p)
     p.set_defaults(func=_cli)
+
+
+BARE_ALLOW = "127.0.0.0/8,::1/128"  # what a bare --allow-private-networks allows (deprecated)
+
+
+def _allow_list_arg(text: str) -> str:
+    """argparse type of ``--allow-private-networks``: a valid allow-list, kept as its text."""
+    import argparse
+
+    try:
+        if not parse_allow_list(text):
+            raise FetchError("no network given")
+    except FetchError as e:
+        raise argparse.ArgumentTypeError(f"{e} (give e.g. 127.0.0.1/32,::1/128 before SOURCE, or "
+                                         "put the flag after SOURCE)") from None
+    return text
 
 
 _SELECTING = ("where", "preset", "blocklist", "sample", "columns", "release")
@@ -770,6 +828,11 @@ def _cli(args: Any) -> int:
         raise FetchError("give a SOURCE or --retry-failed PREVIOUS_OUT")
     from laion_hf.engine_ray import engine_call
 
+    if args.allow_private_networks is BARE_ALLOW:
+        print("laion-hf download: a bare --allow-private-networks is deprecated and now allows "
+              f"loopback only ({BARE_ALLOW}); name the networks: "
+              "--allow-private-networks 127.0.0.1/32,::1/128",
+              file=sys.stderr)
     run = engine_call(args, download, "download")  # the local function, or its Ray Data twin
     source, builder = _selected_source(args)
     stats = run(
@@ -783,9 +846,11 @@ def _cli(args: Any) -> int:
         downscale_interpolation=args.downscale_interpolation, upscale_interpolation=args.upscale_interpolation,
         min_image_size=args.min_image_size, max_image_area=args.max_image_area,
         max_aspect_ratio=args.max_aspect_ratio, timeout=args.timeout, retries=args.retries,
-        max_body_bytes=int(args.max_body_mb * 2**20), user_agent_token=args.user_agent_token,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_decode_bytes=int(args.max_decode_mb * 2**20),
+        user_agent_token=args.user_agent_token,
         disallowed_header_directives=tuple(d for d in args.disallowed_header_directives.split(",") if d.strip()),
-        allow_private_networks=args.allow_private_networks, ca_file=args.ca_file,
+        allow_private_networks=args.allow_private_networks or False, ca_file=args.ca_file,
     )
     report = {k: stats[k] for k in ("count", "successes", "failed_to_download", "failed_to_resize",
                                     "status_dict", "samples_per_s", "out_dir")}

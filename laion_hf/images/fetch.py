@@ -16,8 +16,14 @@ Security model
   (``2130706433``, ``0x7f.1``) are refused as ``invalid_url``.
 * Redirects are followed by hand (``max_redirects``), and every hop goes through the same
   checks, so a public URL that redirects to ``10.0.0.1`` is ``ssrf_blocked``.
-* ``allow_private_networks=True`` (tests, local mirrors) turns the address policy off;
-  a list of CIDR networks (``["127.0.0.0/8"]``) allows only those beside public addresses.
+* ``allow_private_networks`` opts in to non-global addresses: a list of CIDR networks,
+  each optionally bound to one port (``["127.0.0.1/32", "::1/128", "127.0.0.1:8080",
+  "[::1]:8080", "10.0.0.0/8:443"]``), allows only those beside public addresses; every
+  redirect hop and every resolved address is checked against the list again.
+  ``True`` allows every address *except* link-local and cloud-metadata ones
+  (:data:`METADATA_NETWORKS`: ``169.254.0.0/16``, ``fe80::/10``, ...): those are reachable
+  only through a list entry that lies inside them (``169.254.169.254/32``), never through a
+  broad entry such as ``0.0.0.0/0`` or ``True``.
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ class FetchConfig:
             ``X-Robots-Tag: token: directive``.
         disallowed_header_directives: X-Robots-Tag directives that opt an image out
             (empty to ignore the header).
-        allow_private_networks: False (default), True, or CIDR networks to allow.
+        allow_private_networks: False (default), True (every address but link-local/metadata),
+            or allow-list entries: CIDR networks, optionally with a port (``127.0.0.1:8080``),
+            as a sequence or one comma-separated string.
         resize_threads: threads decoding/resizing (0 = one per core).
         ca_file: a PEM file of extra certificate authorities to trust for HTTPS besides the
             system's (a local mirror's, a proxy's); certificates are always verified.
@@ -111,13 +119,8 @@ class FetchConfig:
                            tuple(d.strip().lower() for d in (self.disallowed_header_directives or ())))
         apn = self.allow_private_networks
         if not isinstance(apn, bool):
-            if isinstance(apn, str):
-                apn = (apn,)
-            try:
-                nets = tuple(str(ipaddress.ip_network(n, strict=False)) for n in apn)
-            except (TypeError, ValueError) as e:
-                raise FetchError(f"allow_private_networks must be a bool or CIDR networks, got {apn!r}: {e}") from e
-            object.__setattr__(self, "allow_private_networks", nets)
+            rules = parse_allow_list(apn)
+            object.__setattr__(self, "allow_private_networks", tuple(r.text for r in rules))
         if self.user_agent_token is not None and not re.fullmatch(r"[A-Za-z0-9._\-]+", self.user_agent_token):
             raise FetchError(f"user_agent_token must be letters, digits, '.', '_' or '-', got {self.user_agent_token!r}")
 
@@ -135,31 +138,122 @@ class FetchConfig:
 
 
 # ---------------------------------------------------------------------- address policy
+#: Link-local and cloud-metadata networks: refused even under ``allow_private_networks=True``
+#: or a broad entry; only an allow-list entry inside one of them opens (that part of) it.
+METADATA_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "169.254.0.0/16",  # IPv4 link-local, incl. 169.254.169.254 (AWS, GCP, Azure metadata)
+    "fe80::/10",  # IPv6 link-local
+    "fd00:ec2::254/128",  # AWS IPv6 metadata
+    "100.100.100.200/32",  # Alibaba Cloud metadata
+))
+
+_PORTED = re.compile(r"^\[(?P<v6>[^\]]+)\](?::(?P<port6>\d+))?$|^(?P<v4>[0-9./]+):(?P<port4>\d+)$")
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One allow-list entry: a network and, optionally, the one port it is allowed on."""
+
+    network: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    port: Optional[int] = None
+
+    @property
+    def text(self) -> str:
+        """The canonical spelling (``10.0.0.0/8``, ``127.0.0.1/32:8080``, ``[::1/128]:8080``)."""
+        if self.port is None:
+            return str(self.network)
+        net = f"[{self.network}]" if self.network.version == 6 else str(self.network)
+        return f"{net}:{self.port}"
+
+    @property
+    def names_metadata(self) -> bool:
+        """True when the entry lies inside a link-local/metadata network (named explicitly)."""
+        net = self.network
+        return any(net.version == m.version and net.subnet_of(m) for m in METADATA_NETWORKS)
+
+    def matches(self, ip: Any, port: Optional[int]) -> bool:
+        return ip in self.network and (self.port is None or self.port == port)
+
+
+def parse_allow_rule(entry: Any) -> AllowRule:
+    """``"10.0.0.0/8"``, ``"127.0.0.1:8080"``, ``"[::1]:8080"``, ``"[fd00::/8]:443"`` -> a rule."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise FetchError(f"allow_private_networks entries must be CIDR strings, got {entry!r}")
+    text, port = entry.strip(), None
+    m = _PORTED.match(text)
+    if m:
+        text = m.group("v6") or m.group("v4")
+        port_text = m.group("port6") or m.group("port4")
+        if port_text is not None:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise FetchError(f"port {port} in allow_private_networks entry {entry!r} "
+                                 "is not within 1..65535")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise FetchError(f"allow_private_networks entry {entry!r} is not a CIDR network (like "
+                         f"127.0.0.1/32, ::1/128, 127.0.0.1:8080 or [::1]:8080): {e}") from None
+    return AllowRule(net, port)
+
+
+def parse_allow_list(allow: Any) -> list[AllowRule]:
+    """An allow-list given as a comma-separated string or a sequence of entries -> rules."""
+    if isinstance(allow, str):
+        allow = [a for a in allow.split(",") if a.strip()]
+    try:
+        entries = list(allow)
+    except TypeError:
+        msg = f"allow_private_networks must be a bool or CIDR networks, got {allow!r}"
+        raise FetchError(msg) from None
+    return [parse_allow_rule(e) for e in entries]
+
+
 class AddressPolicy:
-    """Decides whether an IP address may be connected to."""
+    """Decides whether an IP address (and port) may be connected to.
 
-    def __init__(self, allow: Union[bool, Sequence[str]] = False) -> None:
+    ``allow``: False (public addresses only), True (every address but link-local/metadata),
+    or allow-list entries (see :func:`parse_allow_rule`) allowed beside public addresses.
+    """
+
+    def __init__(self, allow: Union[bool, Sequence[str], str] = False) -> None:
         self.allow_all = allow is True
-        self.networks = [] if isinstance(allow, bool) else [ipaddress.ip_network(n, strict=False) for n in allow]
+        self.rules = [] if isinstance(allow, bool) else parse_allow_list(allow)
+        self.networks = [r.network for r in self.rules]
 
-    def blocked_reason(self, address: str) -> Optional[str]:
-        """None when ``address`` may be used, else why not."""
-        if self.allow_all:
-            return None
+    def blocked_reason(self, address: str, port: Optional[int] = None) -> Optional[str]:
+        """None when ``address`` (on ``port``, when given) may be used, else why not."""
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return f"{address!r} is not an IP address"
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if any(ip in n for n in self.networks):
+        metadata = any(ip in m for m in METADATA_NETWORKS)
+        for rule in self.rules:
+            if rule.matches(ip, port) and (rule.names_metadata or not metadata):
+                return None
+        if metadata:
+            return (f"{ip} is link-local/cloud-metadata (allowed only when named explicitly, "
+                    f"e.g. {ip}/{ip.max_prefixlen})")
+        if self.allow_all:
             return None
-        for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved", "is_unspecified"):
-            if getattr(ip, attr):
-                return f"{ip} is {attr[3:].replace('_', '-')}"
-        if not ip.is_global:
-            return f"{ip} is not a global address"
-        return None
+        reason = _special_reason(ip)
+        near = [r.text for r in self.rules if ip in r.network]
+        if reason and near:  # the network is listed, but for other ports
+            reason += f"; port {port} is not the allowed port of {', '.join(near)}"
+        return reason
+
+
+def _special_reason(ip: Any) -> Optional[str]:
+    """Why ``ip`` is not a public address, or None when it is."""
+    for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved",
+                 "is_unspecified"):
+        if getattr(ip, attr):
+            return f"{ip} is {attr[3:].replace('_', '-')}"
+    if not ip.is_global:
+        return f"{ip} is not a global address"
+    return None
 
 
 class BlockedAddressError(OSError):
@@ -180,7 +274,7 @@ class GuardedResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
         infos = await self.inner.resolve(host, port, family)
         for info in infos:
-            reason = self.policy.blocked_reason(info["host"])
+            reason = self.policy.blocked_reason(info["host"], port or info.get("port") or None)
             if reason:
                 raise BlockedAddressError(f"{host.rstrip('.')} resolves to {info['host']}: {reason}")
         if not infos:
@@ -250,7 +344,11 @@ def check_url(url: Any, policy: AddressPolicy) -> URL:
         if all(_NUMERIC_LABEL.match(lb) for lb in labels):
             raise _Fail(st.INVALID_URL, f"non-canonical numeric host {host!r} in {url!r}")
     if ip is not None:
-        reason = policy.blocked_reason(str(ip))
+        try:
+            port = u.port
+        except ValueError:
+            raise _Fail(st.INVALID_URL, f"URL has an invalid port: {url!r}") from None
+        reason = policy.blocked_reason(str(ip), port)
         if reason:
             raise _Fail(st.SSRF_BLOCKED, f"refused {url!r}: {reason} (allow_private_networks to opt in)")
     return u
@@ -549,6 +647,7 @@ def make_configs(fetch: Optional[FetchConfig] = None, resize: Optional[ResizeCon
 
 
 __all__ = [
-    "FetchConfig", "AddressPolicy", "GuardedResolver", "StaticResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
+    "FetchConfig", "AddressPolicy", "AllowRule", "METADATA_NETWORKS", "parse_allow_list",
+    "parse_allow_rule", "GuardedResolver", "StaticResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
     "FetchResult", "check_url", "robots_optout", "make_configs", "split_kwargs"
 ]

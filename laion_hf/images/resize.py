@@ -5,6 +5,13 @@ only allowed to open that one format, so a hostile body cannot reach an exotic d
 The declared size is checked against ``max_pixels`` *before* any pixel is decoded
 (decompression bombs). JPEGs that will be shrunk are decoded at a reduced DCT scale
 (``Image.draft``), which is most of the speed of this stage.
+
+Decoding memory is bounded by bytes, not only pixels: a 13,000 x 13,000 1-bit PNG is 20 KB on
+the wire and under ``max_pixels``, yet decoding and converting it to RGB takes ~850 MB. From
+the header (after ``draft``) :func:`decode_cost` estimates the bytes Pillow will hold; above
+``max_decode_bytes`` the row is ``decode_too_large`` and nothing is decoded. Decodes in one
+process together stay within ``decode_memory_budget``: a decode waits for its bytes from a
+:class:`DecodeBudget` shared by the process's decoding threads.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ import io
 import json
 import math
 import re
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 from PIL import Image, ImageOps
 
@@ -75,6 +84,10 @@ class ResizeConfig:
         max_aspect_ratio: refuse images with max(w, h) / min(w, h) above this.
         max_pixels: decompression-bomb limit on the declared pixel count.
         fast_decode: decode JPEGs at a reduced DCT scale when they will be shrunk.
+        max_decode_bytes: refuse (``decode_too_large``) an image whose decode and RGB
+            conversion would hold more bytes than this (see :func:`decode_cost`).
+        decode_memory_budget: bytes that all decodes of one process may hold at once; a
+            decode waits until its estimate fits (not part of the output: not fingerprinted).
         downscale_interpolation / upscale_interpolation: ``area`` (box, img2dataset's
             default for shrinking), ``bilinear``, ``bicubic``, ``lanczos`` or ``nearest``.
     """
@@ -90,6 +103,8 @@ class ResizeConfig:
     max_aspect_ratio: float = math.inf
     max_pixels: int = 178_956_970
     fast_decode: bool = True
+    max_decode_bytes: int = 512 * 2**20
+    decode_memory_budget: int = 2 * 2**30
     downscale_interpolation: str = "area"
     upscale_interpolation: str = "lanczos"
 
@@ -105,10 +120,14 @@ class ResizeConfig:
                 raise FetchError(f"{name}={getattr(self, name)!r} is not one of {', '.join(INTERPOLATIONS)}")
         if not 0 <= self.encode_quality <= 100:
             raise FetchError(f"encode_quality must be within 0..100, got {self.encode_quality}")
+        for name in ("max_decode_bytes", "decode_memory_budget"):
+            if not getattr(self, name) > 0:
+                raise FetchError(f"{name} must be > 0 bytes, got {getattr(self, name)}")
 
     def fingerprint(self) -> str:
         """A stable string of every setting that changes the output (part of the cache key)."""
         d = asdict(self)
+        del d["decode_memory_budget"]  # only paces decodes, never changes a result
         return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -143,6 +162,102 @@ def _target_size(w: int, h: int, cfg: ResizeConfig) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow keeps per pixel of ``mode`` (RGB is stored in 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def decode_cost(img: Image.Image, orientation: int = 1) -> int:
+    """Bytes that decoding ``img`` (opened, not loaded; after any ``draft``), converting it to
+    RGB and applying its EXIF orientation hold at the peak: width * height * bytes per pixel."""
+    w, h = img.size
+    px = w * h
+    cost = px * _bytes_per_pixel(img.mode)
+    if img.mode != "RGB":
+        alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            img.mode == "P" and "transparency" in img.info)
+        cost += px * (9 if alpha else 4)  # RGBA copy + RGB canvas + mask, or the RGB copy
+    if orientation != 1:
+        cost += px * 4  # exif_transpose makes a copy
+    return cost
+
+
+class DecodeBudget:
+    """Bytes that decodes in one process may hold together; :meth:`hold` waits for room.
+
+    A decode larger than the whole budget runs alone rather than never. ``peak`` is the most
+    bytes ever held at once (for tests and diagnostics).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget for the duration of the block."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + nbytes <= self.capacity)
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= nbytes
+                self._cond.notify_all()
+
+
+_BUDGETS: dict[int, DecodeBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
+
+
+def _give_freed_decodes_back() -> None:
+    """Make glibc serve allocations of 4 MiB and more (Pillow's image blocks) from ``mmap``,
+    so a freed decode goes back to the system at once. By default glibc raises that threshold
+    after the first large free and keeps later decodes in per-thread arenas: then the resident
+    size grows to threads x the largest decode and the budget would bound live bytes only."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+        pass
+
+
+def process_budget(capacity: int) -> DecodeBudget:
+    """This process's :class:`DecodeBudget` of ``capacity`` bytes (one per capacity)."""
+    with _BUDGETS_LOCK:
+        budget = _BUDGETS.get(capacity)
+        if budget is None:
+            if not _BUDGETS:
+                _give_freed_decodes_back()
+            budget = _BUDGETS[capacity] = DecodeBudget(capacity)
+        return budget
+
+
+def _orientation(img: Image.Image, fmt: str) -> int:
+    """The EXIF orientation (1-8) of an opened image, read without decoding its pixels.
+
+    Pillow's ``PngImageFile.getexif`` decodes the whole image to look for an ``eXIf`` chunk
+    after the pixel data; only one before the pixels (where browsers read it) is used here.
+    """
+    if fmt == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
@@ -163,10 +278,12 @@ def _describe(e: BaseException) -> str:
     return _ADDRESS.sub("", f"{type(e).__name__}: {e}")
 
 
-def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
+def process_image(data: bytes, cfg: ResizeConfig,
+                  budget: Optional[DecodeBudget] = None) -> ImageResult:
     """Sniff, decode (EXIF-oriented, RGB), check, resize and encode ``data`` per ``cfg``.
 
-    Never raises for bad images: the status says what went wrong.
+    The decode holds its estimated bytes of ``budget`` (default: the process's budget of
+    ``cfg.decode_memory_budget``). Never raises for bad images: the status says what went wrong.
     """
     fmt = sniff_format(data)
     if fmt is None:
@@ -188,11 +305,7 @@ def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
                 st.DECOMPRESSION_BOMB,
                 f"{fmt} declares {ow}x{oh} = {ow * oh} pixels, above max_pixels={cfg.max_pixels}",
                 original_width=ow, original_height=oh)
-        orientation = 1
-        try:
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
-        except Exception:
-            orientation = 1
+        orientation = _orientation(img, fmt)
         if orientation in (5, 6, 7, 8):
             ow, oh = oh, ow  # the displayed size
         if cfg.min_image_size and min(ow, oh) < cfg.min_image_size:
@@ -216,34 +329,52 @@ def process_image(data: bytes, cfg: ResizeConfig) -> ImageResult:
         if needs_resize and fmt == "JPEG" and cfg.fast_decode:
             s = cfg.image_size
             img.draft("RGB", (s, s))  # decode at 1/2, 1/4 or 1/8 scale, still >= s on both sides
-        try:
-            img.load()
-            img = ImageOps.exif_transpose(img) if orientation != 1 else img
-            img = _to_rgb(img)
-        except Image.DecompressionBombError as e:
-            return ImageResult(st.DECOMPRESSION_BOMB, str(e), original_width=ow, original_height=oh)
-        except Exception as e:
-            return ImageResult(st.DECODE_ERROR, f"{fmt} data cannot be decoded: {_describe(e)}",
-                               original_width=ow, original_height=oh)
-        if needs_resize:
-            img = _resize(img, ow, oh, cfg)
-        w, h = img.size
-        buf = io.BytesIO()
-        try:
-            if out_pil == "PNG":
-                img.save(buf, format="PNG", compress_level=min(9, cfg.encode_quality // 10))
-            else:
-                img.save(buf, format=out_pil, quality=cfg.encode_quality)
-        except Exception as e:
-            return ImageResult(st.ENCODE_ERROR, f"encoding {cfg.encode_format} failed: {_describe(e)}",
-                               original_width=ow, original_height=oh)
-        out = buf.getvalue()
-        return ImageResult(st.SUCCESS, None, out, w, h, ow, oh, hashlib.sha256(out).hexdigest())
+        cost = decode_cost(img, orientation)
+        if cost > cfg.max_decode_bytes:
+            return ImageResult(
+                st.DECODE_TOO_LARGE,
+                f"{fmt} {img.size[0]}x{img.size[1]} mode {img.mode} needs ~{cost / 2**20:.0f} MiB "
+                f"to decode and convert to RGB, above max_decode_bytes={cfg.max_decode_bytes}",
+                original_width=ow, original_height=oh)
+        with (budget or process_budget(cfg.decode_memory_budget)).hold(cost):  # until encoded
+            return _decode_encode(img, fmt, orientation, needs_resize, ow, oh, cfg)
     finally:
         try:
             img.close()
         except Exception:
             pass
+
+
+def _decode_encode(img: Image.Image, fmt: str, orientation: int, needs_resize: bool,
+                   ow: int, oh: int, cfg: ResizeConfig) -> ImageResult:
+    """Decode an opened image, orient it, make it RGB, resize it and encode it per ``cfg``."""
+    opened = img
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img) if orientation != 1 else img
+        img = _to_rgb(img)
+    except Image.DecompressionBombError as e:
+        return ImageResult(st.DECOMPRESSION_BOMB, str(e), original_width=ow, original_height=oh)
+    except Exception as e:
+        return ImageResult(st.DECODE_ERROR, f"{fmt} data cannot be decoded: {_describe(e)}",
+                           original_width=ow, original_height=oh)
+    if needs_resize:
+        img = _resize(img, ow, oh, cfg)
+    if img is not opened:
+        opened.close()  # free the full-size decode before encoding
+    w, h = img.size
+    buf = io.BytesIO()
+    out_pil = ENCODE_FORMATS[cfg.encode_format]
+    try:
+        if out_pil == "PNG":
+            img.save(buf, format="PNG", compress_level=min(9, cfg.encode_quality // 10))
+        else:
+            img.save(buf, format=out_pil, quality=cfg.encode_quality)
+    except Exception as e:
+        return ImageResult(st.ENCODE_ERROR, f"encoding {cfg.encode_format} failed: {_describe(e)}",
+                           original_width=ow, original_height=oh)
+    out = buf.getvalue()
+    return ImageResult(st.SUCCESS, None, out, w, h, ow, oh, hashlib.sha256(out).hexdigest())
 
 
 def _resize(img: Image.Image, ow: int, oh: int, cfg: ResizeConfig) -> Image.Image:

@@ -29,6 +29,9 @@ status                      meaning                                             
 ``not_an_image``            the body's magic bytes are no image format (HTML, empty)  resize
 ``decode_error``            the image format is known but the data cannot be decoded  resize
 ``decompression_bomb``      the image declares more pixels than ``max_pixels``        resize
+``decode_too_large``        decoding (and converting to RGB) would take more memory   resize
+                            than ``max_decode_bytes`` (width * height * bytes per
+                            pixel, estimated from the header, nothing decoded)
 ``image_too_small``         a side is below ``min_image_size``                        resize
 ``image_area_too_large``    width * height is above ``max_image_area``                resize
 ``aspect_ratio_too_large``  max(w, h) / min(w, h) is above ``max_aspect_ratio``       resize
@@ -60,6 +63,7 @@ HASH_MISMATCH = "hash_mismatch"
 NOT_AN_IMAGE = "not_an_image"
 DECODE_ERROR = "decode_error"
 DECOMPRESSION_BOMB = "decompression_bomb"
+DECODE_TOO_LARGE = "decode_too_large"
 IMAGE_TOO_SMALL = "image_too_small"
 IMAGE_AREA_TOO_LARGE = "image_area_too_large"
 ASPECT_RATIO_TOO_LARGE = "aspect_ratio_too_large"
@@ -68,7 +72,7 @@ INTERNAL_ERROR = "internal_error"
 
 #: Statuses counted in ``failed_to_resize`` (the image arrived but could not be used).
 RESIZE_FAILURES = frozenset(
-    {NOT_AN_IMAGE, DECODE_ERROR, DECOMPRESSION_BOMB, IMAGE_TOO_SMALL, IMAGE_AREA_TOO_LARGE,
+    {NOT_AN_IMAGE, DECODE_ERROR, DECOMPRESSION_BOMB, DECODE_TOO_LARGE, IMAGE_TOO_SMALL, IMAGE_AREA_TOO_LARGE,
      ASPECT_RATIO_TOO_LARGE, ENCODE_ERROR}
 )
 
@@ -77,7 +81,7 @@ STATUSES = (
     SUCCESS, INVALID_URL, UNSUPPORTED_SCHEME, SSRF_BLOCKED, DNS_ERROR, CONNECTION_ERROR, TLS_ERROR, TIMEOUT,
     TOO_MANY_REDIRECTS, REDIRECT_LOOP, TOO_LARGE, TRUNCATED, ROBOTS_OPTOUT, HASH_MISMATCH,
     NOT_AN_IMAGE, DECODE_ERROR, DECOMPRESSION_BOMB, IMAGE_TOO_SMALL, IMAGE_AREA_TOO_LARGE,
-    ASPECT_RATIO_TOO_LARGE, ENCODE_ERROR, INTERNAL_ERROR,
+    ASPECT_RATIO_TOO_LARGE, ENCODE_ERROR, INTERNAL_ERROR, DECODE_TOO_LARGE,
 )
 
 #: Permanent failures cached negatively (with a time to live) by default.

@@ -77,6 +77,8 @@ FAULTS = {
     "no-cookie": "serves an image only when the request carries no Cookie/Authorization (else 400)",
     "user-agent": "serves an image only when the User-Agent contains `want` (default laion-hf), else 403",
     "empty": "a 200 with an empty body",
+    "big-png": "a valid 1-bit PNG of `w` x `h` zeros (default 13,000 x 13,000: ~20 KB, under "
+    "the pixel limit, ~850 MB to decode and convert to RGB)",
 }
 
 _FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF"}
@@ -491,6 +493,9 @@ class ImageServer:
             return web.Response(body=small, content_type="image/jpeg")
         if name == "empty":
             return web.Response(body=b"", content_type="image/jpeg")
+        if name == "big-png":
+            body = bomb_png(int(q.get("w", 13_000)), int(q.get("h", 13_000)))
+            return web.Response(body=body, content_type="image/png")
         return web.Response(status=404, text=f"unknown fault {name}")
 
 

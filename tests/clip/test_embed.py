@@ -130,3 +130,14 @@ def test_read_shards_groups_tar_members_by_key(shards):
     assert t["key"].to_pylist() == keys[1]
     assert t["status"].to_pylist() == ["success"] * 5
     assert t.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def test_a_failed_first_run_does_not_lock_the_output_folder(tmp_path, shards):
+    """Issue 11 item 13: the first run fails on its input; a rerun with the right input works."""
+    folder, _, _ = shards
+    out = tmp_path / "out"
+    with pytest.raises(ShardError, match="no 'image' column"):
+        embed_shards([str(folder / "00000.parquet")], out, progress=False)
+    res = embed_shards([str(folder / "00000.tar")], out, progress=False)
+    assert res["count"] == 7 and json.loads((out / "embed_config.json").read_text())["inputs"] == [
+        str(folder / "00000.tar")]

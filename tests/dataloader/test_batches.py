@@ -42,6 +42,29 @@ def test_fast_path_equals_open_clip_preprocess():
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
+def test_default_is_exact_on_big_jpegs_and_palette_pngs(tmp_path):
+    """Photo-like JPEGs >= 2x the output size (where draft decoding would kick in) and palette
+    PNGs (open_clip resizes them in "P" mode, i.e. nearest, before converting to RGB): the
+    loader's default pixels equal open_clip.image_transform's exactly."""
+    import pyarrow as pa
+
+    from laion_hf.testing.image_server import make_image
+
+    blobs = [make_image(1024, 768, "jpg", seed=1), make_image(600, 900, "jpg", seed=2),
+             make_image(800, 600, "png", seed=3, mode="P"), make_image(500, 700, "png", seed=4, mode="P")]
+    assert Image.open(io.BytesIO(blobs[2])).mode == "P"
+    want = torch.stack([open_clip.image_transform(224, is_train=False)(Image.open(io.BytesIO(b))) for b in blobs])
+    got, ok, _ = fast_clip_preprocess(blobs, 224)
+    assert ok.all()
+    # float rounding only (~5e-7): one 8-bit level off would be 1 / (255 * std) > 0.014
+    assert (got - want).abs().max().item() < 1e-5
+    pq.write_table(pa.table({"key": [str(i) for i in range(4)], "image": blobs, "caption": ["x"] * 4}),
+                   tmp_path / "train-00000-of-00001.parquet")
+    batch = next(iter(LaionTorchDataset(tmp_path, batch_size=4, shuffle=False, tokenizer=None)))
+    assert batch["key"] == ["0", "1", "2", "3"]
+    assert (batch["image"] - want).abs().max().item() < 1e-5
+
+
 def test_draft_decoding_stays_close_to_open_clip():
     yy, xx = np.mgrid[:1024, :768]
     smooth = np.stack([xx / 3, yy / 4, (xx + yy) / 7], -1).astype(np.uint8)

@@ -76,7 +76,8 @@ def test_concurrent_processes_never_leave_a_torn_entry(tmp_path):
         r = c.get(f"{i:064x}")
         assert r is not None and r.status == st.SUCCESS
         assert r.data == bytes([int(r.sha256)]) * len(r.data)  # one writer's whole entry
-    assert not [f for d in os.listdir(root) for f in os.listdir(os.path.join(root, d)) if f.startswith(".tmp-")]
+    subdirs = [os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+    assert not [f for d in subdirs for f in os.listdir(d) if f.startswith(".tmp-")]
 
 
 def test_torn_or_foreign_file_is_a_miss(tmp_path):
@@ -101,3 +102,28 @@ def test_size_cap_evicts_least_recently_used(tmp_path):
     assert c.get(keys[0]) is not None  # recently used, kept
     assert c.get(keys[1]) is None  # oldest, evicted
     assert c.get(keys[-1]) is not None
+
+
+def test_eviction_never_touches_files_the_cache_did_not_write(tmp_path):
+    """Issue 11 item 3: a cache folder shared with a user's files (``--cache-dir ~/.cache``)."""
+    root = tmp_path / "home_cache"
+    foreign = {
+        root / "photos" / "holiday-2019.jpg": b"\xff\xd8 a user's photo" * 2000,
+        root / "ab" / "notes.txt": b"not an entry" * 2000,  # in a 2-hex folder, but not a key
+        root / "cd" / ("cd" + "1" * 62): b"key-shaped, but not written by the cache",
+        root / "old.bin": b"x" * 40_000,
+    }
+    for path, data in foreign.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (1, 1))  # older than any entry: first in line for LRU eviction
+    c = ImageCache(root, max_bytes=30_000)
+    keys = [f"{i:064x}" for i in range(20)]
+    for k in keys:
+        c.put(k, ImageResult(st.SUCCESS, None, b"z" * 4000, 1, 1, 1, 1, "h"))
+    c.evict()
+    assert all(path.read_bytes() == data for path, data in foreign.items())
+    counted = {p for _, _, p in c.entries()}
+    assert not counted & {root / "photos" / "holiday-2019.jpg", root / "ab" / "notes.txt", root / "old.bin"}
+    assert c.size() <= 30_000 and sum(c.get(k) is not None for k in keys) < len(keys)
+    assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")

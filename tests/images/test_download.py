@@ -157,7 +157,7 @@ def test_cli_selects_metadata_rows_before_fetching(fresh_server, tmp_path, capsy
     schema): only kept rows are requested, and the selection counts add up to the input."""
     src = tmp_path / "in.parquet"
     pq.write_table(_table(fresh_server).rename_columns(["URL", "TEXT", "similarity"]), src)
-    args = ["download", str(src), "--out", str(tmp_path / "sel"), "--allow-private-networks", "--no-progress",
+    args = ["download", str(src), "--out", str(tmp_path / "sel"), "--allow-private-networks", "127.0.0.1/32", "--no-progress",
             "--image-size", "32", "--timeout", "2", "--where", "similarity >= 0.35"]
     assert cli_main(args) == 0
     printed = json.loads(capsys.readouterr().out)

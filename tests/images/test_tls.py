@@ -102,7 +102,7 @@ def test_download_cli_over_https_with_ca_file(https_server, certs, tmp_path, cap
     assert all(u.startswith("https://127.0.0.1:") for u in urls)
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"url": urls, "caption": ["a", "b", "c"]}), src)
-    common = ["--allow-private-networks", "--no-progress", "--image-size", "16", "--timeout", "3"]
+    common = ["--allow-private-networks", "127.0.0.1/32", "--no-progress", "--image-size", "16", "--timeout", "3"]
     assert cli_main(["download", str(src), "--out", str(tmp_path / "ok"), "--ca-file", certs.ca_file, *common]) == 0
     ok = json.loads(capsys.readouterr().out)
     assert ok["status_dict"] == {"success": 3}

@@ -16,7 +16,7 @@ from laion_hf.schema import normalize_table
 
 def _all_rows(synth_dir):
     return pa.concat_tables([normalize_table(pq.read_table(os.path.join(synth_dir, f)))
-                             for f in sorted(os.listdir(synth_dir))])
+                             for f in sorted(os.listdir(synth_dir)) if f.endswith(".parquet")])
 
 
 def test_stream_equals_reference_filter(synth_dir):

@@ -55,11 +55,11 @@ def test_synth_stats_filter_roundtrip(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line_and_name_the_culprit(tmp_path, capsys):
-    main(["synth", "--rows", "10", "--out", str(tmp_path)])
-    assert main(["filter", str(tmp_path), "--where", "simlarity > 1", "--out", str(tmp_path / "o")]) == 1
+    main(["synth", "--rows", "10", "--out", str(tmp_path / "m")])
+    assert main(["filter", str(tmp_path / "m"), "--where", "simlarity > 1", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "unknown column(s) 'simlarity'" in err and "known columns:" in err and "Traceback" not in err
-    assert main(["filter", str(tmp_path), "--preset", "nope", "--out", str(tmp_path / "o")]) == 1
+    assert main(["filter", str(tmp_path / "m"), "--preset", "nope", "--out", str(tmp_path / "o")]) == 1
     assert "unknown preset 'nope'" in capsys.readouterr().err
 
 

@@ -145,3 +145,28 @@ def test_direct_evaluation_equals_the_pyarrow_expression(text):
                language=["en", "de", "fr", None, "en"], punsafe=[0.0, 0.05, 0.5, 0.0, 0.01])
     spec = combine_filters(text, known_columns=t.column_names)
     assert spec.apply(t).equals(apply_filter(t, spec.expression))
+
+
+def test_a_thousand_or_terms_work_and_deep_nesting_blames_the_expression(tmp_path, capsys):
+    """Issue 11 item 12: no RecursionError reported as an unreadable data file."""
+    import pyarrow.parquet as pq
+
+    from laion_hf.cli import main
+    from laion_hf.synth import synthesize
+
+    synthesize(500, tmp_path / "m", seed=3)
+    terms = " or ".join(["similarity == -1.0"] * 999 + ["similarity == 0.5"])
+    wide = f"({terms}) or similarity >= 0.3"
+    assert main(["filter", str(tmp_path / "m"), "--where", wide, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["filter", str(tmp_path / "m"), "--where", "similarity >= 0.3 or similarity == 0.5",
+                 "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    a, b = pq.read_table(tmp_path / "a" / "part-00000.parquet"), pq.read_table(tmp_path / "b" / "part-00000.parquet")
+    assert a.num_rows == b.num_rows > 0 and a.column("key").equals(b.column("key"))
+    capsys.readouterr()
+    deep = "(" * 1000 + "similarity > 0" + ")" * 1000
+    assert main(["filter", str(tmp_path / "m"), "--where", deep, "--out", str(tmp_path / "c"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "nested more than" in err and "parquet" not in err and "Traceback" not in err
+    chain = " + ".join(["similarity"] * 1000) + " > 1"
+    assert main(["filter", str(tmp_path / "m"), "--where", chain, "--out", str(tmp_path / "c"), "--no-progress"]) == 1
+    assert "levels deep" in capsys.readouterr().err

@@ -93,3 +93,15 @@ def test_unreadable_file_raises_its_error_naming_it(ray_local, src, tmp_path):
         filter_to_parquet_ray(src, str(tmp_path / "r"), progress=False)
     assert str(on_ray.value) == str(local.value)
     assert not os.path.exists(tmp_path / "r" / "stats.json")
+
+
+def test_ray_filter_refuses_an_output_folder_that_overlaps_its_input(tmp_path):
+    """Issue 11 item 1 on the Ray engine: nothing in the input folder is removed."""
+    from laion_hf.errors import OutputError
+
+    src = tmp_path / "meta"
+    synthesize(100, src, files=2, seed=4)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    with pytest.raises(OutputError, match="overlaps the input"):
+        filter_to_parquet_ray(str(src), str(src), progress=False)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before

@@ -4,7 +4,8 @@ synthesize metadata -> stream + filter (preset, expression, blocklist) -> stats 
 images from the loopback image server (img2dataset-compatible shards, error classes) ->
 stream with images -> CLIP features (tiny random-init model by default) -> parquet shards +
 dataset card -> push to the local Hub-compatible server -> reload with plain
-``datasets.load_dataset(repo, streaming=True)`` -> PyTorch DataLoader with exact resume.
+``datasets.load_dataset(repo, streaming=True)`` -> PyTorch DataLoader with exact resume ->
+kNN index, and the ``laion-hf serve`` command that opens the explorer page on the subset.
 Nothing leaves 127.0.0.1.
 """
 
@@ -201,7 +202,27 @@ def run_demo(
     ld = loader_demo(os.path.join(out_dir, "published"), batch_size=16, num_workers=2, image_size=64)
     print(f"   {ld}")
     summary["dataloader"] = ld
+    _step("8. kNN index over the published shards, to explore them in the browser")
+    summary["explore"] = _index_for_page(out_dir, clip_model)
     return _finish(out_dir, summary)
+
+
+def _index_for_page(out_dir: str, clip_model: str) -> dict[str, Any]:
+    """Index the published shards (``laion-hf index``) and print the command that serves the
+    explorer page on them; skipped with a note when the index extra (faiss) is missing."""
+    published, index_dir = os.path.join(out_dir, "published"), os.path.join(out_dir, "index")
+    try:
+        from laion_hf.index import build_index
+    except ImportError as e:
+        print(f"   skipped: the index extra is missing ({e}); pip install 'laion-hf[index]'")
+        return {"skipped": str(e)}
+    t = time.time()
+    infos = build_index(published, index_dir, clip_model=clip_model)
+    kinds = ", ".join(f"{k} {v['index_key']}" for k, v in infos["kinds"].items())
+    command = f"laion-hf serve {index_dir}"
+    print(f"   {infos['rows']:,} rows indexed ({kinds}) in {time.time() - t:.2f}s -> {index_dir}")
+    print(f"   explore the subset: {command}  then open http://127.0.0.1:1234/")
+    return {"index": index_dir, "rows": infos["rows"], "command": command, "url": "http://127.0.0.1:1234/"}
 
 
 def _rewrite_urls(table: "pa.Table", srv: Any, fault_every: int = 0) -> "pa.Table":

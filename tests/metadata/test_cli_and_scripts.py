@@ -110,6 +110,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert pub["rows_written"] == pub["reloaded_rows"] == s["rows_kept"]
     assert summary["dataloader"]["resume_exact"] is True
     assert (tmp_path / "demo" / "published" / "README.md").read_text().startswith("---")
+    explore = summary["explore"]  # the last step: an index and the command opening the explorer page
+    assert explore["rows"] == pub["rows_written"] and (tmp_path / "demo" / "index" / "infos.json").is_file()
+    assert explore["command"] == f"laion-hf serve {tmp_path / 'demo' / 'index'}"
 
 
 def test_filter_rerun_into_the_same_folder_leaves_no_stale_parts(tmp_path):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from laion_hf.errors import KnnIndexError, LaionHFError
 from laion_hf.index.source import EmbeddingSource, metadata_fingerprint, open_source
@@ -38,6 +39,7 @@ FLAT_MAX_ROWS = 10_000
 HNSW_M = 32
 DEFAULT_MAX_INDEX_MEMORY = "8GB"
 INFOS = "infos.json"
+IMAGES_FILE = "images.arrow"
 WORK = "_work"
 _VERSION = 1
 
@@ -55,6 +57,7 @@ class WorkOrder:
     row_start: int
     index_key: str
     source: EmbeddingSource
+    images: bool = False
 
 
 # ---------------------------------------------------------------------------- choosing
@@ -168,7 +171,7 @@ def plan(
         for kind in want:
             _train(source, kind, key, outp)
     chunks = source.chunks(batch_rows)
-    return [WorkOrder(str(outp), kind, i, part, a, b, g, key, source)
+    return [WorkOrder(str(outp), kind, i, part, a, b, g, key, source, source.images and kind == want[0])
             for kind in want for i, (part, a, b, g) in enumerate(chunks)]  # fmt: skip
 
 
@@ -256,6 +259,9 @@ def run_one(order: WorkOrder) -> dict[str, Any]:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
     part.parent.mkdir(parents=True, exist_ok=True)
+    if order.images:  # the shards' image bytes, served base64 with the results
+        images = pa.table({"image": order.source.read_images(order.part, order.start, order.stop)})
+        _atomic(part.with_suffix(".images.arrow"), lambda p: _write_ipc(p, [images]))
     np.save(part.with_suffix(".missing.npy"), missing.astype(np.int64))
     _atomic(part, lambda p: faiss.write_index(index, str(p)))
     stats = {"kind": order.kind, "number": order.number, "rows": len(x), "missing": len(missing)}
@@ -287,6 +293,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
         t0 = time.perf_counter()
         _assemble(out, kind, mine, config)
         kinds[kind] = {"assemble_seconds": round(time.perf_counter() - t0, 3)}
+    images = _assemble_images(out, orders)
     from laion_hf.index.tune import tune_kind
 
     for kind in config["kinds"]:
@@ -299,6 +306,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
         metadata=config["metadata"],
         metadata_files=source.metadata_files(),
         kinds=kinds,
+        images=IMAGES_FILE if images else None,
         config=config,
     )
     _atomic(out / INFOS, lambda p: p.write_text(json.dumps(infos, indent=2)))
@@ -350,6 +358,33 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
             f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows"
         )
     _atomic(final_path, lambda p: faiss.write_index(index, str(p)))
+
+
+def _write_ipc(path: Path, tables: Any) -> None:
+    """Tables (an iterable, read one at a time) into one Arrow IPC file."""
+    writer = None
+    for t in tables:
+        if writer is None:
+            writer = pa.ipc.new_file(str(path), t.schema)
+        writer.write_table(t)
+    if writer is not None:
+        writer.close()
+
+
+def _assemble_images(out: Path, orders: Sequence[WorkOrder]) -> bool:
+    """``OUT/images.arrow``: the image bytes of every row in row order, when the shards hold them."""
+    mine = sorted((o for o in orders if o.images), key=lambda o: o.number)
+    if not mine:
+        return False
+    if not (out / IMAGES_FILE).exists():
+        parts = (
+            pa.ipc.open_file(
+                pa.memory_map(str(_part_path(o).with_suffix(".images.arrow")))
+            ).read_all()
+            for o in mine
+        )
+        _atomic(out / IMAGES_FILE, lambda p: _write_ipc(p, parts))
+    return True
 
 
 def _save(path: Path, arr: np.ndarray) -> None:

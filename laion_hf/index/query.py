@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 
 from laion_hf.errors import KnnIndexError
+from laion_hf.index.build import IMAGES_FILE
 from laion_hf.index.search import KnnIndex, read_infos
 from laion_hf.index.source import metadata_files, metadata_fingerprint, read_metadata
 
 #: metadata columns read as clip back's "NSFW probability" (the first present)
 SAFETY_COLUMNS = ("punsafe", "punsafe_recomputed")
-IMAGES_FILE = "images.arrow"
 
 
 class IndexFolder:

@@ -66,6 +66,7 @@ class EmbeddingSource:
     model: str | None = None
     pretrained: str | None = None
     storage_options: dict | None = field(default=None, compare=False)
+    images: bool = False
 
     @property
     def rows(self) -> int:
@@ -95,6 +96,20 @@ class EmbeddingSource:
             return _read_npy_rows(p.vectors[kind], start, stop, self.storage_options)
         return _read_parquet_rows(p.metadata, p.vectors[kind], p.row_groups, start, stop,
                                   self.dim, self.storage_options)  # fmt: skip
+
+    def read_images(self, part: int, start: int, stop: int) -> pa.Array:
+        """Encoded image bytes of rows ``[start, stop)`` of a shard part (null where none)."""
+        p = self.parts[part]
+        pf = _parquet_file(p.metadata, _so_key(self.storage_options))
+        bounds = np.cumsum((0, *p.row_groups))
+        pieces = []
+        for g in range(len(p.row_groups)):
+            a, b = max(start, bounds[g]), min(stop, bounds[g + 1])
+            if b > a:
+                col = pf.read_row_group(g, columns=["image"])["image"].combine_chunks()
+                col = col.slice(a - bounds[g], b - a)
+                pieces.append(col.field("bytes") if pa.types.is_struct(col.type) else col)
+        return pa.concat_arrays([x.cast(pa.binary()) for x in pieces])
 
     def read_positions(
         self, kind: str, positions: np.ndarray, batch_rows: int = 65536
@@ -214,7 +229,7 @@ def _open_shards(src: str, so: dict | None) -> EmbeddingSource:
     from laion_hf.sources import resolve_source
 
     files = resolve_source(src, so)
-    parts, kinds, dim = [], None, None
+    parts, kinds, dim, images = [], None, None, True
     for path in files:
         pf = _parquet_file(path, _so_key(so))
         schema = pf.schema_arrow
@@ -236,8 +251,11 @@ def _open_shards(src: str, so: dict | None) -> EmbeddingSource:
         meta = pf.metadata
         groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         parts.append(Part(path, meta.num_rows, {k: SHARD_COLUMNS[k] for k in have}, groups))
+        images = images and "image" in schema.names
     model, pretrained = _shards_model(src, so)
-    return EmbeddingSource(src, "shards", tuple(parts), int(dim), kinds, model, pretrained, so)
+    return EmbeddingSource(
+        src, "shards", tuple(parts), int(dim), kinds, model, pretrained, so, images
+    )
 
 
 def _shards_model(src: str, so: dict | None) -> tuple[str | None, str | None]:

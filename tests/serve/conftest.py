@@ -5,6 +5,7 @@ and clip-retrieval's own ClipClient loaded from its wheel (.ci/fetch_test_wheels
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import importlib.util
 import os
@@ -86,20 +87,62 @@ def served(tiny):
     proc.wait(30)
 
 
-@pytest.fixture(scope="session")
-def served_private(tiny):
-    """The app in-process, image_url allowed to reach 127.0.0.0/8; its base URL."""
-    from laion_hf.serve import ServeConfig, make_app, start_server
+@contextlib.contextmanager
+def inprocess_server(dirs: list, config=None):
+    """``make_app(dirs, config)`` served from a thread of this process; yields its base URL."""
+    from laion_hf.serve import make_app, start_server
 
     loop = asyncio.new_event_loop()
-    app = make_app([str(tiny[2])], ServeConfig(allow_private_image_urls=("127.0.0.0/8",)))
+    app = make_app([str(d) for d in dirs], config)
     runner, url = loop.run_until_complete(start_server(app, "127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield url
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    try:
+        yield url
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def serve_inprocess():
+    """:func:`inprocess_server`, for tests (they cannot import this file)."""
+    return inprocess_server
+
+
+@pytest.fixture(scope="session")
+def served_private(tiny):
+    """The app in-process, image_url allowed to reach 127.0.0.0/8; its base URL."""
+    from laion_hf.serve import ServeConfig
+
+    with inprocess_server([tiny[2]], ServeConfig(allow_private_image_urls=("127.0.0.0/8",))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def shards_index(tiny, tmp_path_factory):
+    """Parquet shards holding images and both embedding columns (the tiny model's), indexed:
+    ``(shards folder, index folder)``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from laion_hf.index import build_index
+
+    shards, embed, _ = tiny
+    root = tmp_path_factory.mktemp("shards_index")
+    (root / "shards").mkdir()
+    for n, shard in enumerate(sorted(shards.glob("*.parquet"))):
+        t = pq.read_table(shard)
+        for col, sub in (("image_embedding", "img_emb"), ("text_embedding", "text_emb")):
+            x = np.load(embed / sub / f"{sub}_{n}.npy")
+            t = t.append_column(
+                col, pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+            )
+        pq.write_table(t, root / "shards" / f"train-{n:05d}.parquet", row_group_size=5)
+    build_index(root / "shards", root / "index", clip_model="laion-hf-tiny")
+    return root / "shards", root / "index"
 
 
 @pytest.fixture(scope="session")

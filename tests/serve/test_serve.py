@@ -217,3 +217,20 @@ def test_serve_refuses_misaligned_metadata(tiny, tmp_path):
                         "serve", str(tiny[2]), "--metadata", str(tmp_path / "meta"), "--port", "0"],
                        capture_output=True, text=True, timeout=300, env=env, check=False)  # fmt: skip
     assert r.returncode == 1 and "does not match the index" in r.stderr
+
+
+def test_results_carry_the_shards_images(shards_index, serve_inprocess, clip_client, tiny):
+    shards, index = shards_index
+    rows = [r for f in sorted(shards.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    vec = rows[7]["image_embedding"]
+    with serve_inprocess([index]) as url:
+        got = _client(clip_client, url, num_images=2).query(embedding_input=vec)
+        many = requests.post(f"{url}/knn-service", timeout=30, data=json.dumps(
+            {"embedding_input": vec, "modality": "image", "num_images": 2, "num_result_ids": 6}))  # fmt: skip
+    assert got[0]["id"] == 7 and got[0]["key"] == rows[7]["key"]
+    for g in got:
+        assert base64.b64decode(g["image"]) == rows[g["id"]]["image"]["bytes"]
+        assert "image_embedding" not in g
+    items = many.json()
+    assert len(items) == 6 and all("image" in g for g in items[:2])
+    assert not any("image" in g or "url" in g for g in items[2:])

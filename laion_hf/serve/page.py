@@ -40,8 +40,10 @@ from laion_hf.shards.columns import HISTOGRAM_RANGES, Histogram, is_embedding_ty
 
 STATIC_DIR = Path(__file__).with_name("static")
 #: nothing but this origin's own files; images also from data: URLs (base64 in /knn-service)
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -49,11 +51,18 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-EXPORT_FORMATS = {"parquet": ("application/vnd.apache.parquet", "parquet"),
-                  "json": ("application/json", "json"), "urls": ("text/plain; charset=utf-8", "txt")}
+EXPORT_FORMATS = {
+    "parquet": ("application/vnd.apache.parquet", "parquet"),
+    "json": ("application/json", "json"),
+    "urls": ("text/plain; charset=utf-8", "txt"),
+}
 MAX_EXPORT_ROWS = 100_000
 QUERY_SIMILARITY = "query_similarity"
-_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"))
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF8", "image/gif"),
+)
 
 
 class PageError(LaionHFError):
@@ -67,8 +76,12 @@ class ShardImages:
 
     def __init__(self, files: Sequence[str], column: str):
         self.files, self.column = list(files), column
-        self._groups = [(i, g, md.row_group(g).num_rows) for i, f in enumerate(self.files)
-                        for md in [pq.ParquetFile(f).metadata] for g in range(md.num_row_groups)]
+        self._groups = [
+            (i, g, md.row_group(g).num_rows)
+            for i, f in enumerate(self.files)
+            for md in [pq.ParquetFile(f).metadata]
+            for g in range(md.num_row_groups)
+        ]
         self._starts = list(itertools.accumulate((n for _, _, n in self._groups), initial=0))
         self._lock = threading.Lock()
         self._group_column = functools.lru_cache(maxsize=8)(self._read_group_column)
@@ -83,7 +96,11 @@ class ShardImages:
 
     def _read_group_column(self, group: int) -> pa.ChunkedArray:
         file_index, row_group, _ = self._groups[group]
-        return pq.ParquetFile(self.files[file_index]).read_row_group(row_group, columns=[self.column]).column(0)
+        return (
+            pq.ParquetFile(self.files[file_index])
+            .read_row_group(row_group, columns=[self.column])
+            .column(0)
+        )
 
     def get(self, row: int) -> Any:
         """Row ``row``'s image value (``{bytes, path}`` or ``None``)."""
@@ -98,12 +115,18 @@ class MetadataSource:
     images (the index folder's image column, else the shards' bytes) and the overview figures
     (the shard folder's ``stats.json`` when there is one, as the dataset card)."""
 
-    def __init__(self, name: str, metadata: pa.Table, *, images: Any = None,
-                 shard_images: ShardImages | None = None, stats_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        name: str,
+        metadata: pa.Table,
+        *,
+        images: Any = None,
+        shard_images: ShardImages | None = None,
+        stats_dir: str | os.PathLike | None = None,
+    ):
         self.name, self.metadata = name, metadata
         self.num_rows = metadata.num_rows
-        self.plain_columns = [f.name for f in metadata.schema
-                              if not _is_image_type(f.type) and not is_embedding_type(f.type)]
+        self.plain_columns = _plain_columns(metadata.schema)
         self._images, self._shard_images = images, shard_images
         self.stats_dir = Path(stats_dir) if stats_dir else None
         self._overview: dict[str, Any] | None = None
@@ -111,9 +134,8 @@ class MetadataSource:
     @classmethod
     def from_files(cls, name: str, files: Sequence[str], **kwargs: Any) -> MetadataSource:
         """Metadata parquet ``files`` in row order (images from their image column, if any)."""
-        table = pa.concat_tables([pq.read_table(f, columns=[c.name for c in pq.read_schema(f)
-                                                            if not _is_image_type(c.type) and not is_embedding_type(c.type)])
-                                  for f in files], promote_options="permissive")  # fmt: skip
+        tables = [pq.read_table(f, columns=_plain_columns(pq.read_schema(f))) for f in files]
+        table = pa.concat_tables(tables, promote_options="permissive")
         return cls(name, table, shard_images=ShardImages.of(files), **kwargs)
 
     @classmethod
@@ -121,9 +143,18 @@ class MetadataSource:
         """The page's view of a served :class:`laion_hf.index.query.IndexFolder`."""
         files = list(folder.infos.get("metadata_files") or [])
         source = folder.infos.get("source")
-        stats_dir = source if isinstance(source, str) and os.path.isfile(os.path.join(source, "stats.json")) else None
-        return cls(name, folder.metadata, images=folder.images,
-                   shard_images=None if folder.images is not None else ShardImages.of(files), stats_dir=stats_dir)
+        stats_dir = (
+            source
+            if isinstance(source, str) and os.path.isfile(os.path.join(source, "stats.json"))
+            else None
+        )
+        return cls(
+            name,
+            folder.metadata,
+            images=folder.images,
+            shard_images=None if folder.images is not None else ShardImages.of(files),
+            stats_dir=stats_dir,
+        )
 
     def take(self, ids: Sequence[int]) -> pa.Table:
         """Rows ``ids`` (in that order) without image bytes or embeddings."""
@@ -149,7 +180,10 @@ class MetadataSource:
         if self._overview is None:
             if self.stats_dir is not None:
                 stats = json.loads((self.stats_dir / "stats.json").read_text())
-                self._overview = {**_overview_from_stats(self.name, stats), "languages": self._counts("language")}
+                self._overview = {
+                    **_overview_from_stats(self.name, stats),
+                    "languages": self._counts("language"),
+                }
             else:
                 self._overview = self._computed_overview()
         return self._overview
@@ -158,7 +192,9 @@ class MetadataSource:
         """Value counts of ``column`` (most common first); empty when there is no such column."""
         if column not in self.plain_columns:
             return {}
-        items = pc.value_counts(pc.fill_null(self.metadata.column(column).combine_chunks(), "(null)")).to_pylist()
+        items = pc.value_counts(
+            pc.fill_null(self.metadata.column(column).combine_chunks(), "(null)")
+        ).to_pylist()
         return {str(i["values"]): i["counts"] for i in sorted(items, key=lambda i: -i["counts"])}
 
     def _computed_overview(self) -> dict[str, Any]:
@@ -170,8 +206,18 @@ class MetadataSource:
                 hists[name].update(self.metadata.column(name))
         counts: list[list[Any]] = [["rows", self.num_rows]]
         counts += [[f"status {k}", v] for k, v in self._counts("status").items()]
-        return {"name": self.name, "source": "metadata", "counts": counts,
-                "histograms": {n: h.to_dict() for n, h in hists.items()}, "languages": self._counts("language")}
+        return {
+            "name": self.name,
+            "source": "metadata",
+            "counts": counts,
+            "histograms": {n: h.to_dict() for n, h in hists.items()},
+            "languages": self._counts("language"),
+        }
+
+
+def _plain_columns(schema: pa.Schema) -> list[str]:
+    """The columns of ``schema`` that are neither images nor embeddings."""
+    return [f.name for f in schema if not _is_image_type(f.type) and not is_embedding_type(f.type)]
 
 
 def _is_image_type(t: pa.DataType) -> bool:
@@ -181,19 +227,27 @@ def _is_image_type(t: pa.DataType) -> bool:
 def _overview_from_stats(name: str, stats: dict[str, Any]) -> dict[str, Any]:
     configs = stats.get("configs") or {}
     first = next(iter(configs.values()), {})
-    counts: list[list[Any]] = [["rows", sum(c.get("rows", 0) for c in configs.values())],
-                               ["rows written", sum(c.get("rows_written", 0) for c in configs.values())],
-                               ["shards", sum(c.get("num_shards", 0) for c in configs.values())]]
+    counts: list[list[Any]] = [
+        ["rows", sum(c.get("rows", 0) for c in configs.values())],
+        ["rows written", sum(c.get("rows_written", 0) for c in configs.values())],
+        ["shards", sum(c.get("num_shards", 0) for c in configs.values())],
+    ]
     status: dict[str, int] = {}
     for c in configs.values():
         for k, v in (c.get("status") or {}).items():
             status[k] = status.get(k, 0) + v
     counts += [[f"status {k}", v] for k, v in sorted(status.items(), key=lambda kv: -kv[1])]
-    return {"name": name, "source": "stats.json", "counts": counts,
-            "histograms": dict(first.get("histograms") or {}), "languages": {}}
+    return {
+        "name": name,
+        "source": "stats.json",
+        "counts": counts,
+        "histograms": dict(first.get("histograms") or {}),
+        "languages": {},
+    }
 
 
 # ---- request parsing --------------------------------------------------------------------------
+
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
@@ -264,7 +318,9 @@ class Page:
         except ValueError:
             raise PageError(f"row id {request.match_info['id']!r} is not a number") from None
         if not 0 <= row < src.num_rows:
-            raise web.HTTPNotFound(text=f"row {row} is not in index {src.name!r} ({src.num_rows} rows)")
+            raise web.HTTPNotFound(
+                text=f"row {row} is not in index {src.name!r} ({src.num_rows} rows)"
+            )
         data = await asyncio.to_thread(src.image_bytes, row)
         mime = _sniff(data)
         if mime is None:
@@ -283,9 +339,15 @@ class Page:
         if sims is not None:
             table = table.append_column(QUERY_SIMILARITY, pa.array(sims, pa.float64()))
         mime, ext = EXPORT_FORMATS[fmt]
-        headers = {"Content-Disposition": f'attachment; filename="laion-hf-export-{len(ids)}.{ext}"'}
-        return web.Response(body=export_bytes(table, fmt), content_type=mime.split(";")[0],
-                            charset="utf-8" if "charset" in mime else None, headers=headers)
+        headers = {
+            "Content-Disposition": f'attachment; filename="laion-hf-export-{len(ids)}.{ext}"'
+        }
+        return web.Response(
+            body=export_bytes(table, fmt),
+            content_type=mime.split(";")[0],
+            charset="utf-8" if "charset" in mime else None,
+            headers=headers,
+        )
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         src = self.source(request.query.get("indice_name"))
@@ -346,7 +408,9 @@ def _wrap(handler: Callable) -> Callable:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except LaionHFError as e:  # PageError and a source that cannot be read: the client's culprit
+        except (
+            LaionHFError
+        ) as e:  # PageError and a source that cannot be read: the client's culprit
             raise web.HTTPBadRequest(text=str(e)) from None
 
     wrapped.__doc__ = handler.__doc__

@@ -35,8 +35,11 @@ def browser_missing() -> str | None:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return ("selenium is not installed (pip install -c constraints.txt trio trio-websocket websocket-client "
-                "'urllib3[socks]' && pip install --no-deps -c constraints.txt selenium, as .ci/run does)")
+        return (
+            "selenium is not installed (pip install -c constraints.txt trio trio-websocket "
+            "websocket-client 'urllib3[socks]' && pip install --no-deps -c constraints.txt "
+            "selenium, as .ci/run does)"
+        )
     for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             return f"{path} not found: apt-get install -y chromium chromium-driver (missing {pkg})"
@@ -165,14 +168,25 @@ def driver(downloads):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         opts.add_argument(arg)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
+    opts.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    drv.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    drv.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
     drv.set_script_timeout(30)
     yield drv
     drv.quit()
@@ -182,12 +196,16 @@ def driver(downloads):
 def page(driver, server):
     """The page freshly loaded (default settings), light colour scheme, desktop width."""
     driver.set_window_size(1280, 900)
-    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme",
-                                                                         "value": "light"}]})
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "light"}]},
+    )
     driver.get(server.url + "/")
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.body.dataset.ready === '1'")
+    )
     return driver
 
 

@@ -44,19 +44,27 @@ def build_table(embedder) -> pa.Table:
     images[BROKEN_ROW] = b"this is not an image"
     images[MISSING_ROW] = None
     dim = img_emb.shape[1]
-    return pa.table({
-        "key": [f"{i:09d}" for i in range(N)],
-        "url": [f"https://images.example.org/{i}.jpg" for i in range(N)],
-        "caption": caps,
-        "punsafe": [punsafe(i) for i in range(N)],
-        "pwatermark": [round(((i * 5) % N) / N, 4) for i in range(N)],
-        "aesthetic": [round(3 + (i % 7) * 0.5, 2) for i in range(N)],
-        "language": [("en", "de", "fr")[i % 3] for i in range(N)],
-        "status": ["success"] * N,
-        "image": pa.array([None if b is None else {"bytes": b, "path": None} for b in images], IMAGE_TYPE),
-        "image_embedding": pa.array(list(img_emb.astype(np.float32)), pa.list_(pa.float32(), dim)),
-        "text_embedding": pa.array(list(txt_emb.astype(np.float32)), pa.list_(pa.float32(), dim)),
-    })
+    return pa.table(
+        {
+            "key": [f"{i:09d}" for i in range(N)],
+            "url": [f"https://images.example.org/{i}.jpg" for i in range(N)],
+            "caption": caps,
+            "punsafe": [punsafe(i) for i in range(N)],
+            "pwatermark": [round(((i * 5) % N) / N, 4) for i in range(N)],
+            "aesthetic": [round(3 + (i % 7) * 0.5, 2) for i in range(N)],
+            "language": [("en", "de", "fr")[i % 3] for i in range(N)],
+            "status": ["success"] * N,
+            "image": pa.array(
+                [None if b is None else {"bytes": b, "path": None} for b in images], IMAGE_TYPE
+            ),
+            "image_embedding": pa.array(
+                list(img_emb.astype(np.float32)), pa.list_(pa.float32(), dim)
+            ),
+            "text_embedding": pa.array(
+                list(txt_emb.astype(np.float32)), pa.list_(pa.float32(), dim)
+            ),
+        }
+    )
 
 
 def write_subset(out: Path, embedder) -> Path:
@@ -64,6 +72,12 @@ def write_subset(out: Path, embedder) -> Path:
     from laion_hf import write_shards
 
     table = build_table(embedder)
-    write_shards(table, out, max_shard_rows=N // 2, embedding_columns=["image_embedding", "text_embedding"],
-                 provenance={"pretty_name": "page test subset"}, progress=False)
+    write_shards(
+        table,
+        out,
+        max_shard_rows=N // 2,
+        embedding_columns=["image_embedding", "text_embedding"],
+        provenance={"pretty_name": "page test subset"},
+        progress=False,
+    )
     return out

@@ -13,8 +13,13 @@ CLI = "import sys; from laion_hf.cli import main; sys.exit(main())"
 
 def test_serve_cli_serves_the_page_on_loopback(index_dir):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", f"subset={index_dir}", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, "serve", f"subset={index_dir}", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         lines = []
         for line in proc.stdout:

@@ -18,7 +18,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 CARDS_JS = """
 return [...document.querySelectorAll('#grid > li.card')].map(li => ({
-  id: Number(li.dataset.id), rank: Number(li.dataset.rank), similarity: Number(li.dataset.similarity),
+  id: Number(li.dataset.id), rank: Number(li.dataset.rank),
+  similarity: Number(li.dataset.similarity),
   punsafe: li.dataset.punsafe === undefined ? null : Number(li.dataset.punsafe),
   caption: li.querySelector('.caption').textContent, key: li.querySelector('.key').textContent,
   broken: li.classList.contains('broken'), open: li.classList.contains('open')}));
@@ -31,9 +32,13 @@ def cards(driver) -> list[dict]:
 
 def wait_results(driver, previous_kind: str | None = None, timeout: float = 30) -> list[dict]:
     """Wait for a finished search (busy flag off, cards painted) and return the cards."""
-    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
-        "return !document.body.classList.contains('busy') && document.querySelector('#grid > li.card') !== null"
-        " && document.getElementById('grid').hasAttribute('data-paint-ms')"))
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script(
+            "return !document.body.classList.contains('busy')"
+            " && document.querySelector('#grid > li.card') !== null"
+            " && document.getElementById('grid').hasAttribute('data-paint-ms')"
+        )
+    )
     return cards(driver)
 
 
@@ -50,6 +55,7 @@ def search(driver, text: str) -> float:
 
 def load_all(driver, timeout: float = 30) -> list[dict]:
     """Scroll down until every result found has its metadata loaded (infinite scroll)."""
+
     def done(d):
         d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
         grid = d.find_element(By.ID, "grid")
@@ -60,8 +66,12 @@ def load_all(driver, timeout: float = 30) -> list[dict]:
 
 
 def knn(server, **body) -> list[dict]:
-    req = urllib.request.Request(server.url + "/knn-service", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.url + "/knn-service",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 
@@ -82,27 +92,33 @@ def test_text_query_results_in_similarity_order(page, server, recorder, shots, c
     assert sims == sorted(sims, reverse=True)
     sent = recorder.last("/knn-service")
     assert sent["text"] == "a red star on a blue flag" and sent["modality"] == "image"
-    # the same query straight to the service: the page shows its rows in its order, less the unsafe ones
+    # the same query straight to the service: the page shows its rows in its order, less unsafe ones
     expected = [r["id"] for r in knn(server, **sent)[: sent["num_images"]] if r["punsafe"] <= 0.5]
     assert [c["id"] for c in got] == expected
     assert all(c["caption"] and c["key"].startswith("key ") for c in got)
     page.save_screenshot(str(shots / "results.png"))
     with capsys.disabled():
-        print(f"\ntime from Enter to first results painted: {ms:.0f} ms wall (selenium), "
-              f"{paint_ms} ms in the page (performance.now to 2nd animation frame)")
+        print(
+            f"\ntime from Enter to first results painted: {ms:.0f} ms wall (selenium), "
+            f"{paint_ms} ms in the page (performance.now to 2nd animation frame)"
+        )
 
 
 def test_similar_issues_an_image_query(page, recorder, subset_dir):
     search(page, "winter")
     first = cards(page)[0]
-    page.find_element(By.CSS_SELECTOR, f'#grid > li.card[data-id="{first["id"]}"] button.similar').click()
+    page.find_element(
+        By.CSS_SELECTOR, f'#grid > li.card[data-id="{first["id"]}"] button.similar'
+    ).click()
     WebDriverWait(page, 30).until(lambda d: "similar=" in d.current_url)
     got = wait_results(page)
     sent = recorder.last("/knn-service")
     assert "text" not in sent and "image" in sent
     import pyarrow.dataset as ds
 
-    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(columns=["image"])
+    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(
+        columns=["image"]
+    )
     assert base64.b64decode(sent["image"]) == table.column("image")[first["id"]].as_py()["bytes"]
     assert got[0]["id"] == first["id"] and got[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
     assert parse_qs(urlparse(page.current_url).query)["similar"] == [str(first["id"])]
@@ -139,10 +155,14 @@ def test_infinite_scroll_loads_all_rows_through_metadata(page, recorder, h, shot
     assert sims == sorted(sims, reverse=True)
     # images come from the shards; the two rows without a decodable image are shown as broken
     WebDriverWait(page, 10).until(lambda d: sum(c["broken"] for c in cards(d)) == 2)
-    assert {c["id"] for c in cards(page) if c["broken"]} == {h.subset.BROKEN_ROW, h.subset.MISSING_ROW}
+    assert {c["id"] for c in cards(page) if c["broken"]} == {
+        h.subset.BROKEN_ROW,
+        h.subset.MISSING_ROW,
+    }
     srcs = page.execute_script("return [...document.querySelectorAll('#grid img')].map(i => i.src)")
-    assert srcs and all(s.startswith((page.current_url.split("?")[0].rstrip("/"), "data:"))
-                        for s in srcs)
+    assert srcs and all(
+        s.startswith((page.current_url.split("?")[0].rstrip("/"), "data:")) for s in srcs
+    )
     card = page.find_element(By.CSS_SELECTOR, f'#grid > li.card[data-id="{h.subset.BROKEN_ROW}"]')
     assert "image unavailable" in card.text
     page.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
@@ -179,7 +199,9 @@ def test_export_parquet_is_loadable_with_the_shown_keys(page, downloads, h):
     search(page, "a house by the sea")
     shown = [c["key"].removeprefix("key ") for c in cards(page)]
     page.find_element(By.CSS_SELECTOR, '.export-button[data-format="parquet"]').click()
-    WebDriverWait(page, 30).until(lambda d: any(p.suffix == ".parquet" for p in downloads.iterdir()))
+    WebDriverWait(page, 30).until(
+        lambda d: any(p.suffix == ".parquet" for p in downloads.iterdir())
+    )
     path = next(p for p in downloads.iterdir() if p.suffix == ".parquet")
     rows = list(load_laion(str(path)))
     assert [r["key"] for r in rows] == shown
@@ -199,8 +221,13 @@ def test_xss_captions_stay_text(page, h, shots):
         top = cards(page)[0]
         assert top["caption"] == caption  # the text embedding of the same string ranks first
         assert page.execute_script("return window.__xss === undefined")
-        assert page.execute_script(
-            "return document.querySelectorAll('#grid script, #grid img[src$=\"nonexistent.png\"]').length") == 0
+        assert (
+            page.execute_script(
+                "return document.querySelectorAll("
+                "'#grid script, #grid img[src$=\"nonexistent.png\"]').length"
+            )
+            == 0
+        )
     page.save_screenshot(str(shots / "xss_captions.png"))
 
 
@@ -212,7 +239,10 @@ def test_keyboard_only_search(page, recorder):
     keys.send_keys("/").send_keys("city at night").send_keys(Keys.ENTER).perform()
     got = wait_results(page)
     assert recorder.last("/knn-service")["text"] == "city at night"
-    active = lambda: page.switch_to.active_element.get_attribute("data-id")
+
+    def active():
+        return page.switch_to.active_element.get_attribute("data-id")
+
     ActionChains(page).send_keys(Keys.ARROW_DOWN).perform()
     assert active() == str(got[0]["id"])
     ActionChains(page).send_keys(Keys.ARROW_RIGHT).perform()
@@ -228,12 +258,16 @@ def test_keyboard_only_search(page, recorder):
 
 def test_overview_shows_the_cards_figures(page, subset_dir, shots):
     page.find_element(By.ID, "tab-overview").click()
-    WebDriverWait(page, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overview-charts svg"))
+    WebDriverWait(page, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#overview-charts svg")
+    )
     stats = json.loads((subset_dir / "stats.json").read_text())["configs"]["default"]
     charts = page.find_elements(By.CSS_SELECTOR, "#overview-charts figure svg")
     assert len(charts) == len(stats["histograms"])
     labels = [e.get_attribute("aria-label") for e in charts]
-    assert labels == [f"histogram of {n}: {sum(v['counts'])} rows" for n, v in stats["histograms"].items()]
+    assert labels == [
+        f"histogram of {n}: {sum(v['counts'])} rows" for n, v in stats["histograms"].items()
+    ]
     counts = page.find_element(By.ID, "overview-counts").text
     assert f"rows\n{stats['rows']}" in counts
     assert "view=overview" in page.current_url
@@ -242,8 +276,10 @@ def test_overview_shows_the_cards_figures(page, subset_dir, shots):
 
 def test_phone_width_and_dark_scheme_screenshots(page, shots):
     search(page, "a red star on a blue flag")
-    page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme",
-                                                                       "value": "dark"}]})
+    page.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
     bg = page.execute_script("return getComputedStyle(document.body).backgroundColor")
     page.save_screenshot(str(shots / "results_dark.png"))
     page.set_window_size(390, 844)
@@ -260,7 +296,9 @@ def test_phone_width_and_dark_scheme_screenshots(page, shots):
 def test_image_upload_and_drop_search_by_image(page, recorder, subset_dir, tmp_path, h):
     import pyarrow.dataset as ds
 
-    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(columns=["image"])
+    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(
+        columns=["image"]
+    )
     assert h.subset.punsafe(4) <= 0.5 and h.subset.punsafe(20) <= 0.5  # shown in safe mode
     jpeg = table.column("image")[4].as_py()["bytes"]
     (tmp_path / "query.jpg").write_bytes(jpeg)
@@ -270,13 +308,19 @@ def test_image_upload_and_drop_search_by_image(page, recorder, subset_dir, tmp_p
     assert got[0]["id"] == 4 and "Uploaded image" in page.find_element(By.ID, "query-info").text
     # drag and drop: the drop event carries a File, as a real drop from the desktop does
     jpeg2 = table.column("image")[20].as_py()["bytes"]
-    page.execute_script("""
+    page.execute_script(
+        """
         const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
         const dt = new DataTransfer();
         dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
-        document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-    """, base64.b64encode(jpeg2).decode())
-    WebDriverWait(page, 30).until(lambda d: "dropped.jpg" in d.find_element(By.ID, "query-info").text)
+        document.dispatchEvent(
+            new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    """,
+        base64.b64encode(jpeg2).decode(),
+    )
+    WebDriverWait(page, 30).until(
+        lambda d: "dropped.jpg" in d.find_element(By.ID, "query-info").text
+    )
     assert wait_results(page)[0]["id"] == 20
     assert base64.b64decode(recorder.last("/knn-service")["image"]) == jpeg2
 
@@ -290,14 +334,18 @@ def test_image_url_is_fetched_by_the_server(page, server, recorder):
     assert parse_qs(urlparse(page.current_url).query)["image_url"] == [url]
     box = page.find_element(By.ID, "q")
     box.clear()
-    box.send_keys(f"{server.url}/image/subset/{10**6}", Keys.ENTER)  # a 404: the service's 400 is shown
+    box.send_keys(
+        f"{server.url}/image/subset/{10**6}", Keys.ENTER
+    )  # a 404: the service's 400 is shown
     WebDriverWait(page, 30).until(lambda d: "Search failed" in d.find_element(By.ID, "status").text)
     assert "image_url not fetched" in page.find_element(By.ID, "status").text
     assert not cards(page)
 
 
 def test_unavailable_filters_are_shown(page, recorder):
-    page.find_element(By.ID, "aesthetic").click()  # the tiny model has no aesthetic rating embeddings
+    page.find_element(
+        By.ID, "aesthetic"
+    ).click()  # the tiny model has no aesthetic rating embeddings
     search(page, "a lake in the mountains")
     sent = recorder.last("/knn-service")
     assert sent["aesthetic_score"] == "9" and sent["aesthetic_weight"] == 0.5

@@ -28,8 +28,9 @@ def get(server, path: str):
 
 def post(server, path: str, body) -> tuple[int, dict, bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.url + path, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, dict(r.headers), r.read()
@@ -50,17 +51,32 @@ def test_page_is_served_with_a_strict_csp(server):
     html = body.decode()
     # no inline script or style: every <script> has a src, no style attributes or blocks, no CDN
     assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
-    assert "style=" not in html and "<style" not in html and "//cdn" not in html and "https://" not in html
+    assert (
+        "style=" not in html
+        and "<style" not in html
+        and "//cdn" not in html
+        and "https://" not in html
+    )
     for path in ("/static/app.js", "/static/style.css"):
         status, headers, _ = get(server, path)
         assert status == 200 and "Content-Security-Policy" in headers
     assert get(server, "/static/../page.py")[0] == 404
-    assert get(server, "/knn-service")[1].get("Content-Security-Policy") == headers["Content-Security-Policy"]
+    assert (
+        get(server, "/knn-service")[1].get("Content-Security-Policy")
+        == headers["Content-Security-Policy"]
+    )
 
 
 def test_page_script_never_writes_html():
     js = (STATIC / "app.js").read_text()
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+    ):
         assert sink not in js, sink
 
 
@@ -82,9 +98,14 @@ def test_export_formats(server, subset_dir, tmp_path, h):
 
     table = subset_table(subset_dir)
     ids, sims = [5, 2, 40], [0.3, 0.2, 0.1]
-    status, headers, body = post(server, "/export", {"indice_name": h.INDEX, "ids": ids, "similarities": sims,
-                                                     "format": "parquet"})
-    assert status == 200 and 'filename="laion-hf-export-3.parquet"' in headers["Content-Disposition"]
+    status, headers, body = post(
+        server,
+        "/export",
+        {"indice_name": h.INDEX, "ids": ids, "similarities": sims, "format": "parquet"},
+    )
+    assert (
+        status == 200 and 'filename="laion-hf-export-3.parquet"' in headers["Content-Disposition"]
+    )
     exported = pq.read_table(io.BytesIO(body))
     assert "image" not in exported.column_names and "image_embedding" not in exported.column_names
     assert exported.column("query_similarity").to_pylist() == sims
@@ -97,24 +118,29 @@ def test_export_formats(server, subset_dir, tmp_path, h):
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert [r["url"] for r in json.loads(body)] == [table.column("url")[i].as_py() for i in ids]
     status, headers, body = post(server, "/export", {"ids": ids, "format": "urls"})
-    assert status == 200 and body.decode().splitlines() == [table.column("url")[i].as_py() for i in ids]
+    assert status == 200 and body.decode().splitlines() == [
+        table.column("url")[i].as_py() for i in ids
+    ]
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"{not json", "not JSON"),
-    ([1, 2], "JSON object"),
-    ({"ids": [1], "format": "xlsx"}, "unknown export format 'xlsx'"),
-    ({"ids": []}, "non-empty list"),
-    ({"ids": "1,2"}, "non-empty list"),
-    ({"ids": [1, 72]}, "holds 72"),
-    ({"ids": [1, -1]}, "holds -1"),
-    ({"ids": [True]}, "holds True"),
-    ({"ids": [1.5]}, "holds 1.5"),
-    ({"ids": [1, 2], "similarities": [0.1]}, "as long as 'ids'"),
-    ({"ids": [1], "similarities": ["x"]}, "must hold numbers"),
-    ({"ids": list(range(100_001))}, "at most 100,000"),
-    ({"ids": [1], "indice_name": "other"}, "unknown index 'other'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", "not JSON"),
+        ([1, 2], "JSON object"),
+        ({"ids": [1], "format": "xlsx"}, "unknown export format 'xlsx'"),
+        ({"ids": []}, "non-empty list"),
+        ({"ids": "1,2"}, "non-empty list"),
+        ({"ids": [1, 72]}, "holds 72"),
+        ({"ids": [1, -1]}, "holds -1"),
+        ({"ids": [True]}, "holds True"),
+        ({"ids": [1.5]}, "holds 1.5"),
+        ({"ids": [1, 2], "similarities": [0.1]}, "as long as 'ids'"),
+        ({"ids": [1], "similarities": ["x"]}, "must hold numbers"),
+        ({"ids": list(range(100_001))}, "at most 100,000"),
+        ({"ids": [1], "indice_name": "other"}, "unknown index 'other'"),
+    ],
+)
 def test_bad_export_requests_get_a_400(server, body, message):
     status, _, text = post(server, "/export", body)
     assert status == 400 and message in text.decode()

@@ -122,7 +122,7 @@ def test_routes_of_clip_back_and_metadata(served, tiny):
     cfg = requests.get(f"{served}/config.json", timeout=10).json()
     assert cfg == {"defaultBackend": served, "defaultIndex": "index", "urlColumn": "url"}
     assert requests.get(f"{served}/health", timeout=10).text == "ok"
-    assert requests.get(f"{served}/", timeout=10).status_code == 404  # left free for a web page
+    assert "laion-hf explorer" in requests.get(f"{served}/", timeout=10).text  # the page (serve/page.py)
     r = requests.post(
         f"{served}/metadata", data=json.dumps({"ids": [3, 0], "indice_name": "index"}), timeout=10
     )

@@ -12,7 +12,8 @@
 * ``GET /overview?indice_name=``: counts and score histograms, the dataset card's figures;
 * a strict Content-Security-Policy (no inline script or style) on every response.
 
-Row ``i`` of an index is row ``i`` of its metadata, in the order of the sorted metadata files.
+Row ``i`` of an index is row ``i`` of its metadata (the index folder's ``metadata_files`` in
+order); images come from the folder's ``images.arrow`` or else the shards' own image column.
 """
 
 from __future__ import annotations
@@ -408,9 +409,7 @@ def _wrap(handler: Callable) -> Callable:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (
-            LaionHFError
-        ) as e:  # PageError and a source that cannot be read: the client's culprit
+        except LaionHFError as e:  # a PageError, or metadata that cannot be read for this request
             raise web.HTTPBadRequest(text=str(e)) from None
 
     wrapped.__doc__ = handler.__doc__

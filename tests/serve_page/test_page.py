@@ -125,12 +125,12 @@ def test_similar_issues_an_image_query(page, recorder, subset_dir):
     assert "similar to row" in page.find_element(By.ID, "query-info").text
 
 
-def test_safe_mode_hides_rows_above_threshold(page, shots):
+def test_safe_mode_hides_rows_above_threshold(page, recorder):
     set_input(page, "num", "100")
     search(page, "portrait of a woman")
     set_input(page, "punsafe", "0.3")
     WebDriverWait(page, 10).until(lambda d: "punsafe=0.3" in d.current_url)
-    safe = cards(page)
+    safe = wait_results(page)  # the threshold goes to the service too: a new search
     assert safe and all(c["punsafe"] <= 0.3 for c in safe)
     assert "hidden by safe mode" in page.find_element(By.ID, "query-info").text
     safe = load_all(page)
@@ -141,6 +141,16 @@ def test_safe_mode_hides_rows_above_threshold(page, shots):
     assert any(c["punsafe"] > 0.3 for c in unsafe)
     assert "hidden by safe mode" not in page.find_element(By.ID, "query-info").text
     assert [c["id"] for c in safe] == [c["id"] for c in unsafe if c["punsafe"] <= 0.3]
+    # a threshold above the service's own (0.5) is applied by the page alone
+    page.execute_script("window.scrollTo(0, 0)")
+    page.find_element(By.ID, "safe").click()
+    set_input(page, "punsafe", "0.8")
+    WebDriverWait(page, 10).until(lambda d: "punsafe=0.8" in d.current_url)
+    wait_results(page)
+    loose = load_all(page)
+    assert recorder.last("/knn-service")["use_safety_model"] is False
+    assert [c["id"] for c in loose] == [c["id"] for c in unsafe if c["punsafe"] <= 0.8]
+    assert any(c["punsafe"] > 0.5 for c in loose)
 
 
 def test_infinite_scroll_loads_all_rows_through_metadata(page, recorder, h, shots):

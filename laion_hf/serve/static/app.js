@@ -6,6 +6,7 @@
 
 (function () {
   const PAGE = 40;            // rows that get metadata per request (num_images / one /metadata call)
+  const SERVICE_PUNSAFE = 0.5; // the service's own safety threshold (clip back's)
   const SCORE_COLUMNS = ["punsafe", "pwatermark", "aesthetic", "clip_similarity"];
   const SKIP_COLUMNS = new Set(["image", "id", "similarity"]);
   const $ = (id) => document.getElementById(id);
@@ -21,12 +22,14 @@
 
   // ---- state -------------------------------------------------------------------------------
   // query: {kind: "text"|"image_url"|"similar"|"image", value, label}
-  const state = { query: null, results: [], next: 0, loading: false, generation: 0, t0: 0, painted: false };
+  const state = {
+    query: null, results: [], next: 0, loading: false, generation: 0, t0: 0, painted: false, serverNotice: "",
+  };
 
   const settingsFields = [
     // [url parameter, element, kind, server-side?]
     ["index", el.index, "value", true], ["modality", el.modality, "value", true],
-    ["safe", el.safe, "check", true], ["punsafe", el.punsafe, "value", false],
+    ["safe", el.safe, "check", true], ["punsafe", el.punsafe, "value", true],
     ["dedup", el.dedup, "check", true], ["aes", el.aesthetic, "check", true],
     ["aes_score", el.aestheticScore, "value", true], ["aes_weight", el.aestheticWeight, "value", true],
     ["min_sim", el.minSim, "value", false], ["lang", el.lang, "value", false], ["num", el.num, "value", true],
@@ -79,7 +82,10 @@
     const body = {
       modality: el.modality.value, indice_name: el.index.value || null,
       num_images: PAGE, num_result_ids: Math.max(PAGE, Math.round(num(el.num, 200))),
-      deduplicate: el.dedup.checked, use_safety_model: el.safe.checked, use_violence_detector: false,
+      // the service drops punsafe > 0.5 (and names the filter when it cannot apply it); a looser
+      // threshold is applied here only
+      deduplicate: el.dedup.checked, use_violence_detector: false,
+      use_safety_model: el.safe.checked && num(el.punsafe, SERVICE_PUNSAFE) <= SERVICE_PUNSAFE,
       use_mclip: false,
     };
     if (el.aesthetic.checked) {
@@ -169,7 +175,8 @@
   function showNotices(headers) {
     // the service names each filter that was asked for but is unavailable (never ignored silently)
     const unavailable = headers.get("X-Unavailable-Filters");
-    el.notices.textContent = unavailable ? "Not applied: " + unavailable : "";
+    state.serverNotice = unavailable ? "Not applied: " + unavailable : "";
+    el.notices.textContent = state.serverNotice;
   }
 
   function setStatus(text, error) {
@@ -244,6 +251,9 @@
     el.grid.dataset.loaded = String(loaded.length);
     el.grid.dataset.found = String(state.results.length);
     el.exportLabel.textContent = `Export ${shown} shown rows:`;
+    const unscored = el.safe.checked && loaded.length && !loaded.some((r) => typeof r.punsafe === "number");
+    el.notices.textContent = [state.serverNotice, unscored ? "Safe mode: these rows have no punsafe score" : ""]
+      .filter(Boolean).join(" · ");
     const base = state.query ? describe(state.query) : "";
     el.info.textContent = base + (base ? " — " : "") + parts.join(", ");
     if (!state.painted && state.results.length) {

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from laion_hf.errors import HubError, ShardError
-from laion_hf.hub.card import README, is_generated, render_card
+from laion_hf.hub.card import README, card_files, is_generated
 from laion_hf.shards.writer import STATS_FILENAME, file_sha256, read_stats
 
 logger = logging.getLogger("laion_hf.hub")
@@ -114,8 +114,7 @@ def _local_files(folder: Path) -> list[str]:
 
 
 
-def _git_sha1(path: Path) -> str:
-    data = path.read_bytes()
+def _git_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -150,7 +149,12 @@ def _hub_error(e: BaseException, action: str, repo_id: str, secrets: list[str]) 
     first = f"{type(e).__name__}: {first}" if not isinstance(e, HfHubHTTPError) else first
     if isinstance(e, RevisionNotFoundError):
         hint = "the revision does not exist on the repo"
-    elif isinstance(e, RepositoryNotFoundError) or status == 401:
+    elif status == 401 and not isinstance(e, RepositoryNotFoundError):
+        # huggingface_hub raises RepositoryNotFoundError for a 401 about a repo, and a plain
+        # HfHubHTTPError when the Hub rejects the token itself ("Invalid credentials ...")
+        hint = ("the Hub rejected the token (invalid, expired or revoked): set HF_TOKEN (or run "
+                "`hf auth login`) with a valid write token")
+    elif isinstance(e, RepositoryNotFoundError):
         hint = ("the repo does not exist or is private and the token cannot read it: set HF_TOKEN (or run "
                 "`hf auth login`) with a token that has access")
     elif status == 403:
@@ -190,8 +194,9 @@ def push(
     ``paths-info``): shards in commits of at most ``max_files_per_commit`` files, then the card
     and stats. ``create_pr`` opens one pull request (against ``main``) holding every change.
     ``dry_run`` only lists what would be uploaded. The token comes from ``token``, ``HF_TOKEN`` or
-    the huggingface_hub login; it never appears in a log line or an error message. A
-    laion-hf-generated ``README.md`` is re-rendered with ``repo_id`` in its loading snippets.
+    the huggingface_hub login; it never appears in a log line or an error message. A missing or
+    laion-hf-generated ``README.md`` is uploaded re-rendered with ``repo_id`` in its loading
+    snippets (with the histogram image); ``folder`` itself is never modified.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -219,11 +224,12 @@ def push(
                 raise ShardError(f"shard {s['path']} changed since {STATS_FILENAME} was written (size differs); "
                                  "re-run write_shards")
             sha_of[s["path"]] = s["sha256"]
+    rendered: dict[str, bytes] = {}  # uploaded from memory: the user's folder stays as it is
     if render and (not (folder / README).exists() or is_generated(folder)):
-        render_card(folder, repo_id, secrets=secrets)
+        rendered = card_files(folder, repo_id, secrets=secrets)
 
-    files = _local_files(folder)
-    sizes = {p: (folder / p).stat().st_size for p in files}
+    files = sorted(set(_local_files(folder)) | set(rendered))
+    sizes = {p: len(rendered[p]) if p in rendered else (folder / p).stat().st_size for p in files}
     api = HfApi(endpoint=endpoint, token=tok if tok else False, library_name="laion-hf")
     prefix = f"{api.endpoint}/datasets/{repo_id}"
     result = PushResult(repo_id=repo_id, url=prefix, revision=branch, dry_run=dry_run)
@@ -267,11 +273,12 @@ def push(
             r = remote.get(p)
             if r is not None and getattr(r, "size", None) == sizes[p]:
                 if r.lfs is not None:
-                    local = sha_of.get(p) or file_sha256(folder / p)
+                    local = sha_of.get(p) or (hashlib.sha256(rendered[p]).hexdigest() if p in rendered
+                                              else file_sha256(folder / p))
                     sha_of[p] = local
                     same = r.lfs.sha256 == local
                 else:
-                    same = r.blob_id == _git_sha1(folder / p)
+                    same = r.blob_id == _git_sha1(rendered[p] if p in rendered else (folder / p).read_bytes())
                 if same:
                     result.unchanged.append(p)
                     continue
@@ -291,7 +298,8 @@ def push(
         for i, batch in enumerate(batches, 1):
             ops = []
             for p in batch:
-                op = CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p))
+                op = CommitOperationAdd(path_in_repo=p, path_or_fileobj=rendered[p] if p in rendered
+                                        else str(folder / p))
                 if p in sha_of:
                     op.upload_info.sha256 = bytes.fromhex(sha_of[p])  # known from stats: no re-hash
                 ops.append(op)

@@ -155,7 +155,7 @@ def combine(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _source_entry(source: Any, files: Sequence[str] | None) -> list[Any]:
     names = [local_name(os.fspath(s)) for s in _as_list(source) if isinstance(s, (str, os.PathLike))]
-    if not files:
+    if not files or [os.path.basename(f) for f in files] == [os.path.basename(n) for n in names]:
         return names
     shown = [local_name(f) for f in files[:_MAX_FILES]]
     return [{"repo": ", ".join(names) or "metadata", "files": shown, "num_files": len(files)}]

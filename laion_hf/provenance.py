@@ -26,12 +26,19 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 FILENAME = "_laion_hf_provenance.json"
 RECORD_SCHEMA = "laion-hf/provenance/1"
-_SCAN_KEYS = ("rows_in", "rows_kept", "removed_by_filter", "removed_by_blocklist", "removed_by_sample")
+_SCAN_KEYS = (
+    "rows_in",
+    "rows_kept",
+    "removed_by_filter",
+    "removed_by_blocklist",
+    "removed_by_sample",
+)
 _LIST_KEYS = ("preset", "filters", "sample", "blocklists", "stages")
 _MAX_FILES = 100  # file names kept per source; ``num_files`` keeps the count
 
@@ -61,8 +68,12 @@ def _record_dir(path: str) -> Path | None:
     folder = p if p.is_dir() else p.parent
     if (folder / FILENAME).is_file():
         return folder
-    if (folder.parent / FILENAME).is_file() and (folder.parent / "embed_config.json").is_file():
-        return folder.parent  # clip-retrieval layout: OUT/metadata/*.parquet, the record in OUT
+    if (folder.parent / FILENAME).is_file() and (
+        folder.parent / "embed_config.json"
+    ).is_file():
+        return (
+            folder.parent
+        )  # clip-retrieval layout: OUT/metadata/*.parquet, the record in OUT
     return None
 
 
@@ -73,7 +84,11 @@ def read_provenance(source: Any) -> dict[str, Any]:
     items = source if isinstance(source, (list, tuple)) else [source]
     if not items or not all(isinstance(s, (str, os.PathLike)) for s in items):
         return {}
-    folders = {d for s in items if "://" not in os.fspath(s) and (d := _record_dir(os.fspath(s))) is not None}
+    folders = {
+        d
+        for s in items
+        if "://" not in os.fspath(s) and (d := _record_dir(os.fspath(s))) is not None
+    }
     records = []
     for folder in sorted(folders):
         try:
@@ -91,7 +106,10 @@ def write_provenance(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> P
     """Write ``record`` as ``out_dir/_laion_hf_provenance.json`` (atomically); its path."""
     path = Path(out_dir) / FILENAME
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"schema": RECORD_SCHEMA, **record}, indent=1, default=str), encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"schema": RECORD_SCHEMA, **record}, indent=1, default=str),
+        encoding="utf-8",
+    )
     os.replace(tmp, path)
     return path
 
@@ -154,15 +172,30 @@ def combine(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _source_entry(source: Any, files: Sequence[str] | None) -> list[Any]:
-    names = [local_name(os.fspath(s)) for s in _as_list(source) if isinstance(s, (str, os.PathLike))]
-    if not files or [os.path.basename(f) for f in files] == [os.path.basename(n) for n in names]:
+    names = [
+        local_name(os.fspath(s))
+        for s in _as_list(source)
+        if isinstance(s, (str, os.PathLike))
+    ]
+    if not files or [os.path.basename(f) for f in files] == [
+        os.path.basename(n) for n in names
+    ]:
         return names
     shown = [local_name(f) for f in files[:_MAX_FILES]]
-    return [{"repo": ", ".join(names) or "metadata", "files": shown, "num_files": len(files)}]
+    return [
+        {
+            "repo": ", ".join(names) or "metadata",
+            "files": shown,
+            "num_files": len(files),
+        }
+    ]
 
 
 def selection_record(
-    source: Any, load_kwargs: Mapping[str, Any], scan: Mapping[str, Any] | None, builder: Any = None,
+    source: Any,
+    load_kwargs: Mapping[str, Any],
+    scan: Mapping[str, Any] | None,
+    builder: Any = None,
     stage: str = "filter",
 ) -> dict[str, Any]:
     """What a metadata selection did (``laion-hf filter``, or ``download --where/--preset``):
@@ -172,16 +205,24 @@ def selection_record(
     from laion_hf.filters import combine_filters
 
     spec = getattr(builder, "filter_spec", None)
-    texts = list((scan or {}).get("filters") or (spec.descriptions if spec is not None else []))
+    texts = list(
+        (scan or {}).get("filters") or (spec.descriptions if spec is not None else [])
+    )
     if not texts:
-        texts = combine_filters(load_kwargs.get("where"), load_kwargs.get("preset")).descriptions
+        texts = combine_filters(
+            load_kwargs.get("where"), load_kwargs.get("preset")
+        ).descriptions
     files = None
     if builder is not None:
         data_files = getattr(builder.config, "data_files", None)
-        files = list(data_files["train"] if isinstance(data_files, dict) else data_files or [])
+        files = list(
+            data_files["train"] if isinstance(data_files, dict) else data_files or []
+        )
     rec: dict[str, Any] = {
         "sources": _source_entry(source, files),
-        "release": getattr(builder, "release", None) or (scan or {}).get("release") or load_kwargs.get("release"),
+        "release": getattr(builder, "release", None)
+        or (scan or {}).get("release")
+        or load_kwargs.get("release"),
         "preset": _as_list(load_kwargs.get("preset")),
         "filters": texts,
         "stages": [stage],
@@ -190,48 +231,80 @@ def selection_record(
         rec["sample"] = [float(load_kwargs["sample"])]
     bl = load_kwargs.get("blocklist")
     if bl:
-        loaded = getattr(builder, "config", None) and getattr(builder.config, "blocklist", None)
-        names = getattr(loaded, "sources", None) or [local_name(os.fspath(p)) for p in _as_list(bl)]
-        rec["blocklists"] = [{"name": ", ".join(names), "entries": len(loaded) if loaded is not None else None,
-                              "column": load_kwargs.get("blocklist_column") or "url",
-                              "removed": (scan or {}).get("removed_by_blocklist")}]
+        loaded = getattr(builder, "config", None) and getattr(
+            builder.config, "blocklist", None
+        )
+        names = getattr(loaded, "sources", None) or [
+            local_name(os.fspath(p)) for p in _as_list(bl)
+        ]
+        rec["blocklists"] = [
+            {
+                "name": ", ".join(names),
+                "entries": len(loaded) if loaded is not None else None,
+                "column": load_kwargs.get("blocklist_column") or "url",
+                "removed": (scan or {}).get("removed_by_blocklist"),
+            }
+        ]
     if scan:
         rec["scan"] = {k: int(scan.get(k) or 0) for k in _SCAN_KEYS}
     return {k: v for k, v in rec.items() if v not in (None, [])}
 
 
-def fetch_record(stats: Mapping[str, Any], directives: Sequence[str], user_agent: str) -> dict[str, Any]:
+def fetch_record(
+    stats: Mapping[str, Any], directives: Sequence[str], user_agent: str
+) -> dict[str, Any]:
     """What ``laion-hf download`` did: its run ``stats`` (``count, successes, status_dict``) and
     its robots policy (the ``X-Robots-Tag`` directives honoured, the User-Agent sent)."""
     status = dict(stats.get("status_dict") or {})
     skipped = int(status.get("robots_optout", 0))
     count, success = int(stats.get("count", 0)), int(stats.get("successes", 0))
     return {
-        "fetch": {"rows": count, "success": success, "failed": count - success,
-                  "errors": {k: int(v) for k, v in status.items() if k != "success"}, "robots_skipped": skipped},
-        "robots": {"disallowed_header_directives": list(directives), "user_agent": user_agent, "skipped": skipped},
+        "fetch": {
+            "rows": count,
+            "success": success,
+            "failed": count - success,
+            "errors": {k: int(v) for k, v in status.items() if k != "success"},
+            "robots_skipped": skipped,
+        },
+        "robots": {
+            "disallowed_header_directives": list(directives),
+            "user_agent": user_agent,
+            "skipped": skipped,
+        },
         "stages": ["download"],
     }
 
 
 def write_download_provenance(
-    out_dir: str | os.PathLike, stats: Mapping[str, Any], fetch: Any, *, source: Any = None,
+    out_dir: str | os.PathLike,
+    stats: Mapping[str, Any],
+    fetch: Any,
+    *,
+    source: Any = None,
     selection: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a download folder's record: its ``source``'s record (a path), then ``selection``
     (rows chosen from the metadata in this run, see :func:`selection_record`), then the fetch
     counts and robots policy of ``fetch`` (a :class:`laion_hf.images.fetch.FetchConfig`)."""
     rec = read_provenance(source) if source is not None else {}
-    if not rec and not selection and isinstance(source, (str, os.PathLike, list, tuple)):
+    if (
+        not rec
+        and not selection
+        and isinstance(source, (str, os.PathLike, list, tuple))
+    ):
         rec = {"sources": _source_entry(source, None)}
     if selection:
         rec = merge(rec, selection)
-    rec = merge(rec, fetch_record(stats, fetch.disallowed_header_directives, fetch.user_agent))
+    rec = merge(
+        rec, fetch_record(stats, fetch.disallowed_header_directives, fetch.user_agent)
+    )
     write_provenance(out_dir, rec)
     return rec
 
 
-def write_embed_provenance(out_dir: str | os.PathLike, sources: Any, totals: Mapping[str, Any]) -> dict[str, Any]:
+def write_embed_provenance(
+    out_dir: str | os.PathLike, sources: Any, totals: Mapping[str, Any]
+) -> dict[str, Any]:
     """Write an ``embed`` folder's record: its inputs' record plus the CLIP model of
     ``out_dir/embed_config.json`` and the embed counts in ``totals``."""
     cfg = json.loads((Path(out_dir) / "embed_config.json").read_text())
@@ -239,13 +312,26 @@ def write_embed_provenance(out_dir: str | os.PathLike, sources: Any, totals: Map
     counts = {"rows": 0, "embedded": 0, "failed": 0}
     for p in parts:  # every finished part, this run's and a resumed run's
         s = json.loads(Path(p).read_text())
-        for k, src in (("rows", "count"), ("embedded", "embedded"), ("failed", "failed")):
+        for k, src in (
+            ("rows", "count"),
+            ("embedded", "embedded"),
+            ("failed", "failed"),
+        ):
             counts[k] += int(s.get(src, 0))
     if not parts:
-        counts = {"rows": totals.get("count", 0), "embedded": totals.get("embedded", 0),
-                  "failed": totals.get("failed", 0)}
-    clip = {"model": cfg.get("model"), "pretrained": local_name(cfg.get("pretrained")),
-            "embedding_dim": cfg.get("embed_dim"), "scores": list(cfg.get("heads") or [])}
-    rec = merge(read_provenance(sources), {"clip": clip, "embed": counts, "stages": ["embed"]})
+        counts = {
+            "rows": totals.get("count", 0),
+            "embedded": totals.get("embedded", 0),
+            "failed": totals.get("failed", 0),
+        }
+    clip = {
+        "model": cfg.get("model"),
+        "pretrained": local_name(cfg.get("pretrained")),
+        "embedding_dim": cfg.get("embed_dim"),
+        "scores": list(cfg.get("heads") or []),
+    }
+    rec = merge(
+        read_provenance(sources), {"clip": clip, "embed": counts, "stages": ["embed"]}
+    )
     write_provenance(out_dir, rec)
     return rec

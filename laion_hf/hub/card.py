@@ -7,14 +7,19 @@ Everything on the card comes from ``DIR/stats.json`` (written by :func:`laion_hf
 so ``laion-hf card DIR`` re-renders it alone. The card is parsed back with huggingface_hub's
 :class:`~huggingface_hub.DatasetCard` and refused if it holds a token or a local path.
 
-``provenance`` keys the card understands (all optional; pass them to ``write_shards``):
-``release``, ``sources`` (strings or ``{"repo", "files"}``), ``preset``, ``filters`` (strings),
-``blocklists`` (``{"name", "entries", "column", "removed"}``), ``scan`` (the metadata stage's
-``ScanStats.as_dict()``: ``rows_in``, ``rows_kept``, ``removed_by_filter``,
-``removed_by_blocklist``, ``removed_by_sample``), ``fetch`` (``{"rows", "success", "errors",
-"robots_skipped"}``), ``robots`` (``{"disallowed_header_directives", "user_agent", "skipped"}``
-or a sentence), ``clip`` (``{"model", "pretrained", "embedding_dim", "scores"}``), ``license``,
-``description``, ``pretty_name``, ``tags``.
+``provenance`` keys the card understands (all optional): the record of
+:mod:`laion_hf.provenance` that ``laion-hf filter``/``download``/``embed`` write beside their
+output and ``write_shards`` reads from its input folder, with a ``provenance=`` argument's keys
+on top: ``release``, ``sources`` (strings or ``{"repo", "files", "num_files"}``), ``preset``,
+``filters`` (strings), ``sample`` (fractions), ``blocklists`` (``{"name", "entries", "column",
+"removed"}``), ``scan`` (``rows_in``, ``rows_kept``, ``removed_by_filter``,
+``removed_by_blocklist``, ``removed_by_sample``), ``fetch`` (``{"rows", "success", "failed",
+"errors", "robots_skipped"}``), ``robots`` (``{"disallowed_header_directives", "user_agent",
+"skipped"}`` or a sentence), ``clip`` (``{"model", "pretrained", "embedding_dim", "scores"}``),
+``embed`` (``{"rows", "embedded", "failed"}``), ``stages``, ``license``, ``description``,
+``pretty_name``, ``tags``. Filters and blocklists read "none" when a stage recorded its
+selection and "not recorded" otherwise; embedding columns without a ``clip`` record give an
+unknown model, never "none".
 """
 
 from __future__ import annotations

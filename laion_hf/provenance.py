@@ -40,7 +40,10 @@ _SCAN_KEYS = (
     "removed_by_sample",
 )
 _LIST_KEYS = ("preset", "filters", "sample", "blocklists", "stages")
-_MAX_FILES = 100  # file names kept per source; ``num_files`` keeps the count
+_MAX_FILES = 100
+_GENERIC_RELEASES = (
+    "url-text",
+)  # detected for any URL/TEXT table: not a LAION release  # file names kept per source; ``num_files`` keeps the count
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -191,6 +194,17 @@ def _source_entry(source: Any, files: Sequence[str] | None) -> list[Any]:
     ]
 
 
+def _release(
+    builder: Any, scan: Mapping[str, Any] | None, load_kwargs: Mapping[str, Any]
+) -> str | None:
+    name = (
+        getattr(builder, "release", None)
+        or (scan or {}).get("release")
+        or load_kwargs.get("release")
+    )
+    return None if name in _GENERIC_RELEASES else name
+
+
 def selection_record(
     source: Any,
     load_kwargs: Mapping[str, Any],
@@ -220,9 +234,7 @@ def selection_record(
         )
     rec: dict[str, Any] = {
         "sources": _source_entry(source, files),
-        "release": getattr(builder, "release", None)
-        or (scan or {}).get("release")
-        or load_kwargs.get("release"),
+        "release": _release(builder, scan, load_kwargs),
         "preset": _as_list(load_kwargs.get("preset")),
         "filters": texts,
         "stages": [stage],

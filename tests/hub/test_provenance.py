@@ -96,6 +96,7 @@ def test_download_with_selection_then_shards_card(meta, tmp_path, capsys):
     card = _card(capsys, str(dl), str(tmp_path / "out"))
 
     assert "- **Preset:** `laion2b-en`" in card
+    assert "LAION release" not in card  # a URL/TEXT table is no LAION release
     assert "  - `preset laion2b-en: similarity >= 0.28`\n  - `punsafe < 0.5`\n" in card
     assert "  - iwf_md5.txt: 1 entries on `url`, 1 rows removed\n" in card
     assert (

@@ -715,10 +715,13 @@ def register_cli(sub) -> None:
 
 def _run_filter(args) -> int:
     from laion_hf.engine_ray import engine_call
+    from laion_hf.provenance import merge, read_provenance, selection_record, write_provenance
 
     run = engine_call(args, filter_to_parquet, "filter")  # the local function, or its Ray Data twin
-    stats = run(args.source, args.out, rows_per_file=args.rows_per_file,
-                progress=not args.no_progress, **load_kwargs_from_args(args))
+    load_kwargs = load_kwargs_from_args(args)
+    stats = run(args.source, args.out, rows_per_file=args.rows_per_file, progress=not args.no_progress, **load_kwargs)
+    # the record the next stage extends and the dataset card renders: SOURCE's, then this selection
+    write_provenance(args.out, merge(read_provenance(args.source), selection_record(args.source, load_kwargs, stats)))
     print(
         f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows "
         f"(filter removed {stats['removed_by_filter']:,}, blocklist {stats['removed_by_blocklist']:,}, "

@@ -423,6 +423,9 @@ def _run_cli(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ImportError as e:
         raise LaionHFError(f"`laion-hf embed` needs the clip extra: pip install 'laion-hf[clip]' ({e})") from e
+    from laion_hf.provenance import write_embed_provenance
+
+    write_embed_provenance(args.out, args.sources, totals)  # inputs' record + CLIP model + embed counts
     print(
         f"embedded {totals['embedded']}/{totals['count']} rows in {totals['parts'] - totals['parts_skipped']} part(s) "
         f"({totals['parts_skipped']} already done) -> {args.out}; failed {totals['failed']}; "

@@ -500,7 +500,11 @@ def download(
             bar.close()
     if failures:
         raise ShardError("; ".join(failures) + " (rerun the same command to redo the unfinished shards)")
-    return run.finish()
+    stats = run.finish()
+    from laion_hf.provenance import write_download_provenance  # the card's record: source's + fetch + robots
+
+    write_download_provenance(out_dir, stats, fetch_cfg, source=retry_failed if retry_failed is not None else source)
+    return stats
 
 
 @dataclass
@@ -859,5 +863,20 @@ def _cli(args: Any) -> int:
         selection.write_text(json.dumps(builder.stats.as_dict(), indent=2))
     if builder is not None and selection.exists():  # else a resumed run: the first run's counts
         report["metadata"] = json.loads(selection.read_text())
+    _write_provenance(args, stats, builder, report.get("metadata"))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _write_provenance(args: Any, stats: dict, builder: Any, scan: Optional[dict]) -> None:
+    """The folder's provenance record (either engine): SOURCE's record, the rows this command
+    selected from it, the fetch counts and the robots policy."""
+    from laion_hf.filters import load_kwargs_from_args
+    from laion_hf.provenance import selection_record, write_download_provenance
+
+    fetch = FetchConfig(user_agent_token=args.user_agent_token, disallowed_header_directives=tuple(
+        d for d in args.disallowed_header_directives.split(",") if d.strip()))
+    selection = None
+    if builder is not None:
+        selection = selection_record(args.source, load_kwargs_from_args(args), scan, builder, stage="download")
+    write_download_provenance(args.out, stats, fetch, source=args.retry_failed or args.source, selection=selection)

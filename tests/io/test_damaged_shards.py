@@ -21,7 +21,7 @@ _MAIN = "import sys; from laion_hf.cli import main; sys.exit(main())"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-c", _MAIN, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", _MAIN, *args], check=False, capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env=env)  # fmt: skip
 
 
@@ -55,7 +55,9 @@ def test_shards_from_damaged_tar_is_an_error_naming_it(damaged, how, tmp_path):
 @pytest.mark.parametrize("how", ["header", "data"])
 def test_shards_cli_damaged_tar_one_line_exit_1(damaged, how, tmp_path):
     tar = damaged[how] / "00000.tar"
-    line = _one_error_line(_cli("shards", str(damaged[how]), str(tmp_path / "out"), "--quiet"), "shards", tar)
+    line = _one_error_line(
+        _cli("shards", str(damaged[how]), str(tmp_path / "out"), "--quiet"), "shards", tar
+    )
     assert "cut short" in line
 
 
@@ -67,7 +69,10 @@ def test_success_rows_missing_from_an_intact_tar_are_an_error(download_dir, tmp_
 
     dl = tmp_path / "dl"
     shutil.copytree(download_dir, dl)
-    with tarfile.open(download_dir / "00000.tar") as src, tarfile.open(dl / "00000.tar", "w") as dst:
+    with (
+        tarfile.open(download_dir / "00000.tar") as src,
+        tarfile.open(dl / "00000.tar", "w") as dst,
+    ):
         members = src.getmembers()
         dropped = next(m for m in members if m.name.endswith(".jpg"))
         for m in members:
@@ -75,7 +80,9 @@ def test_success_rows_missing_from_an_intact_tar_are_an_error(download_dir, tmp_
                 dst.addfile(m, src.extractfile(m))
     from laion_hf.shards import write_shards
 
-    with pytest.raises(ShardError, match=r"00000.tar: 1 row\(s\) of 00000.parquet are marked success"):
+    with pytest.raises(
+        ShardError, match=r"00000.tar: 1 row\(s\) of 00000.parquet are marked success"
+    ):
         write_shards(str(dl), tmp_path / "out", progress=False)
 
 

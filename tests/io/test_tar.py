@@ -69,7 +69,13 @@ def test_select_passes_members_over_but_still_checks_them():
         jpg = tf.getmembers()[-2]
     assert jpg.name.endswith(".jpg")
     with pytest.raises(ShardError, match="cut short"):
-        list(iter_members(io.BytesIO(data[: jpg.offset_data + 10]), "t.tar", select=lambda n: n.endswith(".txt")))
+        list(
+            iter_members(
+                io.BytesIO(data[: jpg.offset_data + 10]),
+                "t.tar",
+                select=lambda n: n.endswith(".txt"),
+            )
+        )
 
 
 def test_repeated_member_is_an_error():

@@ -311,15 +311,12 @@ def _filter_ray_staged(source: Any, out: Any, rows_per_file: int, progress: bool
     if len(results) != len(shards):
         raise EngineError(f"filter on Ray: {len(results)} shard results for {len(shards)} shards")
     total = ScanStats(files=plan_stats.files)
-    skipped: dict[str, dict] = {s["file"]: s for s in plan_stats.files_skipped}
-    for r in results:
-        s = json.loads(r["stats"])
-        for name in ("files_read", "rows_in", "rows_kept", "removed_by_filter", "removed_by_blocklist",
-                     "removed_by_sample", "row_groups_pruned"):
-            setattr(total, name, getattr(total, name) + s[name])
-        for f in s["files_skipped"]:
-            skipped.setdefault(f["file"], f)
-    total.files_skipped = list(skipped.values())
+    for entry in plan_stats.files_skipped:
+        total.skip(entry)
+    for r in results:  # the shards' counts and skipped files, merged as the local engine does
+        shard_stats = ScanStats.from_dict(json.loads(r["stats"]))
+        shard_stats.files = 0
+        total.add(shard_stats)
     parts = _plan_parts([r["rows"] for r in results], rows_per_file)
     schema_bytes = builder.out_schema.serialize().to_pybytes()
     ds = _items(parts).map_batches(

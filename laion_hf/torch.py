@@ -60,7 +60,6 @@ import math
 import os
 import posixpath
 import re
-import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,24 +360,12 @@ class _TarSource:
         return [_Unit(unit.file, part=j, nparts=k) for j in range(k)]
 
     def _samples(self, path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """(key, {ext: bytes}) per sample, grouping consecutive members like webdataset."""
-        cur_key, cur = None, {}
-        with self.fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, base = posixpath.split(member.name)
-                if base.startswith("."):
-                    continue
-                stem, _, ext = base.partition(".")
-                key = posixpath.join(dirname, stem) if dirname else stem
-                if key != cur_key:
-                    if cur_key is not None:
-                        yield cur_key, cur
-                    cur_key, cur = key, {}
-                cur[ext.lower()] = tar.extractfile(member).read()
-        if cur_key is not None:
-            yield cur_key, cur
+        """(key, {ext: bytes}) per sample, grouping consecutive members like webdataset; a tar
+        cut short or corrupt raises a :class:`ShardError` naming it."""
+        from laion_hf.io.tar import open_samples
+
+        for sample in open_samples(path, fs=self.fs):
+            yield sample["__key__"], sample
 
     def read(self, unit: _Unit, start: int) -> Iterator[pa.Table]:
         path = self.files[unit.file]
@@ -393,30 +380,27 @@ class _TarSource:
             cols += [pa.array(extras[c], pa.string() if _is_text_ext(c) else pa.binary()) for c in self.extra]
             return pa.table(cols, names=["key", "image", "caption", *self.extra])
 
-        try:
-            for i, (key, sample) in enumerate(self._samples(path)):
-                if i % unit.nparts != unit.part:
-                    continue
-                kept += 1
-                if kept <= start:
-                    continue
-                if self.image_ext:
-                    img = sample.get(self.image_ext)
-                else:
-                    img = next((sample[e] for e in _IMAGE_EXTS if e in sample), None)
-                txt = sample.get(self.caption_ext)
-                keys.append(key)
-                images.append(img)
-                captions.append(txt.decode("utf-8", "replace") if txt is not None else None)
-                for c in self.extra:
-                    v = sample.get(c)
-                    extras[c].append(v.decode("utf-8", "replace") if v is not None and _is_text_ext(c) else v)
-                if len(keys) == 256:
-                    yield flush()
-                    keys, images, captions = [], [], []
-                    extras = {c: [] for c in self.extra}
-        except (OSError, tarfile.TarError) as exc:
-            raise ShardError(f"cannot read webdataset tar {path}: {exc}") from exc
+        for i, (key, sample) in enumerate(self._samples(path)):
+            if i % unit.nparts != unit.part:
+                continue
+            kept += 1
+            if kept <= start:
+                continue
+            if self.image_ext:
+                img = sample.get(self.image_ext)
+            else:
+                img = next((sample[e] for e in _IMAGE_EXTS if e in sample), None)
+            txt = sample.get(self.caption_ext)
+            keys.append(key)
+            images.append(img)
+            captions.append(txt.decode("utf-8", "replace") if txt is not None else None)
+            for c in self.extra:
+                v = sample.get(c)
+                extras[c].append(v.decode("utf-8", "replace") if v is not None and _is_text_ext(c) else v)
+            if len(keys) == 256:
+                yield flush()
+                keys, images, captions = [], [], []
+                extras = {c: [] for c in self.extra}
         if keys:
             yield flush()
 

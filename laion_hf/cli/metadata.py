@@ -107,7 +107,8 @@ def _run_filter(args) -> int:
         f"sample {stats['removed_by_sample']:,}) -> {args.out} ({len(stats['output_files'])} file(s))"
     )
     for s in stats["files_skipped"]:
-        print(f"skipped {s['file']}: {s['error']}")
+        rows = "rows unknown" if s.get("rows") is None else f"{s['rows_read']:,} of {s['rows']:,} rows read"
+        print(f"skipped {s['file']} ({rows}, {s.get('rows_lost') or 0:,} lost): {s['error']}")
     return 0
 
 

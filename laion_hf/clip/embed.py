@@ -20,7 +20,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -66,7 +65,8 @@ def resolve_inputs(sources: Sequence[str]) -> list[str]:
 
 
 def _tar_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    """Tables of a tar shard; a tar cut short or corrupt is a :class:`ShardError` naming it."""
+    from laion_hf.io.tar import open_samples
 
     rows: list[dict[str, Any]] = []
 
@@ -86,30 +86,25 @@ def _tar_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
         rows.clear()
         return table
 
-    try:
-        with open(path, "rb") as f:
-            files = (dict(fs, __url__=path) for fs in tar_file_iterator(f))
-            for sample in group_by_keys(files):
-                ext = next((e for e in _IMAGE_EXTS if e in sample), None)
-                meta: dict[str, Any] = {}
-                if "json" in sample:
-                    try:
-                        meta = json.loads(sample["json"])
-                    except ValueError:
-                        meta = {}
-                caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
-                rows.append(
-                    {
-                        "key": os.path.basename(sample["__key__"]),
-                        "caption": caption,
-                        "image": sample[ext] if ext else None,
-                        "_json": meta if isinstance(meta, dict) else {},
-                    }
-                )
-                if len(rows) >= batch_rows:
-                    yield flush()
-    except (OSError, ValueError, EOFError, tarfile.TarError) as e:
-        raise ShardError(f"{path}: cannot read the tar shard: {type(e).__name__}: {e}") from e
+    for sample in open_samples(path):
+        ext = next((e for e in _IMAGE_EXTS if e in sample), None)
+        meta: dict[str, Any] = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError:
+                meta = {}
+        caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
+        rows.append(
+            {
+                "key": os.path.basename(sample["__key__"]),
+                "caption": caption,
+                "image": sample[ext] if ext else None,
+                "_json": meta if isinstance(meta, dict) else {},
+            }
+        )
+        if len(rows) >= batch_rows:
+            yield flush()
     if rows:
         yield flush()
 

@@ -173,7 +173,7 @@ def run_demo(
             return _finish(out_dir, summary)
 
         _step("6. shards + dataset card -> push to the local Hub server -> reload with plain load_dataset")
-        from laion_hf.hub import publish_local
+        from laion_hf.testing.local_hub import publish_local
 
         provenance = {
             "release": builder.release,

@@ -133,7 +133,11 @@ def _chunks(items: list[str], sizes: dict[str, int], max_files: int, max_bytes: 
 
 def _hub_error(e: BaseException, action: str, repo_id: str, secrets: list[str]) -> HubError:
     """A :class:`HubError` with the status, the server's message and what to do; no token in it."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     cause: BaseException | None = e
     while cause is not None and not isinstance(cause, HfHubHTTPError):
@@ -224,7 +228,11 @@ def _shard_hashes(folder: Path, stats: dict[str, Any]) -> dict[str, str]:
 
 def _refuse_mixed(api: Any, repo_id: str, fmt: str, revision: str) -> None:
     """A :class:`HubError` when the repo holds shards of the other format."""
-    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     other_ext = ".tar" if fmt == "parquet" else ".parquet"
     try:

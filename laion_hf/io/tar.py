@@ -10,6 +10,7 @@ a tar as if it ended at the last whole member, losing the rest without a word.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -112,3 +113,26 @@ def open_samples(
         raise ShardError(f"{path}: cannot open the tar shard: {e}") from e
     with fh:
         yield from iter_samples(fh, path, select)
+
+
+def count_samples(path: str, fs: Any = None) -> int:
+    """The number of webdataset samples (runs of members sharing a key) of the tar at ``path``,
+    read from its headers: member data is passed over, damage still raises :class:`ShardError`."""
+    count, last = 0, None
+
+    def seen(member: str) -> bool:
+        nonlocal count, last
+        dirname, base = posixpath.split(member)
+        key = posixpath.join(dirname, base.partition(".")[0])
+        if not base.startswith(".") and key != last:
+            count, last = count + 1, key
+        return False
+
+    try:
+        fh = fs.open(path, "rb") if fs is not None else open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise ShardError(f"{path}: cannot open the tar shard: {e}") from e
+    with fh:
+        for _ in iter_members(fh, path, select=seen):
+            pass
+    return count

@@ -20,8 +20,8 @@ _EXPORTS = {
     "redact": "laion_hf.hub.upload",
     "resolve_token": "laion_hf.hub.upload",
     "validate_repo_id": "laion_hf.hub.upload",
-    "publish": "laion_hf.hub.publish",
-    "reload": "laion_hf.hub.publish",
+    "publish": "laion_hf.hub.publishing",
+    "reload": "laion_hf.hub.publishing",
     "configure_client": "laion_hf.hub.client",
 }
 

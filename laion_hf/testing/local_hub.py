@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from laion_hf.hub.client import configure_client
-from laion_hf.hub.publish import publish, reload
+from laion_hf.hub.publishing import publish, reload
 from laion_hf.testing.hub_server import DEFAULT_TEST_TOKEN, HubServer
 
 

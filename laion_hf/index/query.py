@@ -104,14 +104,15 @@ class IndexFolder:
     def rows_of(
         self, ids: Sequence[int], columns: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Metadata rows of ``ids`` as JSON-ready dicts."""
+        """Metadata rows of ``ids`` as dicts (``json.dumps(..., default=jsonable)`` them)."""
         table = self.metadata.take(pa.array(np.asarray(ids, dtype=np.int64)))
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
-        return json.loads(json.dumps(table.to_pylist(), default=_jsonable))
+        return table.to_pylist()
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for metadata values (bytes, dates, decimals)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)

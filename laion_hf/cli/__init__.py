@@ -24,6 +24,7 @@ _REGISTRARS = [
     "laion_hf.cli.clip:register",
     "laion_hf.cli.hub:register",
     "laion_hf.cli.images:register",
+    "laion_hf.cli.index:register",
 ]
 
 

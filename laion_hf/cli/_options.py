@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+import numpy as np
+
 from laion_hf.cli import _args as A
+from laion_hf.errors import KnnIndexError
 from laion_hf.filters import PRESETS
 
 
@@ -78,3 +81,45 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
                    help="its weights: a tag found in the HF cache (e.g. openai) or a checkpoint file")  # fmt: skip
     g.add_argument("--clip-device", default="auto", help="auto (CUDA if available), cpu, cuda")
     g.add_argument("--clip-batch-size", type=A.positive_int, default=None, help="images per forward pass")
+
+
+def add_near_arguments(parser: Any) -> None:
+    """``--near TEXT`` / ``--near-image PATH`` / ``--near-embedding FILE.npy`` with ``--k`` or
+    ``--min-similarity`` and ``--modality``: the ``filter`` verb's subsets by query (SOURCE is
+    then an index folder made by ``laion-hf index``)."""
+    g = parser.add_argument_group(
+        "subset by query (SOURCE is an index folder from `laion-hf index`)"
+    )
+    g.add_argument(
+        "--near", default=None, metavar="TEXT", help="keep the rows nearest this caption"
+    )
+    g.add_argument(
+        "--near-image", default=None, metavar="PATH", help="keep the rows nearest this image"
+    )
+    g.add_argument(
+        "--near-embedding", default=None, metavar="NPY", help="... nearest this vector (.npy)"
+    )
+    g.add_argument(
+        "--k", type=A.positive_int, default=None, help="how many rows to keep (100 without --min-similarity)"
+    )
+    g.add_argument(
+        "--min-similarity", type=A.finite_float, default=None, help="keep rows at least this similar"
+    )
+    g.add_argument("--modality", choices=["image", "text"], default="image",
+                   help="search the image index (default) or the text index")  # fmt: skip
+
+
+def near_kwargs_from_args(args: Any) -> dict[str, Any] | None:
+    """:func:`filter_near` keyword arguments from ``add_near_arguments``'s flags, or None when
+    no query flag was given."""
+    if args.near is None and args.near_image is None and args.near_embedding is None:
+        return None
+    embedding = None
+    if args.near_embedding is not None:
+        try:
+            embedding = np.load(args.near_embedding).astype(np.float32).ravel().tolist()
+        except (OSError, ValueError) as e:
+            raise KnnIndexError(f"--near-embedding {args.near_embedding}: {e}") from None
+    k = args.k if args.k is not None or args.min_similarity is not None else 100
+    return {"text": args.near, "image": args.near_image, "embedding": embedding, "k": k,
+            "min_similarity": args.min_similarity, "modality": args.modality}  # fmt: skip

@@ -6,7 +6,14 @@ import json
 from typing import Any
 
 from laion_hf.cli import _args as A
-from laion_hf.cli._options import add_engine_arguments, add_load_arguments, engine_call, load_kwargs_from_args
+from laion_hf.cli._options import (
+    add_engine_arguments,
+    add_load_arguments,
+    add_near_arguments,
+    engine_call,
+    load_kwargs_from_args,
+    near_kwargs_from_args,
+)
 from laion_hf.filters import PRESETS, filter_to_parquet
 from laion_hf.stats import StatsAccumulator, format_stats, plot_stats
 from laion_hf.synth import LAYOUTS, synthesize
@@ -88,12 +95,20 @@ def _register_filter(sub) -> None:
     add_load_arguments(p)
 
     add_engine_arguments(p)
+    add_near_arguments(p)  # --near TEXT --k N: subsets by query from an index folder
     p.set_defaults(func=_run_filter)
     q = sub.add_parser("presets", help="list the LAION subset presets and their sources")
     q.set_defaults(func=_run_presets)
 
 
 def _run_filter(args) -> int:
+    near = near_kwargs_from_args(args)
+    if near is not None:  # SOURCE is an index folder: clip-retrieval's `clip filter`
+        from laion_hf.index.query import filter_near
+
+        stats = filter_near(args.source, args.out, **near)
+        print(f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows nearest the query -> {args.out}")
+        return 0
     from laion_hf.provenance import merge, read_provenance, selection_record, write_provenance
 
     run = engine_call(args, filter_to_parquet, "filter")  # the local function, or its Ray Data twin

@@ -44,32 +44,63 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ScanStats:
     """Counts of one scan. ``rows_in == rows_kept + removed_by_filter + removed_by_blocklist
-    + removed_by_sample`` over the files that were read; skipped files are listed apart."""
+    + removed_by_sample`` over the rows that were read; the rows of skipped files that were not
+    read (``on_error="skip"``) are ``rows_lost``, so the input files hold ``rows_in + rows_lost``
+    rows. ``files_skipped`` lists each file that failed, read in part or not at all: ``file``,
+    ``error``, ``rows`` (the file's rows), ``rows_read`` (counted in ``rows_in``; its kept rows
+    were output) and ``rows_lost`` (the three are None when the file's footer is unreadable)."""
 
     files: int = 0
     files_read: int = 0
-    files_skipped: list[dict[str, str]] = field(default_factory=list)
+    files_skipped: list[dict[str, Any]] = field(default_factory=list)
     rows_in: int = 0
     rows_kept: int = 0
     removed_by_filter: int = 0
     removed_by_blocklist: int = 0
     removed_by_sample: int = 0
     row_groups_pruned: int = 0
+    rows_lost: int = 0
+    #: the current shard's rows and its file's rows, once its footer is read (not reported)
+    shard_rows: int | None = field(default=None, repr=False, compare=False)
+    file_rows: int | None = field(default=None, repr=False, compare=False)
+
+    _COUNTS = ("files", "files_read", "rows_in", "rows_kept", "removed_by_filter", "removed_by_blocklist",
+               "removed_by_sample", "row_groups_pruned", "rows_lost")  # fmt: skip
 
     def add(self, other: "ScanStats") -> None:
-        for name in ("files", "files_read", "rows_in", "rows_kept", "removed_by_filter",
-                     "removed_by_blocklist", "removed_by_sample", "row_groups_pruned"):
+        for name in self._COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        seen = {s["file"] for s in self.files_skipped}
-        self.files_skipped.extend(s for s in other.files_skipped if s["file"] not in seen)
+        for entry in other.files_skipped:
+            self.skip(entry)
+
+    def skip(self, entry: dict[str, Any]) -> None:
+        """List a failed file, or merge a failure of another of its shards into its entry."""
+        old = next((s for s in self.files_skipped if s["file"] == entry["file"]), None)
+        if old is None:
+            self.files_skipped.append(dict(entry))
+            return
+        if old["rows"] is None or entry["rows"] is None:
+            old["rows"] = old["rows"] if entry["rows"] is None else entry["rows"]
+            old["rows_lost"] = old["rows_lost"] if entry["rows_lost"] is None else entry["rows_lost"]
+        else:
+            old["rows_lost"] += entry["rows_lost"]
+        old["rows_read"] = None if old["rows"] is None else old["rows"] - old["rows_lost"]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": self.files, "files_read": self.files_read, "files_skipped": list(self.files_skipped),
             "rows_in": self.rows_in, "rows_kept": self.rows_kept, "removed_by_filter": self.removed_by_filter,
             "removed_by_blocklist": self.removed_by_blocklist, "removed_by_sample": self.removed_by_sample,
-            "row_groups_pruned": self.row_groups_pruned,
+            "row_groups_pruned": self.row_groups_pruned, "rows_lost": self.rows_lost,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScanStats:
+        """The stats :meth:`as_dict` wrote (``rows_lost`` 0 when absent: an older file)."""
+        stats = cls(**{name: d.get(name, 0) for name in cls._COUNTS})
+        for entry in d.get("files_skipped", ()):
+            stats.skip({"rows": None, "rows_read": None, "rows_lost": None, **entry})
+        return stats
 
 
 @dataclass
@@ -388,9 +419,15 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             yield {"file": file.split("\t", 1)[1], "row_groups": rgs}
 
     def _skipped(self, file: str, error: Exception, stats: ScanStats | None = None) -> None:
+        """List ``file`` as skipped in ``stats`` (a failed shard's own stats, or the scan's when
+        the file fails at planning): its rows not read are lost, counted in ``rows_lost``."""
         stats = stats if stats is not None else getattr(self, "stats", None)
-        if stats is not None and not any(s["file"] == str(file) for s in stats.files_skipped):
-            stats.files_skipped.append({"file": str(file), "error": str(error)})
+        if stats is not None:
+            lost = None if stats.shard_rows is None else stats.shard_rows - stats.rows_in
+            rows = stats.file_rows
+            stats.rows_lost += lost or 0
+            stats.skip({"file": str(file), "error": str(error), "rows": rows,
+                        "rows_read": None if rows is None else rows - lost, "rows_lost": lost})  # fmt: skip
         if self.config.on_error == "warn":
             logger.warning("skipping %s", error)
 
@@ -461,8 +498,10 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
 
         pf = open_parquet(f)
         meta = pf.metadata
-        mapping = resolve_columns(pf.schema_arrow.names, where=file)
         row_groups = list(rgs) if rgs is not None else list(range(meta.num_row_groups))
+        stats.file_rows = meta.num_rows  # from here on, a failure knows the rows it loses
+        stats.shard_rows = sum(meta.row_group(rg).num_rows for rg in row_groups)
+        mapping = resolve_columns(pf.schema_arrow.names, where=file)
         if rgs is None or rgs[0] == 0:
             stats.files_read += 1
         starts = [0]
@@ -522,23 +561,29 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
                 offset += batch.num_rows
 
     def _select(self, table: pa.Table, stats: ScanStats, file: str, key_prefix: str | None = None) -> pa.Table:
+        """Filter, blocklist and sample a normalized batch; counted only once it is whole (a
+        batch that fails here is lost, not half counted)."""
         cfg = self.config
         n = table.num_rows
-        stats.rows_in += n
         table = self.filter_spec.apply(table)
-        stats.removed_by_filter += n - table.num_rows
+        filtered = n - table.num_rows
         if key_prefix is not None:
             keys = keys_for_rows(key_prefix, table.column(_ROW))
             table = table.drop_columns([_ROW]).set_column(CANONICAL_COLUMNS.index("key"), "key", keys)
+        blocked = sampled = 0
         if cfg.blocklist is not None and table.num_rows:
-            table, removed = cfg.blocklist.filter_table(table)
-            stats.removed_by_blocklist += removed
+            table, blocked = cfg.blocklist.filter_table(table)
         if cfg.sample is not None and table.num_rows:
             before = table.num_rows
             table = table.filter(sample_mask(table.column("key"), cfg.sample, cfg.sample_seed))
-            stats.removed_by_sample += before - table.num_rows
+            sampled = before - table.num_rows
+        table = self._conform(table, file)
+        stats.rows_in += n
+        stats.removed_by_filter += filtered
+        stats.removed_by_blocklist += blocked
+        stats.removed_by_sample += sampled
         stats.rows_kept += table.num_rows
-        return self._conform(table, file)
+        return table
 
     def _conform(self, table: pa.Table, file: str) -> pa.Table:
         """Select and order the output columns; passthrough columns missing here are null."""

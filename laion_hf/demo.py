@@ -174,7 +174,7 @@ def run_demo(
             return _finish(out_dir, summary)
 
         _step("6. shards + dataset card -> push to the local Hub server -> reload with plain load_dataset")
-        from laion_hf.hub import publish_local
+        from laion_hf.testing.local_hub import publish_local
 
         provenance = {
             "release": builder.release,
@@ -244,20 +244,3 @@ def _finish(out_dir: str, summary: dict[str, Any]) -> dict[str, Any]:
         json.dump(summary, f, indent=2, default=str)
     print(f"\ndemo done: {os.path.join(out_dir, 'summary.json')}")
     return summary
-
-
-def register_cli(sub) -> None:
-    """``laion-hf demo``."""
-    from laion_hf.cli import _args as A
-    p = sub.add_parser("demo", help="run the whole pipeline on the embedded sample (loopback only)",
-                       description=__doc__)
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out; a previous demo output there is replaced, any other non-empty folder refused)")
-    p.add_argument("--rows", type=A.positive_int, default=2000, help="synthetic rows (default 2,000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--through", choices=STAGES, default="dataloader", help="stop after this stage")
-    from laion_hf.clip.embed import add_clip_arguments
-
-    add_clip_arguments(p)
-    p.set_defaults(func=lambda a: run_demo(a.out, a.rows, seed=a.seed, stages_through=a.through,
-                                           clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
-                                           clip_device=a.clip_device) and 0)

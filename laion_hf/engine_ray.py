@@ -33,7 +33,6 @@ None to start a local instance when none is connected). Needs ``pip install 'lai
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -53,8 +52,6 @@ __all__ = [
     "filter_to_parquet_ray",
     "download_ray",
     "embed_shards_ray",
-    "add_engine_arguments",
-    "engine_call",
 ]
 
 STAGING = "_laion_hf_ray_staging"
@@ -314,15 +311,12 @@ def _filter_ray_staged(source: Any, out: Any, rows_per_file: int, progress: bool
     if len(results) != len(shards):
         raise EngineError(f"filter on Ray: {len(results)} shard results for {len(shards)} shards")
     total = ScanStats(files=plan_stats.files)
-    skipped: dict[str, dict] = {s["file"]: s for s in plan_stats.files_skipped}
-    for r in results:
-        s = json.loads(r["stats"])
-        for name in ("files_read", "rows_in", "rows_kept", "removed_by_filter", "removed_by_blocklist",
-                     "removed_by_sample", "row_groups_pruned"):
-            setattr(total, name, getattr(total, name) + s[name])
-        for f in s["files_skipped"]:
-            skipped.setdefault(f["file"], f)
-    total.files_skipped = list(skipped.values())
+    for entry in plan_stats.files_skipped:
+        total.skip(entry)
+    for r in results:  # the shards' counts and skipped files, merged as the local engine does
+        shard_stats = ScanStats.from_dict(json.loads(r["stats"]))
+        shard_stats.files = 0
+        total.add(shard_stats)
     parts = _plan_parts([r["rows"] for r in results], rows_per_file)
     schema_bytes = builder.out_schema.serialize().to_pybytes()
     ds = _items(parts).map_batches(
@@ -815,31 +809,3 @@ def embed_shards_ray(
 
 
 # ---------------------------------------------------------------------------- CLI glue
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """``--engine local|ray``, ``--address`` and ``--ray-workers`` for a verb."""
-    from laion_hf.cli import _args as A
-    g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="run on this machine (local, default) or on Ray Data (ray; pip install 'laion-hf[ray]')")
-    g.add_argument("--address", default=None,
-                   help="with --engine ray: the Ray cluster (auto, ray://head:10001, host:6379); "
-                   "default: the connected one, else a new local instance")  # fmt: skip
-    g.add_argument("--ray-workers", type=A.positive_int, default=None,
-                   help="with --engine ray: worker actors/tasks (default: one per CPU; embed: one per GPU)")
-
-
-def engine_call(args: argparse.Namespace, local: Callable[..., Any], verb: str) -> Callable[..., Any]:
-    """The function a verb should call: ``local`` itself, or its Ray twin with ``--address``
-    and ``--ray-workers`` bound (``verb`` is ``filter``, ``download`` or ``embed``)."""
-    if getattr(args, "engine", "local") != "ray":
-        return local
-    twin = {"filter": filter_to_parquet_ray, "download": download_ray, "embed": embed_shards_ray}[verb]
-    address = getattr(args, "address", None)
-    workers = getattr(args, "ray_workers", None)
-
-    def call(*a: Any, **kw: Any) -> Any:
-        if verb == "download":
-            kw.pop("processes", None)  # local worker processes; Ray uses --ray-workers
-        return twin(*a, address=address, workers=workers, **kw)
-
-    return call

@@ -52,10 +52,10 @@ class EngineError(LaionHFError):
     """An execution engine (``--engine ray``) is missing, unreachable or failed."""
 
 
-class KnnIndexError(LaionHFError):
-    """A kNN index cannot be built, loaded or searched, or a metadata folder does not match it."""
-
-
 class OutputError(LaionHFError):
     """An output path cannot be used: it is a file, not writable, overlaps the inputs, or
     holds files that laion-hf did not write."""
+
+
+class KnnIndexError(LaionHFError):
+    """A kNN index cannot be built, loaded or searched, or a metadata folder does not match it."""

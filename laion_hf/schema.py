@@ -10,6 +10,7 @@ and float64 in others. :func:`normalize_table` maps all of them onto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import datasets
 import pyarrow as pa
@@ -40,9 +41,9 @@ CANONICAL_FEATURES = datasets.Features.from_arrow_schema(CANONICAL_SCHEMA)
 
 #: Source column names recognised for each canonical column, in order of preference.
 ALIASES: dict[str, tuple[str, ...]] = {
-    "key": ("key", "SAMPLE_ID", "sample_id", "uid", "id"),
-    "url": ("url", "URL", "image_url"),
-    "caption": ("caption", "TEXT", "text", "top_caption"),
+    "key": ("key", "SAMPLE_ID", "sample_id", "uid", "id", "__key__"),
+    "url": ("url", "URL", "Url", "image_url"),
+    "caption": ("caption", "TEXT", "text", "Caption", "top_caption", "txt"),
     "width": ("width", "WIDTH", "original_width"),
     "height": ("height", "HEIGHT", "original_height"),
     "similarity": ("similarity", "clip_b32_similarity_score", "SIMILARITY"),
@@ -54,6 +55,37 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "nsfw": ("nsfw", "NSFW"),
     "hash": ("hash", "HASH"),
 }
+
+
+#: Names of an image column in shards and streams (not part of the metadata schema).
+IMAGE_ALIASES: tuple[str, ...] = ("image", "jpg", "jpeg", "png", "webp", "img")
+
+
+def pick_column(
+    names: Sequence[str],
+    wanted: str | None,
+    what: str,
+    *,
+    where: str = "input",
+    required: bool = True,
+    error: type[Exception] = SchemaError,
+) -> str | None:
+    """The column of ``names`` holding ``what`` (a canonical column or ``"image"``): ``wanted``
+    when given (it must exist), else the first of its aliases (:data:`ALIASES`,
+    :data:`IMAGE_ALIASES`) present. A missing required column raises ``error`` naming ``where``,
+    the names looked for and the columns present; an optional one gives None."""
+    if wanted is not None:
+        if wanted not in names:
+            raise error(f"{where}: no {what} column {wanted!r}; columns are {list(names)}")
+        return wanted
+    candidates = IMAGE_ALIASES if what == "image" else ALIASES.get(what, ())
+    for name in candidates:
+        if name in names:
+            return name
+    if required:
+        raise error(f"{where}: no {what} column (looked for {', '.join(candidates)}); columns are "
+                    f"{list(names)}; pass {what}_column= (--{what}-col) to name it")
+    return None
 
 
 @dataclass(frozen=True)

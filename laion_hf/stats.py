@@ -7,7 +7,6 @@ a counter of distinct values.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -208,39 +207,3 @@ def plot_stats(stats: dict[str, Any], path: str) -> str:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
-
-
-def register_cli(sub) -> None:
-    """``laion-hf stats``."""
-    p = sub.add_parser("stats", help="row count, quantiles and histograms of LAION metadata",
-                       description="Scan SOURCE (file, folder, glob or URL) and print counts, quantiles of "
-                       "similarity, sizes, punsafe, pwatermark, aesthetic, and language counts.")
-    p.add_argument("source", help="parquet file, folder, glob or fsspec URL")
-    p.add_argument("--where", action="append", help="filter expression (repeatable, ANDed)")
-    p.add_argument("--preset", action="append", help="preset name (repeatable)")
-    p.add_argument("--plot", metavar="PNG", help="draw the histograms into this PNG file")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from laion_hf.builder import make_builder
-
-    builder = make_builder(args.source, where=args.where, preset=args.preset, on_error=args.on_error)
-    acc = StatsAccumulator()
-    for table in builder.iter_tables():
-        acc.update(table)
-    stats = acc.result()
-    stats["scan"] = builder.stats.as_dict()
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(format_stats(stats))
-        if builder.stats.files_skipped:
-            for s in builder.stats.files_skipped:
-                print(f"skipped {s['file']}: {s['error']}")
-    if args.plot:
-        plot_stats(stats, args.plot)
-        print(f"histograms: {args.plot}")
-    return 0

@@ -141,25 +141,3 @@ def _write_part(path: str, n: int, start: int, *, seed: int, layout: str, row_gr
     finally:
         if writer is not None:
             writer.close()
-
-
-def register_cli(sub) -> None:
-    """``laion-hf synth``: write synthetic LAION metadata."""
-    from laion_hf.cli import _args as A
-    p = sub.add_parser("synth", help="write realistic synthetic LAION metadata parquet",
-                       description=synthesize.__doc__)
-    p.add_argument("--rows", type=A.non_negative_int, default=10_000, help="number of rows (default 10,000)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--files", type=A.positive_int, default=1, help="number of parquet files (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=LAYOUTS, default="laion-aesthetics",
-                   help="which release's column names and types to imitate")
-    p.add_argument("--row-group-size", type=A.positive_int, default=100_000)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    paths = synthesize(args.rows, args.out, files=args.files, seed=args.seed, layout=args.layout,
-                       row_group_size=args.row_group_size)
-    print(f"wrote {args.rows:,} rows in {len(paths)} file(s) to {args.out}")
-    return 0

@@ -60,7 +60,6 @@ import math
 import os
 import posixpath
 import re
-import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +73,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from laion_hf.errors import LoaderError, ShardError
+from laion_hf.schema import pick_column
 from laion_hf.sources import open_parquet
 
 __all__ = ["LaionTorchDataset", "make_dataloader", "loader_demo", "fast_clip_preprocess", "OPENAI_MEAN", "OPENAI_STD"]
@@ -81,9 +81,6 @@ __all__ = ["LaionTorchDataset", "make_dataloader", "loader_demo", "fast_clip_pre
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
-_CAPTION_COLUMNS = ("caption", "txt", "text", "TEXT")
-_KEY_COLUMNS = ("key", "__key__")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _STATE_VERSION = 1
 _BLOCK = 4096  # shuffle draws are generated in blocks of this many rows
@@ -214,23 +211,6 @@ class _Columns:
     extra: tuple[str, ...]
 
 
-def _pick(names: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, where: str,
-          required: bool = True) -> str | None:
-    if wanted is not None:
-        if wanted not in names:
-            raise LoaderError(f"{where} has no {what} column {wanted!r}; columns are {list(names)}")
-        return wanted
-    for c in candidates:
-        if c in names:
-            return c
-    if required:
-        raise LoaderError(
-            f"{where} has no {what} column (looked for {list(candidates)}); columns are {list(names)}. "
-            f"Pass {what}_column=... to name it."
-        )
-    return None
-
-
 def _normalize(table: pa.Table, cols: _Columns, key_prefix: str, row0: int) -> pa.Table:
     """Project a source table onto the loader's columns: key, image (binary), caption, extras."""
     n = table.num_rows
@@ -272,10 +252,10 @@ class _ParquetSource:
             names = pf.schema_arrow.names
         where = f"parquet shard {files[0]}"
         self.cols = _Columns(
-            _pick(names, image_column, _IMAGE_COLUMNS, "image", where),
-            _pick(names, caption_column, _CAPTION_COLUMNS, "caption", where, required=False),
-            _pick(names, key_column, _KEY_COLUMNS, "key", where, required=False),
-            tuple(_pick(names, c, (), "requested", where) for c in columns),
+            pick_column(names, image_column, "image", where=where, error=LoaderError),
+            pick_column(names, caption_column, "caption", where=where, required=False, error=LoaderError),
+            pick_column(names, key_column, "key", where=where, required=False, error=LoaderError),
+            tuple(pick_column(names, c, "requested", where=where, error=LoaderError) for c in columns),
         )
         wanted = [self.cols.key, self.cols.image, self.cols.caption, *self.cols.extra]
         self.read_columns = [c for c in dict.fromkeys(wanted) if c]
@@ -361,24 +341,12 @@ class _TarSource:
         return [_Unit(unit.file, part=j, nparts=k) for j in range(k)]
 
     def _samples(self, path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """(key, {ext: bytes}) per sample, grouping consecutive members like webdataset."""
-        cur_key, cur = None, {}
-        with self.fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, base = posixpath.split(member.name)
-                if base.startswith("."):
-                    continue
-                stem, _, ext = base.partition(".")
-                key = posixpath.join(dirname, stem) if dirname else stem
-                if key != cur_key:
-                    if cur_key is not None:
-                        yield cur_key, cur
-                    cur_key, cur = key, {}
-                cur[ext.lower()] = tar.extractfile(member).read()
-        if cur_key is not None:
-            yield cur_key, cur
+        """(key, {ext: bytes}) per sample, grouping consecutive members like webdataset; a tar
+        cut short or corrupt raises a :class:`ShardError` naming it."""
+        from laion_hf.io.tar import open_samples
+
+        for sample in open_samples(path, fs=self.fs):
+            yield sample["__key__"], sample
 
     def read(self, unit: _Unit, start: int) -> Iterator[pa.Table]:
         path = self.files[unit.file]
@@ -393,30 +361,27 @@ class _TarSource:
             cols += [pa.array(extras[c], pa.string() if _is_text_ext(c) else pa.binary()) for c in self.extra]
             return pa.table(cols, names=["key", "image", "caption", *self.extra])
 
-        try:
-            for i, (key, sample) in enumerate(self._samples(path)):
-                if i % unit.nparts != unit.part:
-                    continue
-                kept += 1
-                if kept <= start:
-                    continue
-                if self.image_ext:
-                    img = sample.get(self.image_ext)
-                else:
-                    img = next((sample[e] for e in _IMAGE_EXTS if e in sample), None)
-                txt = sample.get(self.caption_ext)
-                keys.append(key)
-                images.append(img)
-                captions.append(txt.decode("utf-8", "replace") if txt is not None else None)
-                for c in self.extra:
-                    v = sample.get(c)
-                    extras[c].append(v.decode("utf-8", "replace") if v is not None and _is_text_ext(c) else v)
-                if len(keys) == 256:
-                    yield flush()
-                    keys, images, captions = [], [], []
-                    extras = {c: [] for c in self.extra}
-        except (OSError, tarfile.TarError) as exc:
-            raise ShardError(f"cannot read webdataset tar {path}: {exc}") from exc
+        for i, (key, sample) in enumerate(self._samples(path)):
+            if i % unit.nparts != unit.part:
+                continue
+            kept += 1
+            if kept <= start:
+                continue
+            if self.image_ext:
+                img = sample.get(self.image_ext)
+            else:
+                img = next((sample[e] for e in _IMAGE_EXTS if e in sample), None)
+            txt = sample.get(self.caption_ext)
+            keys.append(key)
+            images.append(img)
+            captions.append(txt.decode("utf-8", "replace") if txt is not None else None)
+            for c in self.extra:
+                v = sample.get(c)
+                extras[c].append(v.decode("utf-8", "replace") if v is not None and _is_text_ext(c) else v)
+            if len(keys) == 256:
+                yield flush()
+                keys, images, captions = [], [], []
+                extras = {c: [] for c in self.extra}
         if keys:
             yield flush()
 
@@ -438,10 +403,10 @@ class _HFSource:
             names = first.column_names if first is not None else []
         where = "the datasets stream"
         self.cols = _Columns(
-            _pick(names, image_column, _IMAGE_COLUMNS, "image", where),
-            _pick(names, caption_column, _CAPTION_COLUMNS, "caption", where, required=False),
-            _pick(names, key_column, _KEY_COLUMNS, "key", where, required=False),
-            tuple(_pick(names, c, (), "requested", where) for c in columns),
+            pick_column(names, image_column, "image", where=where, error=LoaderError),
+            pick_column(names, caption_column, "caption", where=where, required=False, error=LoaderError),
+            pick_column(names, key_column, "key", where=where, required=False, error=LoaderError),
+            tuple(pick_column(names, c, "requested", where=where, error=LoaderError) for c in columns),
         )
         keep = [c for c in dict.fromkeys([self.cols.key, self.cols.image, self.cols.caption, *self.cols.extra]) if c]
         if set(keep) != set(names):
@@ -529,21 +494,10 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _count_tar_samples(fs, path: str) -> int:
-    """Samples in a webdataset tar (runs of members sharing a key, as ``_TarSource`` groups
-    them), counted from the headers only: a seekable read skips the member data."""
-    n, cur = 0, None
-    try:
-        with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-            for member in tar:
-                dirname, base = posixpath.split(member.name)
-                if not member.isfile() or base.startswith("."):
-                    continue
-                key = posixpath.join(dirname, base.partition(".")[0])
-                if key != cur:
-                    n, cur = n + 1, key
-    except (OSError, tarfile.TarError) as exc:
-        raise ShardError(f"cannot read webdataset tar {path}: {exc}") from exc
-    return n
+    """Samples in a webdataset tar, as ``_TarSource`` groups them (see :func:`laion_hf.io.tar.count_samples`)."""
+    from laion_hf.io.tar import count_samples
+
+    return count_samples(path, fs)
 
 
 def _unit_rows(source, unit: _Unit) -> int:

@@ -19,13 +19,11 @@ from typing import Sequence
 from laion_hf.errors import LaionHFError
 
 _REGISTRARS = [
-    "laion_hf.synth:register_cli",
-    "laion_hf.stats:register_cli",
-    "laion_hf.filters:register_cli",
-    "laion_hf.demo:register_cli",
-    "laion_hf.clip.embed:register_cli",
-    "laion_hf.hub.cli:register_cli",
-    "laion_hf.images.download:register_cli",
+    "laion_hf.cli.metadata:register",
+    "laion_hf.cli.demo:register",
+    "laion_hf.cli.clip:register",
+    "laion_hf.cli.hub:register",
+    "laion_hf.cli.images:register",
     "laion_hf.cli.index:register",
 ]
 

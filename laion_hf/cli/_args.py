@@ -60,6 +60,14 @@ def aspect_ratio(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    value = _number(float, text)
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A fraction in (0, 1]."""
     value = _number(float, text)

@@ -35,8 +35,6 @@ _EXPORTS = {
     "format_similarity_summary": "laion_hf.clip.stream",
     "embed_shards": "laion_hf.clip.embed",
     "read_shards": "laion_hf.clip.embed",
-    "register_cli": "laion_hf.clip.embed",
-    "add_clip_arguments": "laion_hf.clip.embed",
 }
 
 __all__ = sorted(_EXPORTS)

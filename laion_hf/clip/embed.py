@@ -17,24 +17,22 @@ of the three row-aligned files and counted in the stats file. A part is written 
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import tarfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pyarrow as pa
 
-from laion_hf.errors import LaionHFError, ShardError
+from laion_hf.errors import ShardError
 from laion_hf.sources import open_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     from laion_hf.clip.model import ClipEmbedder
 
-__all__ = ["embed_shards", "read_shards", "resolve_inputs", "register_cli", "add_clip_arguments"]
+__all__ = ["embed_shards", "read_shards", "resolve_inputs"]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -67,7 +65,8 @@ def resolve_inputs(sources: Sequence[str]) -> list[str]:
 
 
 def _tar_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    """Tables of a tar shard; a tar cut short or corrupt is a :class:`ShardError` naming it."""
+    from laion_hf.io.tar import open_samples
 
     rows: list[dict[str, Any]] = []
 
@@ -87,30 +86,25 @@ def _tar_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
         rows.clear()
         return table
 
-    try:
-        with open(path, "rb") as f:
-            files = (dict(fs, __url__=path) for fs in tar_file_iterator(f))
-            for sample in group_by_keys(files):
-                ext = next((e for e in _IMAGE_EXTS if e in sample), None)
-                meta: dict[str, Any] = {}
-                if "json" in sample:
-                    try:
-                        meta = json.loads(sample["json"])
-                    except ValueError:
-                        meta = {}
-                caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
-                rows.append(
-                    {
-                        "key": os.path.basename(sample["__key__"]),
-                        "caption": caption,
-                        "image": sample[ext] if ext else None,
-                        "_json": meta if isinstance(meta, dict) else {},
-                    }
-                )
-                if len(rows) >= batch_rows:
-                    yield flush()
-    except (OSError, ValueError, EOFError, tarfile.TarError) as e:
-        raise ShardError(f"{path}: cannot read the tar shard: {type(e).__name__}: {e}") from e
+    for sample in open_samples(path):
+        ext = next((e for e in _IMAGE_EXTS if e in sample), None)
+        meta: dict[str, Any] = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError:
+                meta = {}
+        caption = sample["txt"].decode("utf-8", "replace") if "txt" in sample else meta.get("caption")
+        rows.append(
+            {
+                "key": os.path.basename(sample["__key__"]),
+                "caption": caption,
+                "image": sample[ext] if ext else None,
+                "_json": meta if isinstance(meta, dict) else {},
+            }
+        )
+        if len(rows) >= batch_rows:
+            yield flush()
     if rows:
         yield flush()
 
@@ -359,73 +353,3 @@ def _save_npy(path: Path, arr: Any) -> None:
 
     with open(path, "wb") as f:
         np.save(f, arr)
-
-
-def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--clip-model``, ``--clip-pretrained``, ``--clip-device``, ``--clip-batch-size`` to another
-    verb (the demo): the tiny random-init model by default, a real one when its weights are on disk.
-    Pass the values to :func:`laion_hf.clip.clip_stage`."""
-    from laion_hf.cli import _args as A
-    g = parser.add_argument_group("CLIP features")
-    g.add_argument("--clip-model", default="laion-hf-tiny",
-                   help="open_clip model (default: the tiny random-init test model); e.g. ViT-B-32-quickgelu")  # fmt: skip
-    g.add_argument("--clip-pretrained", default=None,
-                   help="its weights: a tag found in the HF cache (e.g. openai) or a checkpoint file")  # fmt: skip
-    g.add_argument("--clip-device", default="auto", help="auto (CUDA if available), cpu, cuda")
-    g.add_argument("--clip-batch-size", type=A.positive_int, default=None, help="images per forward pass")
-
-
-def register_cli(sub: Any) -> None:
-    """Add the ``embed`` verb to ``laion-hf``."""
-    from laion_hf.cli import _args as A
-    p = sub.add_parser(
-        "embed",
-        help="CLIP embeddings of image shards (img2dataset tars or parquet) in clip-retrieval's layout",
-        description="Embed images and captions of existing shards with an open_clip model and write "
-        "OUT/img_emb/img_emb_{N}.npy, OUT/text_emb/text_emb_{N}.npy and OUT/metadata/metadata_{N}.parquet "
-        "(row-aligned, one part per input shard; autofaiss / embedding-reader read them). Re-running "
-        "resumes: finished parts are skipped. Weights are resolved offline (HF cache, a file, local-dir:).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("sources", nargs="+", metavar="SHARDS_OR_SOURCE",
-                   help="tar/parquet shards, folders holding them, or globs")  # fmt: skip
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="laion-hf-tiny",
-                   help="open_clip model name, hf-hub:org/name or local-dir:/folder (laion-hf-tiny: random-init test model)")  # fmt: skip
-    p.add_argument("--pretrained", default=None,
-                   help="weights: a tag (e.g. laion2b_s34b_b79k, openai) found in the HF cache, or a checkpoint file")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=A.positive_int, default=None, help="images per forward pass (256 on GPU, 32 on CPU)")
-    p.add_argument("--head", action="append", default=[], metavar="SPEC",
-                   help="score head: aesthetic_v1[:vit_b_32|vit_b_16|vit_l_14], aesthetic_v2:PATH, nsfw:PATH (repeatable)")  # fmt: skip
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="embedding dtype in the .npy files")
-    p.add_argument("--num-workers", type=A.positive_int, default=None, help="image decoding threads")
-    p.add_argument("--allow-download", action="store_true", help="let open_clip download missing weights")
-    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder to find weights in")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray, --address (no ray import)
-
-    add_engine_arguments(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        from laion_hf.engine_ray import engine_call
-
-        run = engine_call(args, embed_shards, "embed")  # the local function, or its Ray Data twin
-        totals = run(
-            args.sources, args.out, model=args.model, pretrained=args.pretrained, device=args.device,
-            precision=args.precision, batch_size=args.batch_size, heads=args.head, dtype=args.dtype,
-            num_workers=args.num_workers, allow_download=args.allow_download, cache_dir=args.cache_dir,
-            progress=not args.no_progress,
-        )  # fmt: skip
-    except ImportError as e:
-        raise LaionHFError(f"`laion-hf embed` needs the clip extra: pip install 'laion-hf[clip]' ({e})") from e
-    print(
-        f"embedded {totals['embedded']}/{totals['count']} rows in {totals['parts'] - totals['parts_skipped']} part(s) "
-        f"({totals['parts_skipped']} already done) -> {args.out}; failed {totals['failed']}; "
-        f"{totals['images_per_second']:.1f} images/s; statuses {totals['status_dict']}"
-    )
-    return 0

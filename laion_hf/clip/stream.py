@@ -736,7 +736,7 @@ def clip_stage(
             stats.update(table)          # and write the table wherever it goes
         print(format_similarity_summary(stats.result()))
 
-    CLI flags for it: :func:`laion_hf.clip.add_clip_arguments` (``--clip-model`` ...).
+    CLI flags for it: :func:`laion_hf.cli._options.add_clip_arguments` (``--clip-model`` ...).
     """
     embedder = ClipEmbedder(model, pretrained, device=device, batch_size=batch_size)
     if heads is None:

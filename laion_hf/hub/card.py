@@ -7,19 +7,25 @@ Everything on the card comes from ``DIR/stats.json`` (written by :func:`laion_hf
 so ``laion-hf card DIR`` re-renders it alone. The card is parsed back with huggingface_hub's
 :class:`~huggingface_hub.DatasetCard` and refused if it holds a token or a local path.
 
-``provenance`` keys the card understands (all optional; pass them to ``write_shards``):
-``release``, ``sources`` (strings or ``{"repo", "files"}``), ``preset``, ``filters`` (strings),
-``blocklists`` (``{"name", "entries", "column", "removed"}``), ``scan`` (the metadata stage's
-``ScanStats.as_dict()``: ``rows_in``, ``rows_kept``, ``removed_by_filter``,
-``removed_by_blocklist``, ``removed_by_sample``), ``fetch`` (``{"rows", "success", "errors",
-"robots_skipped"}``), ``robots`` (``{"disallowed_header_directives", "user_agent", "skipped"}``
-or a sentence), ``clip`` (``{"model", "pretrained", "embedding_dim", "scores"}``), ``license``,
-``description``, ``pretty_name``, ``tags``.
+``provenance`` keys the card understands (all optional): the record of
+:mod:`laion_hf.provenance` that ``laion-hf filter``/``download``/``embed`` write beside their
+output and ``write_shards`` reads from its input folder, with a ``provenance=`` argument's keys
+on top: ``release``, ``sources`` (strings or ``{"repo", "files", "num_files"}``), ``preset``,
+``filters`` (strings), ``sample`` (fractions), ``blocklists`` (``{"name", "entries", "column",
+"removed"}``), ``scan`` (``rows_in``, ``rows_kept``, ``removed_by_filter``,
+``removed_by_blocklist``, ``removed_by_sample``), ``fetch`` (``{"rows", "success", "failed",
+"errors", "robots_skipped"}``), ``robots`` (``{"disallowed_header_directives", "user_agent",
+"skipped"}`` or a sentence), ``clip`` (``{"model", "pretrained", "embedding_dim", "scores"}``),
+``embed`` (``{"rows", "embedded", "failed"}``), ``stages``, ``license``, ``description``,
+``pretty_name``, ``tags``. Filters and blocklists read "none" when a stage recorded its
+selection and "not recorded" otherwise; embedding columns without a ``clip`` record give an
+unknown model, never "none".
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import io
 import os
 import re
 from pathlib import Path
@@ -87,7 +93,8 @@ def _source_lines(sources: Any) -> list[str]:
         if isinstance(s, dict):
             repo = s.get("repo") or s.get("name") or "?"
             files = _as_list(s.get("files"))
-            shown = ", ".join(f"`{f}`" for f in files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+            total = max(len(files), int(s.get("num_files") or 0))
+            shown = ", ".join(f"`{f}`" for f in files[:8]) + (f" and {total - 8:,} more" if total > 8 else "")
             out.append(f"`{repo}`" + (f": {shown}" if files else ""))
         else:
             out.append(f"`{s}`")
@@ -111,20 +118,20 @@ def _robots_text(robots: Any) -> str:
     return "; ".join(parts) or "not recorded"
 
 
-def _histogram_png(configs: dict[str, Any], out: Path) -> bool:
-    """Draw every config's score histograms into one PNG; ``False`` when there is nothing to draw
+def _histogram_png(configs: dict[str, Any]) -> bytes | None:
+    """Every config's score histograms drawn into one PNG; ``None`` when there is nothing to draw
     or matplotlib (``laion-hf[plot]``) is not installed."""
     series = [(c, name, h) for c, s in configs.items() for name, h in s.get("histograms", {}).items()
               if sum(h.get("counts", [])) > 0]
     if not series:
-        return False
+        return None
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return None
     names = list(dict.fromkeys(name for _, name, _ in series))
     cols = min(3, len(names))
     nrows = -(-len(names) // cols)
@@ -145,12 +152,17 @@ def _histogram_png(configs: dict[str, Any], out: Path) -> bool:
         if len(configs) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, out)
-    return True
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _score_summary(configs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -204,6 +216,155 @@ def _card_data(stats: dict[str, Any], prov: dict[str, Any], pretty_name: str, to
     )
 
 
+def _funnel(stats: dict[str, Any], prov: dict[str, Any], status: dict[str, int]) -> list[tuple[str, Any]]:
+    """The counts table: metadata read and removed, images fetched and failed, embedded, written."""
+    configs = stats["configs"]
+    scan, fetch, embed = prov.get("scan") or {}, prov.get("fetch") or {}, prov.get("embed") or {}
+    funnel: list[tuple[str, Any]] = []
+    if scan.get("rows_in") is not None:
+        funnel.append(("metadata rows read", scan["rows_in"]))
+        for key, label in (("removed_by_filter", "removed by filters"), ("removed_by_blocklist", "removed by blocklists"),
+                           ("removed_by_sample", "removed by sampling")):
+            if scan.get(key):
+                funnel.append((label, scan[key]))
+        if scan.get("rows_kept") is not None:
+            funnel.append(("kept after filters", scan["rows_kept"]))
+    if fetch.get("rows") is not None:
+        funnel.append(("images requested", fetch["rows"]))
+    success = fetch.get("success", status.get("success"))
+    if fetch.get("rows") is not None:
+        funnel.append(("images downloaded (status `success`)", success))
+        if fetch.get("failed") is not None:
+            funnel.append(("images not downloaded (error classes below)", fetch["failed"]))
+    if embed.get("rows") is not None:
+        funnel.append(("images embedded with CLIP", embed.get("embedded")))
+        if embed.get("failed"):
+            funnel.append(("images CLIP could not read", embed["failed"]))
+    rows = sum(c["rows"] for c in configs.values())
+    funnel.append(("rows written to shards" if stats["format"] == "parquet" else "rows given to the writer", rows))
+    if success is not None and fetch.get("rows") is None:
+        funnel.append(("images downloaded (status `success`)", success))
+    if stats["format"] == "webdataset":
+        funnel.append(("samples in the `.tar` shards", sum(c["rows_written"] for c in configs.values())))
+    return funnel
+
+
+def _clip_context(prov: dict[str, Any], first: dict[str, Any]) -> dict[str, Any] | None:
+    """The CLIP model line: from the provenance; when the shards hold embedding columns that no
+    provenance describes, a model recorded as unknown (never "none")."""
+    clip = prov.get("clip")
+    if isinstance(clip, dict) and clip.get("model"):
+        dims = first.get("embedding_dims") or {}
+        out = {k: clip.get(k) for k in ("model", "pretrained", "embedding_dim", "scores")}
+        out["embedding_dim"] = out["embedding_dim"] or next(iter(dims.values()), None)
+        return out
+    return None
+
+
+def _selection_recorded(prov: dict[str, Any]) -> bool:
+    """Whether a stage recorded its metadata selection (then "none" is a fact, not a guess)."""
+    return any(k in prov for k in ("stages", "scan", "filters", "preset", "blocklists"))
+
+
+def _context(stats: dict[str, Any], prov: dict[str, Any], pretty: str, repo_id: str | None,
+             hist_rel: str | None) -> dict[str, Any]:
+    """The template's variables (besides the card data's)."""
+    from collections import Counter
+
+    configs = stats["configs"]
+    first = next(iter(configs.values()))
+    status: Counter[str] = Counter()
+    all_errors: Counter[str] = Counter()
+    for c in configs.values():  # every config's rows are counted
+        status.update(c.get("status") or {})
+        all_errors.update(c.get("errors") or {})
+    errors = dict((prov.get("fetch") or {}).get("errors") or all_errors)
+    if not errors and status:
+        errors = {k: v for k, v in status.items() if k != "success"}
+    blocklists = []
+    for b in _as_list(prov.get("blocklists")):
+        b = b if isinstance(b, dict) else {"name": str(b)}
+        blocklists.append({"name": b.get("name") or "blocklist", "entries": b.get("entries"),
+                           "column": b.get("column"), "removed": b.get("removed")})
+    filters = [str(f) for f in _as_list(prov.get("filters"))]
+    punsafe_note = "rows above the `punsafe` threshold in the filters were removed" if any(
+        "punsafe" in f for f in filters) else ""
+    license_id = prov.get("license") or "cc-by-4.0"
+    feature_names = list(first.get("features", {}).keys())
+    emb_cols = first.get("embedding_columns") or []
+    clip = _clip_context(prov, first)
+    with_emb = (" and CLIP embeddings" if clip else " and embeddings from an unrecorded model") if emb_cols else ""
+    scan = prov.get("scan") or {}
+    return {
+        "laion_hf_version": stats.get("laion_hf_version", ""),
+        "pretty_name": pretty,
+        "description": prov.get("description") or (
+            f"A filtered subset of LAION image-text pairs{' from ' + prov['release'] if prov.get('release') else ''}, "
+            f"with the images embedded{with_emb}."),
+        "repo_id": repo_id or PLACEHOLDER_REPO,
+        "format": stats["format"],
+        "configs": list(configs.values()),
+        "rows_written": sum(c["rows_written"] for c in configs.values()),
+        "release": prov.get("release"),
+        "sources": _source_lines(prov.get("sources")),
+        "preset": ", ".join(str(p) for p in _as_list(prov.get("preset"))),
+        "filters": filters,
+        "selection_recorded": _selection_recorded(prov),
+        "sample": [float(x) for x in _as_list(prov.get("sample"))],
+        "blocklists": blocklists,
+        "removed_by_blocklist": scan.get("removed_by_blocklist"),
+        "robots": _robots_text(prov.get("robots")),
+        "clip": clip,
+        "funnel": _funnel(stats, prov, dict(status)),
+        "errors": sorted(errors.items(), key=lambda kv: -kv[1]),
+        "histogram_image": hist_rel,
+        "score_summary": _score_summary(configs),
+        "image_column": (first.get("image_columns") or ["image"])[0],
+        "columns": ["__key__", "jpg", "txt", "json", "npy"] if stats["format"] == "webdataset" else feature_names,
+        "embedding_columns": emb_cols,
+        "shard_range": f"{0:05d}..{first['num_shards'] - 1:05d}",
+        "punsafe_note": punsafe_note,
+        "safety_columns": [c for c in ("punsafe", "pwatermark", "nsfw") if c in feature_names],
+        "license_text": _LICENSE_TEXT.get(license_id, f"`{license_id}`"),
+    }
+
+
+def _render(folder: Path, stats: dict[str, Any], repo_id: str | None, template: str | os.PathLike | None,
+            pretty_name: str | None, secrets: list[str] | None, hist_rel: str | None) -> str:
+    """The card text, checked: huggingface_hub parses it, it has configs, it leaks nothing."""
+    import jinja2
+    from huggingface_hub import DatasetCard
+
+    first = next(iter(stats["configs"].values()))
+    prov: dict[str, Any] = sanitize(first.get("provenance") or {})
+    pretty = pretty_name or prov.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
+    context = _context(stats, prov, pretty, repo_id, hist_rel)
+    card_data = _card_data(stats, prov, pretty, context["rows_written"])
+    name = Path(str(template or TEMPLATE_NAME)).name
+    try:
+        template_path = Path(template) if template is not None else default_template()
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        env.filters["thousands"] = _thousands
+        env.filters["filesize"] = _filesize
+        tpl = env.from_string(template_path.read_text(encoding="utf-8"))
+        text = tpl.render({**card_data.to_dict(), **context, "card_data": card_data.to_yaml()})
+    except FileNotFoundError:
+        raise CardError(f"card template {name!r} not found") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise CardError(f"card template {name} line {e.lineno}: {e.message}") from None
+    except jinja2.TemplateError as e:
+        raise CardError(f"card template {name} failed to render: {e}") from None
+    try:
+        card = DatasetCard(text)
+    except Exception as e:  # huggingface_hub raises ValueError for bad metadata
+        raise CardError(f"the rendered card is not a valid dataset card: {e}") from None
+    if not card.data.to_dict().get("configs"):
+        raise CardError("the rendered card has no 'configs' in its YAML: the template must keep `{{ card_data }}` "
+                        "in its front matter")
+    _check_leaks(text, folder, secrets)
+    return text
+
+
 def render_card(
     folder: str | os.PathLike,
     repo_id: str | None = None,
@@ -221,124 +382,32 @@ def render_card(
     huggingface_hub cannot parse, or a card that would leak a token (``secrets``, ``HF_TOKEN``,
     anything shaped like ``hf_...``) or a local path.
     """
-    import jinja2
-    from huggingface_hub import DatasetCard
-
     folder = Path(folder)
     stats = read_stats(folder)
-    configs = stats["configs"]
-    first = next(iter(configs.values()))
-    prov: dict[str, Any] = sanitize(first.get("provenance") or {})
-    pretty = pretty_name or prov.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
-    rows_written = sum(c["rows_written"] for c in configs.values())
-    rows = sum(c["rows"] for c in configs.values())
-
-    scan = prov.get("scan") or {}
-    fetch = prov.get("fetch") or {}
-    from collections import Counter
-
-    status: Counter[str] = Counter()
-    all_errors: Counter[str] = Counter()
-    for c in configs.values():  # every config's rows are counted
-        status.update(c.get("status") or {})
-        all_errors.update(c.get("errors") or {})
-    funnel: list[tuple[str, Any]] = []
-    if scan.get("rows_in") is not None:
-        funnel.append(("metadata rows read", scan["rows_in"]))
-        for key, label in (("removed_by_filter", "removed by filters"), ("removed_by_blocklist", "removed by blocklists"),
-                           ("removed_by_sample", "removed by sampling")):
-            if scan.get(key):
-                funnel.append((label, scan[key]))
-        if scan.get("rows_kept") is not None:
-            funnel.append(("kept after filters", scan["rows_kept"]))
-    funnel.append(("rows written to shards" if stats["format"] == "parquet" else "rows given to the writer", rows))
-    success = fetch.get("success", status.get("success"))
-    if success is not None:
-        funnel.append(("images downloaded (status `success`)", success))
-    if stats["format"] == "webdataset":
-        funnel.append(("samples in the `.tar` shards", rows_written))
-    errors = dict(fetch.get("errors") or all_errors)
-    if not errors and status:
-        errors = {k: v for k, v in status.items() if k != "success"}
-
-    hist_rel = None
-    if write and _histogram_png(configs, folder / HISTOGRAM_PATH):
-        hist_rel = HISTOGRAM_PATH
-    elif not write and (folder / HISTOGRAM_PATH).exists():
-        hist_rel = HISTOGRAM_PATH
-
-    num_shards = first["num_shards"]
-    blocklists = []
-    for b in _as_list(prov.get("blocklists")):
-        b = b if isinstance(b, dict) else {"name": str(b)}
-        blocklists.append({"name": b.get("name") or "blocklist", "entries": b.get("entries"),
-                           "column": b.get("column"), "removed": b.get("removed")})
-    punsafe_note = ""
-    filters = [str(f) for f in _as_list(prov.get("filters"))]
-    if any("punsafe" in f for f in filters):
-        punsafe_note = "rows above the `punsafe` threshold in the filters were removed"
-    license_id = prov.get("license") or "cc-by-4.0"
-    feature_names = list(first.get("features", {}).keys())
-    context = {
-        "laion_hf_version": stats.get("laion_hf_version", ""),
-        "pretty_name": pretty,
-        "description": prov.get("description") or (
-            f"A filtered subset of LAION image-text pairs{' from ' + prov['release'] if prov.get('release') else ''}, "
-            "with the images embedded" + (" and CLIP embeddings" if first.get("embedding_columns") else "") + "."),
-        "repo_id": repo_id or PLACEHOLDER_REPO,
-        "format": stats["format"],
-        "configs": list(configs.values()),
-        "rows_written": rows_written,
-        "release": prov.get("release"),
-        "sources": _source_lines(prov.get("sources")),
-        "preset": prov.get("preset"),
-        "filters": filters,
-        "blocklists": blocklists,
-        "removed_by_blocklist": scan.get("removed_by_blocklist"),
-        "robots": _robots_text(prov.get("robots")),
-        "clip": ({k: (prov["clip"] or {}).get(k) for k in ("model", "pretrained", "embedding_dim", "scores")}
-                 if isinstance(prov.get("clip"), dict) and prov["clip"].get("model") else None),
-        "funnel": funnel,
-        "errors": sorted(errors.items(), key=lambda kv: -kv[1]),
-        "histogram_image": hist_rel,
-        "score_summary": _score_summary(configs),
-        "image_column": (first.get("image_columns") or ["image"])[0],
-        "columns": ["__key__", "jpg", "txt", "json", "npy"] if stats["format"] == "webdataset" else feature_names,
-        "embedding_columns": first.get("embedding_columns") or [],
-        "shard_range": f"{0:05d}..{num_shards - 1:05d}",
-        "punsafe_note": punsafe_note,
-        "safety_columns": [c for c in ("punsafe", "pwatermark", "nsfw") if c in feature_names],
-        "license_text": _LICENSE_TEXT.get(license_id, f"`{license_id}`"),
-    }
-    card_data = _card_data(stats, prov, pretty, rows_written)
-    try:
-        template_path = Path(template) if template is not None else default_template()
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-        env.filters["thousands"] = _thousands
-        env.filters["filesize"] = _filesize
-        tpl = env.from_string(template_path.read_text(encoding="utf-8"))
-        text = tpl.render({**card_data.to_dict(), **context, "card_data": card_data.to_yaml()})
-    except FileNotFoundError:
-        raise CardError(f"card template {Path(str(template)).name!r} not found") from None
-    except jinja2.TemplateSyntaxError as e:
-        raise CardError(f"card template {Path(str(template or TEMPLATE_NAME)).name} line {e.lineno}: {e.message}") from None
-    except jinja2.TemplateError as e:
-        raise CardError(f"card template {Path(str(template or TEMPLATE_NAME)).name} failed to render: {e}") from None
-
-    try:
-        card = DatasetCard(text)
-    except Exception as e:  # huggingface_hub raises ValueError for bad metadata
-        raise CardError(f"the rendered card is not a valid dataset card: {e}") from None
-    data = card.data.to_dict()
-    if not data.get("configs"):
-        raise CardError("the rendered card has no 'configs' in its YAML: the template must keep `{{ card_data }}` "
-                        "in its front matter")
-    _check_leaks(text, folder, secrets)
+    png = _histogram_png(stats["configs"]) if write else None
+    hist_rel = HISTOGRAM_PATH if png is not None or (folder / HISTOGRAM_PATH).exists() else None
+    text = _render(folder, stats, repo_id, template, pretty_name, secrets, hist_rel)
     if write:
-        tmp = folder / (README + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, folder / README)
+        if png is not None:
+            _write_atomic(folder / HISTOGRAM_PATH, png)
+        _write_atomic(folder / README, text.encode("utf-8"))
     return text
+
+
+def card_files(
+    folder: str | os.PathLike, repo_id: str, *, template: str | os.PathLike | None = None,
+    secrets: list[str] | None = None,
+) -> dict[str, bytes]:
+    """``README.md`` rendered for ``repo_id`` and the histogram PNG (when drawn), as bytes by
+    path in the repo, for :func:`laion_hf.hub.push` to upload: ``folder`` is not modified."""
+    folder = Path(folder)
+    stats = read_stats(folder)
+    png = _histogram_png(stats["configs"])
+    hist_rel = HISTOGRAM_PATH if png is not None or (folder / HISTOGRAM_PATH).exists() else None
+    files = {README: _render(folder, stats, repo_id, template, None, secrets, hist_rel).encode("utf-8")}
+    if png is not None:
+        files[HISTOGRAM_PATH] = png
+    return files
 
 
 def _check_leaks(text: str, folder: Path, secrets: list[str] | None) -> None:

@@ -104,14 +104,15 @@ class IndexFolder:
     def rows_of(
         self, ids: Sequence[int], columns: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Metadata rows of ``ids`` as JSON-ready dicts."""
+        """Metadata rows of ``ids`` as dicts (``json.dumps(..., default=jsonable)`` them)."""
         table = self.metadata.take(pa.array(np.asarray(ids, dtype=np.int64)))
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
-        return json.loads(json.dumps(table.to_pylist(), default=_jsonable))
+        return table.to_pylist()
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for metadata values (bytes, dates, decimals)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -252,45 +253,3 @@ def filter_near(
                        "modality": modality}, "index": str(index_dir)}  # fmt: skip
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
-
-
-def add_near_arguments(parser: Any) -> None:
-    """``--near TEXT`` / ``--near-image PATH`` / ``--near-embedding FILE.npy`` with ``--k`` or
-    ``--min-similarity`` and ``--modality``: the ``filter`` verb's subsets by query (SOURCE is
-    then an index folder made by ``laion-hf index``)."""
-    g = parser.add_argument_group(
-        "subset by query (SOURCE is an index folder from `laion-hf index`)"
-    )
-    g.add_argument(
-        "--near", default=None, metavar="TEXT", help="keep the rows nearest this caption"
-    )
-    g.add_argument(
-        "--near-image", default=None, metavar="PATH", help="keep the rows nearest this image"
-    )
-    g.add_argument(
-        "--near-embedding", default=None, metavar="NPY", help="... nearest this vector (.npy)"
-    )
-    g.add_argument(
-        "--k", type=int, default=None, help="how many rows to keep (100 without --min-similarity)"
-    )
-    g.add_argument(
-        "--min-similarity", type=float, default=None, help="keep rows at least this similar"
-    )
-    g.add_argument("--modality", choices=["image", "text"], default="image",
-                   help="search the image index (default) or the text index")  # fmt: skip
-
-
-def near_kwargs_from_args(args: Any) -> dict[str, Any] | None:
-    """:func:`filter_near` keyword arguments from ``add_near_arguments``'s flags, or None when
-    no query flag was given."""
-    if args.near is None and args.near_image is None and args.near_embedding is None:
-        return None
-    embedding = None
-    if args.near_embedding is not None:
-        try:
-            embedding = np.load(args.near_embedding).astype(np.float32).ravel().tolist()
-        except (OSError, ValueError) as e:
-            raise KnnIndexError(f"--near-embedding {args.near_embedding}: {e}") from None
-    k = args.k if args.k is not None or args.min_similarity is not None else 100
-    return {"text": args.near, "image": args.near_image, "embedding": embedding, "k": k,
-            "min_similarity": args.min_similarity, "modality": args.modality}  # fmt: skip

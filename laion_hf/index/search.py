@@ -136,26 +136,35 @@ def exact_search(
     return best_d, best_i
 
 
+def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T``; small products without BLAS threads (their wake-up costs tens of ms on a
+    busy machine, more than the product)."""
+    if len(a) * len(b) <= 1 << 18:
+        return np.einsum("ij,kj->ik", a, b)
+    return a @ b.T
+
+
 def duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np.ndarray:
     """clip back's dedup: positions (in rank order) that are not the best-ranked member of their
-    connected component of the "similarity > threshold" graph (faiss range search's rule). Returns a boolean mask."""
+    connected component of the "similarity > threshold" graph (faiss range search's rule).
+    Returns a boolean mask. Components by min-label propagation with pointer jumping (numpy)."""
     n = len(embeddings)
     x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    parent = np.arange(n)
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    block = 2048
-    for s in range(0, n, block):
-        sims = x[s : s + block] @ x.T
-        rows, cols = np.nonzero(sims > threshold)
-        for r, c in zip(rows + s, cols):
-            if r < c:
-                ra, rb = root(r), root(c)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    return np.array([root(i) != i for i in range(n)], dtype=bool)
+    rows, cols = [], []
+    for s in range(0, n, 2048):
+        r, c = np.nonzero(_gram(x[s : s + 2048], x[s:]) > threshold)
+        keep = c > r  # upper triangle: c is relative to s
+        rows.append(r[keep] + s)
+        cols.append(c[keep] + s)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    labels = np.arange(n)
+    while len(r):
+        m = np.minimum(labels[r], labels[c])
+        new = labels.copy()
+        np.minimum.at(new, r, m)
+        np.minimum.at(new, c, m)
+        new = new[new]
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels != np.arange(n)

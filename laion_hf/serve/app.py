@@ -32,7 +32,7 @@ import numpy as np
 from aiohttp import web
 
 from laion_hf.errors import KnnIndexError, LaionHFError
-from laion_hf.index.query import IndexFolder
+from laion_hf.index.query import IndexFolder, jsonable
 from laion_hf.index.search import duplicates
 
 LOG = logging.getLogger("laion_hf.serve")
@@ -349,7 +349,8 @@ async def _body(request: web.Request) -> Any:
 
 
 def _json(data: Any, headers: dict | None = None) -> web.Response:
-    return web.Response(text=json.dumps(data), content_type="application/json", headers=headers)
+    text = json.dumps(data, default=jsonable)
+    return web.Response(text=text, content_type="application/json", headers=headers)
 
 
 async def knn_service(request: web.Request) -> web.Response:

@@ -91,7 +91,6 @@ def iter_download_dir(path: str | os.PathLike, batch_size: int = 1000) -> Iterat
     finished shard's ``{shard}.parquet`` (one row per input row, failures included) with the
     ``image`` column taken from the parquet itself (``--format parquet``) or joined by ``key``
     from ``{shard}.tar``'s ``{key}.jpg`` members (``--format webdataset``)."""
-    import tarfile
     from glob import glob
 
     import pyarrow.parquet as pq
@@ -103,19 +102,41 @@ def iter_download_dir(path: str | os.PathLike, batch_size: int = 1000) -> Iterat
             raise ShardError(f"download shard {shard} has a stats file but no {shard}.parquet: re-run the download")
         table = pq.read_table(pq_path)
         if "image" not in table.column_names:
-            images: dict[str, bytes] = {}
-            tar_path = os.path.join(path, f"{shard}.tar")
-            if os.path.exists(tar_path):
-                with tarfile.open(tar_path) as tf:
-                    for m in tf:
-                        stem, _, ext = m.name.rpartition("/")[2].partition(".")
-                        if m.isfile() and ext.lower() in ("jpg", "jpeg", "png", "webp"):
-                            images[stem] = tf.extractfile(m).read()
-            keys = table.column("key").to_pylist() if "key" in table.column_names else []
-            col = pa.array([images.get(k) for k in keys], pa.binary())
-            table = table.append_column("image", col)
+            table = table.append_column("image", _tar_images(os.path.join(path, f"{shard}.tar"), table))
         for b in table.to_batches(max_chunksize=batch_size):
             yield pa.Table.from_batches([b])
+
+
+_TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _is_image_member(name: str) -> bool:
+    return name.rpartition(".")[2].lower() in _TAR_IMAGE_EXTS
+
+
+def _tar_images(tar_path: str, table: pa.Table) -> pa.Array:
+    """The image bytes of ``table``'s rows from a download shard's tar, joined by ``key``. A tar
+    cut short or corrupt, or a row marked ``success`` whose image is not in the tar, is a
+    :class:`ShardError` naming the tar: a shard is never published with images missing."""
+    from laion_hf.io.tar import open_samples
+
+    images: dict[str, bytes] = {}
+    if os.path.exists(tar_path):
+        for sample in open_samples(tar_path, select=_is_image_member):
+            data = next((sample[e] for e in _TAR_IMAGE_EXTS if e in sample), None)
+            if data is not None:
+                images[sample["__key__"].rpartition("/")[2]] = data
+    keys = table.column("key").to_pylist() if "key" in table.column_names else [None] * table.num_rows
+    col = pa.array([images.get(k) for k in keys], pa.binary())
+    if STATUS_COLUMN in table.column_names:
+        ok = pc.equal(table.column(STATUS_COLUMN), SUCCESS)
+        missing = pc.sum(pc.and_kleene(ok, pc.is_null(col))).as_py() or 0
+        if missing:
+            raise ShardError(
+                f"{tar_path}: {missing} row(s) of {os.path.basename(tar_path)[:-4]}.parquet are marked "
+                f"success but have no image in the tar (missing or damaged): re-run the download"
+            )
+    return col
 
 
 def features_of(data: Any) -> datasets.Features | None:

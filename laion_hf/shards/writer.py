@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from laion_hf.errors import ShardError
+from laion_hf.provenance import read_provenance
 from laion_hf.shards.columns import (
     ERROR_COLUMNS,
     HISTOGRAM_RANGES,
@@ -304,7 +305,9 @@ def write_shards(
     samples (``jpg``, ``txt``, ``json``, ``npy``) for rows with an image; the others are counted
     under ``skipped``. A shard is closed at ``max_shard_bytes`` (default 500 MB, e.g. ``"64MB"``)
     or ``max_shard_rows``. ``provenance`` (source, preset, filters, blocklists, robots policy,
-    input/fetch counts, CLIP model...) is stored, without local paths, for the dataset card.
+    input/fetch counts, CLIP model...) is stored, without local paths, for the dataset card,
+    over the provenance record the earlier stages wrote beside ``data`` (a path: see
+    :mod:`laion_hf.provenance`); a key given in ``provenance`` replaces the record's.
     """
     if format not in FORMATS:
         raise ShardError(f"unknown shard format {format!r}: use one of {', '.join(FORMATS)}")
@@ -504,7 +507,7 @@ def write_shards(
         "features": feats.to_dict() if feats is not None else {},
         "histograms": {k: h.to_dict() for k, h in hists.items()},
         "shards": shard_stats,
-        "provenance": sanitize(provenance or {}),
+        "provenance": sanitize({**read_provenance(data), **(provenance or {})}),
         "seconds": round(time.time() - t0, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

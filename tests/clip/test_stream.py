@@ -259,7 +259,8 @@ def test_chained_after_with_images_over_loopback_http(tiny):
 def test_demo_entry_point_with_cli_flags(h):
     import argparse
 
-    from laion_hf.clip import SimilarityStats, add_clip_arguments, clip_stage
+    from laion_hf.cli._options import add_clip_arguments
+    from laion_hf.clip import SimilarityStats, clip_stage
 
     p = argparse.ArgumentParser()
     add_clip_arguments(p)

@@ -220,7 +220,7 @@ def test_branch_pull_request_and_dry_run(hub, shard_dir, token, capsys):
 
 
 def test_publish_local_demo_helper(tmp_path, capsys):
-    from laion_hf.hub import publish_local
+    from laion_hf.testing.local_hub import publish_local
 
     summary = publish_local(make_rows(25), tmp_path / "demo", "laion-hf/demo-helper", provenance=PROVENANCE,
                             max_shard_rows=10, show=2)

@@ -224,6 +224,61 @@ def test_file_breaking_mid_row_group_names_it_and_keeps_counts(tmp_path, threads
     assert stats.rows_in == stats.rows_kept + stats.removed_by_filter == len(keys)
 
 
+def _break_row_group(path, rg: int, fraction: float = 2 / 3) -> None:
+    """Overwrite data pages of row group ``rg`` about ``fraction`` into its first column chunk."""
+    meta = pq.ParquetFile(path).metadata.row_group(rg).column(0)
+    raw = bytearray(path.read_bytes())
+    at = meta.data_page_offset + int(meta.total_compressed_size * fraction)
+    raw[at:at + 4096] = b"\xff" * 4096
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_skip_counts_every_row_of_a_half_read_file_as_read_or_lost(tmp_path, threads):
+    """Issue 11 item 5: a file that breaks mid-way under on_error="skip" is listed with the rows
+    read (whose kept rows were output) and the rows lost; rows_in + rows_lost is the input."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("a.parquet", "b_broken.parquet", "c.parquet"):
+        _one_big_row_group(d / name, 50_000, page_rows=2_500)
+    _break_row_group(d / "b_broken.parquet", 0)
+    b = make_builder(str(d), batch_size=2048, threads=threads, on_error="skip", columns=["key", "url"])
+    keys = [k for t in b.iter_tables() for k in t.column("key").to_pylist()]
+    from_broken = sum(k.startswith("00001") for k in keys)
+    assert 0 < from_broken < 50_000
+    s = b.stats.as_dict()
+    [entry] = s["files_skipped"]
+    assert entry["file"].endswith("b_broken.parquet") and "b_broken.parquet" in entry["error"]
+    assert entry["rows"] == 50_000 and entry["rows_read"] == from_broken
+    assert entry["rows_read"] + entry["rows_lost"] == 50_000
+    assert s["rows_lost"] == entry["rows_lost"] and s["rows_in"] + s["rows_lost"] == 150_000
+    assert s["rows_in"] == s["rows_kept"] == len(keys)
+
+
+def test_skip_accounting_with_row_group_shards_and_a_filter(tmp_path):
+    """A broken middle row group of a 3-row-group file (one shard each) and an unreadable file:
+    the lost rows are those of the broken row group not read; the unreadable file's rows are
+    unknown (None) and listed; filtered rows count as read."""
+    d = tmp_path / "d"
+    d.mkdir()
+    table = pa.table({"URL": [f"http://x/{i}.jpg" for i in range(30_000)], "TEXT": ["c"] * 30_000,
+                      "similarity": np.linspace(0, 1, 30_000)})
+    pq.write_table(table, d / "a.parquet", row_group_size=10_000, use_dictionary=False, compression="none",
+                   data_page_size=100_000)
+    _break_row_group(d / "a.parquet", 1, fraction=0.5)
+    (d / "b.parquet").write_text("not parquet")
+    b = make_builder(str(d), batch_size=1000, threads=1, on_error="skip", where="similarity >= 0.1")
+    kept = sum(t.num_rows for t in b.iter_tables())
+    s = b.stats.as_dict()
+    entries = {os.path.basename(e["file"]): e for e in s["files_skipped"]}
+    assert set(entries) == {"a.parquet", "b.parquet"}
+    a = entries["a.parquet"]
+    assert a["rows"] == 30_000 and 0 < a["rows_lost"] < 10_000 and a["rows_read"] == 30_000 - a["rows_lost"]
+    assert entries["b.parquet"]["rows"] is None and entries["b.parquet"]["rows_lost"] is None
+    assert s["rows_in"] + s["rows_lost"] == 30_000 and s["rows_in"] == a["rows_read"]
+    assert s["rows_kept"] == kept and s["rows_in"] == kept + s["removed_by_filter"] and s["removed_by_filter"] > 0
+
+
 def test_shards_and_read_shard_give_the_stream_shard_by_shard(synth_dir):
     """The public planning hooks (what the Ray engine distributes) read exactly the stream."""
     whole = make_builder(synth_dir, where="similarity > 0.3")
@@ -274,3 +329,27 @@ def test_workers_and_nodes_still_split_shards(synth_dir):
     parts = [split_dataset_by_node(ds, rank=r, world_size=3) for r in range(3)]
     keys = [[r["key"] for r in p] for p in parts]
     assert sorted(sum(keys, [])) == sorted(r["key"] for r in ds) and all(len(k) == 2000 for k in keys)
+
+
+def test_filter_cli_skip_writes_and_prints_rows_read_and_lost(tmp_path, capsys):
+    """`laion-hf filter --on-error skip`: stats.json and the printed line say how many rows of
+    the broken file were read and lost, and the parts hold exactly the rows read and kept."""
+    import json
+
+    from laion_hf.cli import main
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("a.parquet", "b_broken.parquet"):
+        _one_big_row_group(d / name, 40_000, page_rows=2_000)
+    _break_row_group(d / "b_broken.parquet", 0)
+    out = tmp_path / "out"
+    assert main(["filter", str(d), "--out", str(out), "--on-error", "skip", "--no-progress"]) == 0
+    st = json.loads((out / "stats.json").read_text())
+    [e] = st["files_skipped"]
+    assert e["rows"] == 40_000 and e["rows_read"] + e["rows_lost"] == 40_000 and e["rows_lost"] > 0
+    assert st["rows_in"] + st["rows_lost"] == 80_000 and st["rows_in"] == 40_000 + e["rows_read"]
+    written = sum(pq.ParquetFile(out / f).metadata.num_rows for f in st["output_files"])
+    assert written == st["rows_kept"] == st["rows_in"]
+    printed = capsys.readouterr().out
+    assert f"({e['rows_read']:,} of 40,000 rows read, {e['rows_lost']:,} lost)" in printed

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from laion_hf.cli import _args as A
+
 
 def _cmd_shards(args: argparse.Namespace) -> int:
     from laion_hf.shards import parse_size, write_shards
@@ -57,9 +59,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(sub) -> None:
+def register(sub) -> None:
     """Register the ``shards``, ``card`` and ``push`` verbs."""
-    from laion_hf.cli import _args as A
     p = sub.add_parser("shards", help="write parquet (default) or webdataset shards + stats.json from parquet input",
                        description="Write Hub-ready shards data/{config}/train-XXXXX-of-NNNNN.{parquet,tar} and "
                                    "stats.json from parquet file(s) (e.g. the output of the image/CLIP stages) or "

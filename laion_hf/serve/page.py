@@ -97,11 +97,7 @@ class ShardImages:
 
     def _read_group_column(self, group: int) -> pa.ChunkedArray:
         file_index, row_group, _ = self._groups[group]
-        return (
-            pq.ParquetFile(self.files[file_index])
-            .read_row_group(row_group, columns=[self.column])
-            .column(0)
-        )
+        return pq.ParquetFile(self.files[file_index]).read_row_group(row_group, columns=[self.column]).column(0)
 
     def get(self, row: int) -> Any:
         """Row ``row``'s image value (``{bytes, path}`` or ``None``)."""
@@ -144,11 +140,7 @@ class MetadataSource:
         """The page's view of a served :class:`laion_hf.index.query.IndexFolder`."""
         files = list(folder.infos.get("metadata_files") or [])
         source = folder.infos.get("source")
-        stats_dir = (
-            source
-            if isinstance(source, str) and os.path.isfile(os.path.join(source, "stats.json"))
-            else None
-        )
+        stats_dir = source if isinstance(source, str) and os.path.isfile(os.path.join(source, "stats.json")) else None
         return cls(
             name,
             folder.metadata,
@@ -193,9 +185,7 @@ class MetadataSource:
         """Value counts of ``column`` (most common first); empty when there is no such column."""
         if column not in self.plain_columns:
             return {}
-        items = pc.value_counts(
-            pc.fill_null(self.metadata.column(column).combine_chunks(), "(null)")
-        ).to_pylist()
+        items = pc.value_counts(pc.fill_null(self.metadata.column(column).combine_chunks(), "(null)")).to_pylist()
         return {str(i["values"]): i["counts"] for i in sorted(items, key=lambda i: -i["counts"])}
 
     def _computed_overview(self) -> dict[str, Any]:
@@ -319,9 +309,7 @@ class Page:
         except ValueError:
             raise PageError(f"row id {request.match_info['id']!r} is not a number") from None
         if not 0 <= row < src.num_rows:
-            raise web.HTTPNotFound(
-                text=f"row {row} is not in index {src.name!r} ({src.num_rows} rows)"
-            )
+            raise web.HTTPNotFound(text=f"row {row} is not in index {src.name!r} ({src.num_rows} rows)")
         data = await asyncio.to_thread(src.image_bytes, row)
         mime = _sniff(data)
         if mime is None:
@@ -340,9 +328,7 @@ class Page:
         if sims is not None:
             table = table.append_column(QUERY_SIMILARITY, pa.array(sims, pa.float64()))
         mime, ext = EXPORT_FORMATS[fmt]
-        headers = {
-            "Content-Disposition": f'attachment; filename="laion-hf-export-{len(ids)}.{ext}"'
-        }
+        headers = {"Content-Disposition": f'attachment; filename="laion-hf-export-{len(ids)}.{ext}"'}
         return web.Response(
             body=export_bytes(table, fmt),
             content_type=mime.split(";")[0],

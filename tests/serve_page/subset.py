@@ -54,15 +54,9 @@ def build_table(embedder) -> pa.Table:
             "aesthetic": [round(3 + (i % 7) * 0.5, 2) for i in range(N)],
             "language": [("en", "de", "fr")[i % 3] for i in range(N)],
             "status": ["success"] * N,
-            "image": pa.array(
-                [None if b is None else {"bytes": b, "path": None} for b in images], IMAGE_TYPE
-            ),
-            "image_embedding": pa.array(
-                list(img_emb.astype(np.float32)), pa.list_(pa.float32(), dim)
-            ),
-            "text_embedding": pa.array(
-                list(txt_emb.astype(np.float32)), pa.list_(pa.float32(), dim)
-            ),
+            "image": pa.array([None if b is None else {"bytes": b, "path": None} for b in images], IMAGE_TYPE),
+            "image_embedding": pa.array(list(img_emb.astype(np.float32)), pa.list_(pa.float32(), dim)),
+            "text_embedding": pa.array(list(txt_emb.astype(np.float32)), pa.list_(pa.float32(), dim)),
         }
     )
 

@@ -107,18 +107,14 @@ def test_text_query_results_in_similarity_order(page, server, recorder, shots, c
 def test_similar_issues_an_image_query(page, recorder, subset_dir):
     search(page, "winter")
     first = cards(page)[0]
-    page.find_element(
-        By.CSS_SELECTOR, f'#grid > li.card[data-id="{first["id"]}"] button.similar'
-    ).click()
+    page.find_element(By.CSS_SELECTOR, f'#grid > li.card[data-id="{first["id"]}"] button.similar').click()
     WebDriverWait(page, 30).until(lambda d: "similar=" in d.current_url)
     got = wait_results(page)
     sent = recorder.last("/knn-service")
     assert "text" not in sent and "image" in sent
     import pyarrow.dataset as ds
 
-    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(
-        columns=["image"]
-    )
+    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(columns=["image"])
     assert base64.b64decode(sent["image"]) == table.column("image")[first["id"]].as_py()["bytes"]
     assert got[0]["id"] == first["id"] and got[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
     assert parse_qs(urlparse(page.current_url).query)["similar"] == [str(first["id"])]
@@ -170,9 +166,7 @@ def test_infinite_scroll_loads_all_rows_through_metadata(page, recorder, h, shot
         h.subset.MISSING_ROW,
     }
     srcs = page.execute_script("return [...document.querySelectorAll('#grid img')].map(i => i.src)")
-    assert srcs and all(
-        s.startswith((page.current_url.split("?")[0].rstrip("/"), "data:")) for s in srcs
-    )
+    assert srcs and all(s.startswith((page.current_url.split("?")[0].rstrip("/"), "data:")) for s in srcs)
     card = page.find_element(By.CSS_SELECTOR, f'#grid > li.card[data-id="{h.subset.BROKEN_ROW}"]')
     assert "image unavailable" in card.text
     page.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
@@ -209,9 +203,7 @@ def test_export_parquet_is_loadable_with_the_shown_keys(page, downloads, h):
     search(page, "a house by the sea")
     shown = [c["key"].removeprefix("key ") for c in cards(page)]
     page.find_element(By.CSS_SELECTOR, '.export-button[data-format="parquet"]').click()
-    WebDriverWait(page, 30).until(
-        lambda d: any(p.suffix == ".parquet" for p in downloads.iterdir())
-    )
+    WebDriverWait(page, 30).until(lambda d: any(p.suffix == ".parquet" for p in downloads.iterdir()))
     path = next(p for p in downloads.iterdir() if p.suffix == ".parquet")
     rows = list(load_laion(str(path)))
     assert [r["key"] for r in rows] == shown
@@ -233,8 +225,7 @@ def test_xss_captions_stay_text(page, h, shots):
         assert page.execute_script("return window.__xss === undefined")
         assert (
             page.execute_script(
-                "return document.querySelectorAll("
-                "'#grid script, #grid img[src$=\"nonexistent.png\"]').length"
+                "return document.querySelectorAll('#grid script, #grid img[src$=\"nonexistent.png\"]').length"
             )
             == 0
         )
@@ -268,16 +259,12 @@ def test_keyboard_only_search(page, recorder):
 
 def test_overview_shows_the_cards_figures(page, subset_dir, shots):
     page.find_element(By.ID, "tab-overview").click()
-    WebDriverWait(page, 30).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#overview-charts svg")
-    )
+    WebDriverWait(page, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overview-charts svg"))
     stats = json.loads((subset_dir / "stats.json").read_text())["configs"]["default"]
     charts = page.find_elements(By.CSS_SELECTOR, "#overview-charts figure svg")
     assert len(charts) == len(stats["histograms"])
     labels = [e.get_attribute("aria-label") for e in charts]
-    assert labels == [
-        f"histogram of {n}: {sum(v['counts'])} rows" for n, v in stats["histograms"].items()
-    ]
+    assert labels == [f"histogram of {n}: {sum(v['counts'])} rows" for n, v in stats["histograms"].items()]
     counts = page.find_element(By.ID, "overview-counts").text
     assert f"rows\n{stats['rows']}" in counts
     assert "view=overview" in page.current_url
@@ -306,9 +293,7 @@ def test_phone_width_and_dark_scheme_screenshots(page, shots):
 def test_image_upload_and_drop_search_by_image(page, recorder, subset_dir, tmp_path, h):
     import pyarrow.dataset as ds
 
-    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(
-        columns=["image"]
-    )
+    table = ds.dataset(sorted(str(p) for p in subset_dir.rglob("*.parquet"))).to_table(columns=["image"])
     assert h.subset.punsafe(4) <= 0.5 and h.subset.punsafe(20) <= 0.5  # shown in safe mode
     jpeg = table.column("image")[4].as_py()["bytes"]
     (tmp_path / "query.jpg").write_bytes(jpeg)
@@ -328,9 +313,7 @@ def test_image_upload_and_drop_search_by_image(page, recorder, subset_dir, tmp_p
     """,
         base64.b64encode(jpeg2).decode(),
     )
-    WebDriverWait(page, 30).until(
-        lambda d: "dropped.jpg" in d.find_element(By.ID, "query-info").text
-    )
+    WebDriverWait(page, 30).until(lambda d: "dropped.jpg" in d.find_element(By.ID, "query-info").text)
     assert wait_results(page)[0]["id"] == 20
     assert base64.b64decode(recorder.last("/knn-service")["image"]) == jpeg2
 
@@ -344,18 +327,14 @@ def test_image_url_is_fetched_by_the_server(page, server, recorder):
     assert parse_qs(urlparse(page.current_url).query)["image_url"] == [url]
     box = page.find_element(By.ID, "q")
     box.clear()
-    box.send_keys(
-        f"{server.url}/image/subset/{10**6}", Keys.ENTER
-    )  # a 404: the service's 400 is shown
+    box.send_keys(f"{server.url}/image/subset/{10**6}", Keys.ENTER)  # a 404: the service's 400 is shown
     WebDriverWait(page, 30).until(lambda d: "Search failed" in d.find_element(By.ID, "status").text)
     assert "image_url not fetched" in page.find_element(By.ID, "status").text
     assert not cards(page)
 
 
 def test_unavailable_filters_are_shown(page, recorder):
-    page.find_element(
-        By.ID, "aesthetic"
-    ).click()  # the tiny model has no aesthetic rating embeddings
+    page.find_element(By.ID, "aesthetic").click()  # the tiny model has no aesthetic rating embeddings
     search(page, "a lake in the mountains")
     sent = recorder.last("/knn-service")
     assert sent["aesthetic_score"] == "9" and sent["aesthetic_weight"] == 0.5

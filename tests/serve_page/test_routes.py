@@ -51,20 +51,12 @@ def test_page_is_served_with_a_strict_csp(server):
     html = body.decode()
     # no inline script or style: every <script> has a src, no style attributes or blocks, no CDN
     assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
-    assert (
-        "style=" not in html
-        and "<style" not in html
-        and "//cdn" not in html
-        and "https://" not in html
-    )
+    assert "style=" not in html and "<style" not in html and "//cdn" not in html and "https://" not in html
     for path in ("/static/app.js", "/static/style.css"):
         status, headers, _ = get(server, path)
         assert status == 200 and "Content-Security-Policy" in headers
     assert get(server, "/static/../page.py")[0] == 404
-    assert (
-        get(server, "/knn-service")[1].get("Content-Security-Policy")
-        == headers["Content-Security-Policy"]
-    )
+    assert get(server, "/knn-service")[1].get("Content-Security-Policy") == headers["Content-Security-Policy"]
 
 
 def test_page_script_never_writes_html():
@@ -103,9 +95,7 @@ def test_export_formats(server, subset_dir, tmp_path, h):
         "/export",
         {"indice_name": h.INDEX, "ids": ids, "similarities": sims, "format": "parquet"},
     )
-    assert (
-        status == 200 and 'filename="laion-hf-export-3.parquet"' in headers["Content-Disposition"]
-    )
+    assert status == 200 and 'filename="laion-hf-export-3.parquet"' in headers["Content-Disposition"]
     exported = pq.read_table(io.BytesIO(body))
     assert "image" not in exported.column_names and "image_embedding" not in exported.column_names
     assert exported.column("query_similarity").to_pylist() == sims
@@ -118,9 +108,7 @@ def test_export_formats(server, subset_dir, tmp_path, h):
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     assert [r["url"] for r in json.loads(body)] == [table.column("url")[i].as_py() for i in ids]
     status, headers, body = post(server, "/export", {"ids": ids, "format": "urls"})
-    assert status == 200 and body.decode().splitlines() == [
-        table.column("url")[i].as_py() for i in ids
-    ]
+    assert status == 200 and body.decode().splitlines() == [table.column("url")[i].as_py() for i in ids]
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,9 @@ def _register_index(sub: Any) -> None:
         help="CLIP model of the embeddings when the source does not say",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray (no ray import)
+
+    add_engine_arguments(p)
     p.set_defaults(func=_run_index)
 
 
@@ -64,7 +67,14 @@ def _run_index(args: argparse.Namespace) -> int:
         from laion_hf.index import build_index
     except ImportError as e:  # pragma: no cover - the index extra is missing
         return _missing_extra(e)
-    infos = build_index(
+    run: Any = build_index
+    if args.engine == "ray":
+        from functools import partial
+
+        from laion_hf.index.engine_ray import build_index_ray
+
+        run = partial(build_index_ray, address=args.address, workers=args.ray_workers)
+    infos = run(
         args.source, args.out, max_index_memory=args.max_index_memory, memory_mappable=args.memory_mappable,
         index_key=args.index_key, kinds=args.kind, recall_target=args.recall, batch_rows=args.batch_rows,
         latency_budget_ms=args.latency_budget_ms, clip_model=args.clip_model, progress=not args.no_progress,

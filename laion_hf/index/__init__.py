@@ -19,6 +19,7 @@ _EXPORTS = {
     "run_one": "laion_hf.index.build",
     "finish": "laion_hf.index.build",
     "build_index": "laion_hf.index.build",
+    "build_index_ray": "laion_hf.index.engine_ray",
     "choose_index_key": "laion_hf.index.build",
     "KnnIndex": "laion_hf.index.search",
     "exact_search": "laion_hf.index.search",

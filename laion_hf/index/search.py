@@ -137,11 +137,11 @@ def exact_search(
 
 
 def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b.T``; small products without BLAS threads (their wake-up costs tens of ms on a
-    busy machine, more than the product)."""
+    """``a @ b.T``; small products in float64 without BLAS threads (their wake-up costs tens of
+    ms on a busy machine, more than the product), large ones in float32 with BLAS."""
     if len(a) * len(b) <= 1 << 18:
-        return np.einsum("ij,kj->ik", a, b)
-    return a @ b.T
+        return np.einsum("ij,kj->ik", a, b)  # float64: matches a float64 reference exactly
+    return a.astype(np.float32) @ b.astype(np.float32).T
 
 
 def duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np.ndarray:
@@ -149,7 +149,8 @@ def duplicates(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> np
     connected component of the "similarity > threshold" graph (faiss range search's rule).
     Returns a boolean mask. Components by min-label propagation with pointer jumping (numpy)."""
     n = len(embeddings)
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     rows, cols = [], []
     for s in range(0, n, 2048):
         r, c = np.nonzero(_gram(x[s : s + 2048], x[s:]) > threshold)

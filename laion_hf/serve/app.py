@@ -292,6 +292,10 @@ class KnnService:
     def search(self, req: KnnRequest, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Search, then drop duplicates and unsafe results as asked (in a worker thread)."""
         index = req.folder.index(req.modality)
+        if index.kind != ("image" if req.modality == "image" else "text"):
+            req.unavailable["modality"] = (
+                f"no {req.modality} index here; the {index.kind} index was searched"
+            )
         sims, ids = index.search(q, req.num_result_ids)[0]
         drop = np.zeros(len(ids), dtype=bool)
         if req.deduplicate and len(ids) > 1:

@@ -79,7 +79,8 @@ def _clip_back_post_filter(emb: np.ndarray, punsafe: np.ndarray) -> np.ndarray:
     """clip back's rule, written here independently: connected components of the graph of
     similarity > 0.94 (keep each component's first), then drop punsafe > 0.5."""
     n = len(emb)
-    adj = (emb @ emb.T) > 0.94
+    x = emb.astype(np.float64) / np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    adj = (x @ x.T) > 0.94
     seen, remove = set(), set()
     for start in range(n):
         if start in seen:

@@ -56,7 +56,7 @@ def _register_index(sub: Any) -> None:
         help="CLIP model of the embeddings when the source does not say",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from laion_hf.engine_ray import add_engine_arguments  # --engine local|ray (no ray import)
+    from laion_hf.cli._options import add_engine_arguments  # --engine local|ray (no ray import)
 
     add_engine_arguments(p)
     p.set_defaults(func=_run_index)

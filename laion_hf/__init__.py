@@ -22,7 +22,7 @@ _EXPORTS = {
     "Blocklist": "laion_hf.blocklist",
     "synthesize": "laion_hf.synth",
     "compute_stats": "laion_hf.stats",
-    "filter_to_parquet": "laion_hf.filters",
+    "filter_to_parquet": "laion_hf.export",
     "with_clip": "laion_hf.clip.stream",
     "ClipEmbedder": "laion_hf.clip.model",
     "write_shards": "laion_hf.shards",

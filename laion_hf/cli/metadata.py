@@ -7,7 +7,8 @@ from typing import Any
 
 from laion_hf.cli import _args as A
 from laion_hf.cli._options import add_engine_arguments, add_load_arguments, engine_call, load_kwargs_from_args
-from laion_hf.filters import PRESETS, filter_to_parquet
+from laion_hf.export import filter_to_parquet
+from laion_hf.filters import PRESETS
 from laion_hf.stats import StatsAccumulator, format_stats, plot_stats
 from laion_hf.synth import LAYOUTS, synthesize
 

@@ -31,8 +31,17 @@ from laion_hf._util.workers import map_orders, raise_failures
 from laion_hf.builder import ScanStats, make_builder
 from laion_hf.errors import FilterError
 
-__all__ = ["FilterOrder", "FilterPlan", "PartOrder", "filter_to_parquet", "plan", "run_one", "finish",
-           "cut_parts", "write_part"]
+__all__ = [
+    "FilterOrder",
+    "FilterPlan",
+    "PartOrder",
+    "filter_to_parquet",
+    "plan",
+    "run_one",
+    "finish",
+    "cut_parts",
+    "write_part",
+]
 
 #: the stage's name (engines, error messages) and how the local engine runs its orders
 NAME = "filter"
@@ -95,7 +104,9 @@ class FilterPlan:
         self.out.__exit__(None, None, None)
 
 
-def plan(source: Any, out_dir: str, *, rows_per_file: int = 1_000_000, **load_kwargs: Any) -> FilterPlan:
+def plan(
+    source: Any, out_dir: str, *, rows_per_file: int = 1_000_000, **load_kwargs: Any
+) -> FilterPlan:
     """Plan filtering ``source`` into ``out_dir`` (see :func:`filter_to_parquet`)."""
     if rows_per_file < 1:
         raise FilterError(f"rows_per_file must be at least 1, got {rows_per_file}")
@@ -111,12 +122,30 @@ def plan(source: Any, out_dir: str, *, rows_per_file: int = 1_000_000, **load_kw
         builder_path = os.path.join(staging, _BUILDER_FILE)
         with open(builder_path, "wb") as f:
             pickle.dump(builder, f, protocol=pickle.HIGHEST_PROTOCOL)
-        decode_threads = len(shards) < builder._threads()  # a few shards: decode their columns in parallel
-        orders = [FilterOrder(i, f, tuple(r) if r is not None else None, builder_path,
-                              os.path.join(staging, f"{i:07d}.arrow"), decode_threads)
-                  for i, (f, r) in enumerate(shards)]  # fmt: skip
-        return FilterPlan(out, orders, rows_per_file, plan_stats, builder.out_schema,
-                          builder.filter_spec.descriptions, builder.release, started)
+        decode_threads = (
+            len(shards) < builder._threads()
+        )  # a few shards: decode their columns in parallel
+        orders = [
+            FilterOrder(
+                i,
+                f,
+                tuple(r) if r is not None else None,
+                builder_path,
+                os.path.join(staging, f"{i:07d}.arrow"),
+                decode_threads,
+            )
+            for i, (f, r) in enumerate(shards)
+        ]
+        return FilterPlan(
+            out,
+            orders,
+            rows_per_file,
+            plan_stats,
+            builder.out_schema,
+            builder.filter_spec.descriptions,
+            builder.release,
+            started,
+        )
     except BaseException:
         out.__exit__(None, None, None)
         raise
@@ -129,7 +158,9 @@ def _builder(path: str) -> Any:
         return pickle.load(f)
 
 
-def run_one(order: FilterOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+def run_one(
+    order: FilterOrder, progress: Optional[Callable[[int, int], None]] = None
+) -> dict[str, Any]:
     """Read + normalize + filter one shard; stage its kept rows (Arrow IPC); return
     ``{"shard", "rows", "stats"}`` (the shard's :class:`ScanStats` as a dict)."""
     builder = _builder(order.builder_path)
@@ -137,8 +168,13 @@ def run_one(order: FilterOrder, progress: Optional[Callable[[int, int], None]] =
     tmp = f"{order.staged_path}.tmp-{os.getpid()}-{id(stats)}"
     options = pa.ipc.IpcWriteOptions(compression="zstd")
     try:
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, builder.out_schema, options=options) as w:
-            for table in builder.read_shard((order.file, order.row_groups), stats, order.decode_threads):
+        with (
+            pa.OSFile(tmp, "wb") as sink,
+            pa.ipc.new_file(sink, builder.out_schema, options=options) as w,
+        ):
+            for table in builder.read_shard(
+                (order.file, order.row_groups), stats, order.decode_threads
+            ):
                 w.write_table(table)
         os.replace(tmp, order.staged_path)  # a retried order overwrites, never appends
     finally:
@@ -184,7 +220,9 @@ def _slices(path: str, start: int, length: int) -> Iterable[pa.RecordBatch]:
         pos += batch.num_rows
 
 
-def write_part(part: PartOrder, orders: Sequence[FilterOrder], out_path: str, schema: pa.Schema) -> str:
+def write_part(
+    part: PartOrder, orders: Sequence[FilterOrder], out_path: str, schema: pa.Schema
+) -> str:
     """Write one part from its slices of the staged shards (through a temporary file)."""
     import pyarrow.parquet as pq
 
@@ -217,24 +255,38 @@ def total_stats(p: FilterPlan, results: Sequence[dict[str, Any]]) -> ScanStats:
     return total
 
 
-def finish(p: FilterPlan, results: Sequence[Any], *, map_parts: Optional[Callable[..., Iterable[Any]]] = None,
-           **extra: Any) -> dict[str, Any]:
+def finish(
+    p: FilterPlan,
+    results: Sequence[Any],
+    *,
+    map_parts: Optional[Callable[..., Iterable[Any]]] = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Raise the first failed shard's error; else cut and write the parts (``map_parts(fn,
     parts)``, default the builtin ``map``), commit them with ``stats.json`` (the counts,
     ``filters``, ``release``, ``output_files``, ``duration_s`` and ``extra``); return it."""
     raise_failures(results, NAME)
     total = total_stats(p, results)
     parts = cut_parts([r["rows"] for r in results], p.rows_per_file)
-    write = functools.partial(_write_staged_part, orders=p.orders, staging=os.fspath(p.out.staging), schema=p.schema)
+    write = functools.partial(
+        _write_staged_part, orders=p.orders, staging=os.fspath(p.out.staging), schema=p.schema
+    )
     names = list((map_parts or map)(write, parts))
     result = total.as_dict()
-    result.update(filters=p.filters, release=p.release, output_files=names,
-                  duration_s=round(time.time() - p.started, 3), **extra)  # fmt: skip
+    result.update(
+        filters=p.filters,
+        release=p.release,
+        output_files=names,
+        duration_s=round(time.time() - p.started, 3),
+        **extra,
+    )
     p.out.commit(names, final={"stats.json": json.dumps(result, indent=2)})
     return result
 
 
-def _write_staged_part(part: PartOrder, orders: Sequence[FilterOrder], staging: str, schema: pa.Schema) -> str:
+def _write_staged_part(
+    part: PartOrder, orders: Sequence[FilterOrder], staging: str, schema: pa.Schema
+) -> str:
     return write_part(part, orders, os.path.join(staging, part.name), schema)
 
 
@@ -269,7 +321,9 @@ def filter_to_parquet(
 
         try:
             threads = _builder(p.orders[0].builder_path)._threads() if p.orders else 1
-            results = map_orders(run_one, p.orders, workers=threads, mode=LOCAL_MODE, progress=on_progress)
+            results = map_orders(
+                run_one, p.orders, workers=threads, mode=LOCAL_MODE, progress=on_progress
+            )
         finally:
             bar.close()
         return finish(p, results)

@@ -12,7 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -72,8 +78,12 @@ def map_orders(
                 value = Failure(order, e)
             done(i, value)
     elif mode == "threads":
-        with ThreadPoolExecutor(min(workers, len(orders)), thread_name_prefix="laion-hf-order") as pool:
-            _collect({pool.submit(run_one, o, progress): i for i, o in enumerate(orders)}, orders, done)
+        with ThreadPoolExecutor(
+            min(workers, len(orders)), thread_name_prefix="laion-hf-order"
+        ) as pool:
+            _collect(
+                {pool.submit(run_one, o, progress): i for i, o in enumerate(orders)}, orders, done
+            )
     elif mode == "processes":
         _process_map(run_one, orders, workers, progress, done)
     else:
@@ -81,8 +91,12 @@ def map_orders(
     return results
 
 
-def _collect(futs: dict[Future, int], orders: Sequence[Any], done: Callable[[int, Any], None],
-             poll: Optional[Callable[[], None]] = None) -> None:
+def _collect(
+    futs: dict[Future, int],
+    orders: Sequence[Any],
+    done: Callable[[int, Any], None],
+    poll: Optional[Callable[[], None]] = None,
+) -> None:
     remaining = set(futs)
     while remaining:
         finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -96,15 +110,24 @@ def _collect(futs: dict[Future, int], orders: Sequence[Any], done: Callable[[int
                 done(i, Failure(orders[i], e))
 
 
-def _process_map(run_one: Callable[..., Any], orders: Sequence[Any], workers: int, progress: Optional[Progress],
-                 done: Callable[[int, Any], None]) -> None:
+def _process_map(
+    run_one: Callable[..., Any],
+    orders: Sequence[Any],
+    workers: int,
+    progress: Optional[Progress],
+    done: Callable[[int, Any], None],
+) -> None:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     drain = (lambda: _drain(q, progress)) if progress is not None else None
-    with ProcessPoolExecutor(max_workers=min(workers, len(orders)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(q, os.getpid())) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(orders)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(q, os.getpid()),
+    ) as pool:
         futs = {pool.submit(_call_in_worker, run_one, o): i for i, o in enumerate(orders)}
         _collect(futs, orders, done, drain)
     if drain is not None:
@@ -190,8 +213,40 @@ def raise_failures(results: Sequence[Any], what: str) -> None:
     first = failed[0]
     more = ""
     if len(failed) > 1:
-        more = f" (and {len(failed) - 1} more failure(s): " + "; ".join(f.describe() for f in failed[1:4]) + ")"
+        more = (
+            f" (and {len(failed) - 1} more failure(s): "
+            + "; ".join(f.describe() for f in failed[1:4])
+            + ")"
+        )
     if isinstance(first.error, LaionHFError):
         raise type(first.error)(f"{first.error}{more}") from first.error
     tries = f" after {first.tries} tries" if first.tries > 1 else ""
     raise EngineError(f"{what}: {first.describe()}{tries}{more}") from first.error
+
+
+def with_retries(
+    mapper: Callable[[Callable[..., Any], Sequence[Any]], list[Any]],
+    run_one: Callable[..., Any],
+    orders: Sequence[Any],
+    retries: int,
+) -> list[Any]:
+    """``mapper(run_one, orders)``, then the orders that failed with anything but a laion-hf
+    error (those name bad input: running them again gives the same answer) mapped again, up to
+    ``retries`` more times; a failure still there keeps its count of tries."""
+    from laion_hf.errors import LaionHFError
+
+    results = list(mapper(run_one, orders))
+    for _ in range(max(0, retries)):
+        redo = [
+            i
+            for i, r in enumerate(results)
+            if isinstance(r, Failure) and not isinstance(r.error, LaionHFError)
+        ]
+        if not redo:
+            break
+        again = list(mapper(run_one, [orders[i] for i in redo]))
+        for i, r in zip(redo, again, strict=False):
+            if isinstance(r, Failure):
+                r.tries = results[i].tries + 1
+            results[i] = r
+    return results

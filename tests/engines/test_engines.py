@@ -157,3 +157,15 @@ def test_unknown_stage_or_engine_is_a_clear_error():
         engines.run("nope", [])
     with pytest.raises(EngineError, match="unknown engine 'spark'"):
         engines.run("filter", [], engine="spark")
+
+
+def test_engine_ray_is_a_deprecated_shim_of_engines_ray():
+    import importlib
+
+    from laion_hf.engines import ray as ray_engine
+
+    sys.modules.pop("laion_hf.engine_ray", None)
+    with pytest.warns(DeprecationWarning, match="laion_hf.engines.ray"):
+        shim = importlib.import_module("laion_hf.engine_ray")
+    for name in ("filter_to_parquet_ray", "download_ray", "embed_shards_ray", "init_ray"):
+        assert getattr(shim, name) is getattr(ray_engine, name)

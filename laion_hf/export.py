@@ -101,6 +101,7 @@ class FilterPlan:
         self.close()
 
     def close(self) -> None:
+        _builder.cache_clear()  # this process's unpickled builders (another plan's reloads)
         self.out.__exit__(None, None, None)
 
 

@@ -87,7 +87,9 @@ def map_orders(
     elif mode == "processes":
         _process_map(run_one, orders, workers, progress, done)
     else:
-        raise ValueError(f"mode must be 'threads' or 'processes', got {mode!r}")
+        from laion_hf.errors import EngineError
+
+        raise EngineError(f"mode must be 'threads' or 'processes', got {mode!r}")
     return results
 
 

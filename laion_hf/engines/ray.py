@@ -25,7 +25,7 @@ import functools
 import os
 import pickle
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
@@ -441,6 +441,57 @@ def _outcome(part: int, payload: bytes) -> pa.Table:
     return pa.table({"part": [part], "outcome": pa.array([payload], pa.binary())})
 
 
+@dataclass(frozen=True)
+class _EmbedResources:
+    """The actors of a Ray embed run: GPUs per model actor, their device, how many model and
+    decode actors, the cluster's CPUs."""
+
+    num_gpus: float
+    model_device: str
+    n_model: int
+    n_decode: int
+    cpus: int
+
+    @classmethod
+    def of(cls, device: str, workers: Optional[int], decode_workers: Optional[int],
+           num_gpus: Optional[float]) -> "_EmbedResources":  # fmt: skip
+        import ray
+
+        gpus = _cluster_count("GPU", default=0)
+        if str(device).startswith("cuda") and not gpus:
+            raise EngineError(
+                f"device={device!r} but the Ray cluster has no GPU (resources: "
+                f"{ray.cluster_resources()}); add GPU nodes or use --device auto/cpu"
+            )
+        if num_gpus is None:
+            num_gpus = 1.0 if gpus and device != "cpu" else 0.0
+        # an actor sees only its own GPU(s): cuda:N means nothing there
+        model_device = "cuda" if num_gpus else "cpu"
+        n_model = int(workers or (max(1, int(gpus // num_gpus)) if num_gpus else 1))
+        cpus = _cluster_count("CPU")
+        n_decode = int(decode_workers or max(1, cpus - (0 if num_gpus else n_model)))
+        return cls(num_gpus, model_device, n_model, n_decode, cpus)
+
+
+def _embed_dataset(orders: dict, spec: Any, res: _EmbedResources) -> Any:
+    """decode actors -> model actors -> one writer task per part: one ``outcome`` row each."""
+    import ray.data
+
+    items = [{"part": n, "path": o.path} for n, o in orders.items()]
+    return (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(_PartDecoder, batch_size=1, batch_format="pyarrow",
+                     fn_constructor_kwargs={"spec": spec}, num_cpus=1,
+                     **_actor_pool(min(res.n_decode, len(items))))
+        .map_batches(_BatchEmbedder, batch_size=1, batch_format="pyarrow",
+                     fn_constructor_kwargs={"spec": spec}, num_gpus=res.num_gpus,
+                     num_cpus=0 if res.num_gpus else 1, **_actor_pool(res.n_model))
+        .groupby("part", num_partitions=max(1, min(len(items), res.cpus)))
+        .map_groups(_write_embed_part, batch_format="pyarrow", fn_kwargs={"orders": orders},
+                    num_cpus=1)
+    )  # fmt: skip
+
+
 def embed_shards_ray(
     sources: Sequence[str] | str,
     out_dir: str | os.PathLike,
@@ -472,72 +523,24 @@ def embed_shards_ray(
 
     if allow_download:
         raise EngineError(
-            "--allow-download is not supported with --engine ray: fetch the weights into the "
-            "HF cache "
-            "(or a file) every node reads, then run offline"
+            "--allow-download is not supported with --engine ray: fetch the weights into the HF "
+            "cache (or a file) every node reads, then run offline"
         )
-    ray = init_ray(address)
+    init_ray(address)
     _configure(progress)
-    gpus = _cluster_count("GPU", default=0)
-    if str(device).startswith("cuda") and not gpus:
-        raise EngineError(
-            f"device={device!r} but the Ray cluster has no GPU "
-            f"(resources: {ray.cluster_resources()}); "
-            "add GPU nodes or use --device auto/cpu"
-        )
-    if num_gpus is None:
-        num_gpus = 1.0 if gpus and device != "cpu" else 0.0
-    model_device = (
-        "cuda" if num_gpus else "cpu"
-    )  # an actor sees only its own GPU(s): cuda:N means nothing there
-    n_model = int(workers or (max(1, int(gpus // num_gpus)) if num_gpus else 1))
-    cpus = _cluster_count("CPU")
-    n_decode = int(decode_workers or max(1, cpus - (0 if num_gpus else n_model)))
-    bs = int(batch_size or (256 if model_device == "cuda" else 32))
+    res = _EmbedResources.of(device, workers, decode_workers, num_gpus)
+    bs = int(batch_size or (256 if res.model_device == "cuda" else 32))
     # the driver builds the model once (CPU) for the run config, like the local engine
-    p = embed.plan(
-        sources,
-        out_dir,
-        device="cpu",
-        precision=precision,
-        batch_size=bs,
-        num_workers=num_workers,
-        **kwargs,
-    )
+    p = embed.plan(sources, out_dir, device="cpu", precision=precision, batch_size=bs,
+                   num_workers=num_workers, **kwargs)  # fmt: skip
     p.pipe = None
-    spec = replace(p.spec, device=model_device)
-    results: list[Any] = []
-    if p.orders:
-        orders = {o.part: replace(o, spec=spec) for o in p.orders}
-        ds = (
-            ray.data.from_items(
-                [{"part": o.part, "path": o.path} for o in p.orders],
-                override_num_blocks=len(orders),
-            )
-            .map_batches(
-                _PartDecoder,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={"spec": spec},
-                num_cpus=1,
-                **_actor_pool(min(n_decode, len(orders))),
-            )
-            .map_batches(
-                _BatchEmbedder,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={"spec": spec},
-                num_gpus=num_gpus,
-                num_cpus=0 if num_gpus else 1,
-                **_actor_pool(n_model),
-            )
-            .groupby("part", num_partitions=max(1, min(len(orders), cpus)))
-            .map_groups(
-                _write_embed_part, batch_format="pyarrow", fn_kwargs={"orders": orders}, num_cpus=1
-            )
-        )
-        by_part = {r["part"]: pickle.loads(r["outcome"]) for r in _collect(ds)}
-        results = [_as_result(orders[o.part], by_part.get(o.part)) for o in p.orders]
+    spec = replace(p.spec, device=res.model_device)
+    orders = {o.part: replace(o, spec=spec) for o in p.orders}
+    by_part: dict = {}
+    if orders:
+        rows = _collect(_embed_dataset(orders, spec, res))
+        by_part = {r["part"]: pickle.loads(r["outcome"]) for r in rows}
+    results = [_as_result(orders[o.part], by_part.get(o.part)) for o in p.orders]
     return embed.finish(p, results, engine="ray")
 
 

@@ -76,7 +76,7 @@ def main() -> None:
 
     import ray
 
-    from laion_hf.engine_ray import download_ray
+    from laion_hf.engines.ray import download_ray
     from laion_hf.images.download import download
 
     work = Path(a.work)

@@ -22,7 +22,7 @@ _EXPORTS = {
     "Blocklist": "laion_hf.blocklist",
     "synthesize": "laion_hf.synth",
     "compute_stats": "laion_hf.stats",
-    "filter_to_parquet": "laion_hf.filters",
+    "filter_to_parquet": "laion_hf.export",
     "with_clip": "laion_hf.clip.stream",
     "ClipEmbedder": "laion_hf.clip.model",
     "write_shards": "laion_hf.shards",
@@ -34,9 +34,9 @@ _EXPORTS = {
     "FetchConfig": "laion_hf.images.fetch",
     "ResizeConfig": "laion_hf.images.resize",
     "download": "laion_hf.images.download",
-    "filter_to_parquet_ray": "laion_hf.engine_ray",
-    "download_ray": "laion_hf.engine_ray",
-    "embed_shards_ray": "laion_hf.engine_ray",
+    "filter_to_parquet_ray": "laion_hf.engines.ray",
+    "download_ray": "laion_hf.engines.ray",
+    "embed_shards_ray": "laion_hf.engines.ray",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

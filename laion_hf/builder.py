@@ -609,12 +609,21 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         kwargs = self._split_generators(None)[0].gen_kwargs
         return list(zip(kwargs["files"], kwargs["row_groups_list"]))
 
-    def read_shard(self, shard: tuple[str, tuple[int, ...] | None]) -> Iterator[pa.Table]:
+    def read_shard(self, shard: tuple[str, tuple[int, ...] | None], stats: ScanStats | None = None,
+                   decode_threads: bool = True) -> Iterator[pa.Table]:
         """The kept rows of one shard from :meth:`shards`, read on this thread, counted in
-        :attr:`stats` (a bad file raises a :class:`SourceError` naming it, or is skipped)."""
-        file, rgs = shard
-        for _, table in self._generate_tables([file], [rgs], threads=1):
-            yield table
+        ``stats`` (default :attr:`stats`; pass a fresh one to read shards on several threads).
+        A bad file raises a :class:`SourceError` naming it, or is skipped."""
+        total = self.stats if stats is None else stats
+        for kind, payload in self._shard_items((0, shard), decode_threads):
+            if kind == "table":
+                yield payload
+            elif kind == "error":
+                file, error, shard_stats = payload
+                self._shard_failed(file, error, shard_stats)
+                total.add(shard_stats)
+            else:
+                total.add(payload)
 
     def iter_tables(self) -> Iterator[pa.Table]:
         """Yield filtered Arrow tables shard by shard, updating :attr:`stats`."""

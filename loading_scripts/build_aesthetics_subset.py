@@ -14,7 +14,7 @@ import argparse
 import json
 import tempfile
 
-from laion_hf.filters import filter_to_parquet
+from laion_hf.export import filter_to_parquet
 from laion_hf.synth import synthesize
 
 THRESHOLDS = {"4.5": "aesthetics-v2-4.5plus", "4.75": "aesthetics-v2-4.75plus", "5": "aesthetics-v2-5plus",

@@ -15,7 +15,7 @@ import argparse
 import json
 import tempfile
 
-from laion_hf.filters import filter_to_parquet
+from laion_hf.export import filter_to_parquet
 from laion_hf.synth import synthesize
 
 

@@ -4,6 +4,7 @@ dispatch (the local stage driver or its Ray twin)."""
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -52,22 +53,15 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def engine_call(args: argparse.Namespace, local: Callable[..., Any], verb: str) -> Callable[..., Any]:
-    """The function a verb should call: ``local`` itself, or its Ray twin with ``--address``
-    and ``--ray-workers`` bound (``verb`` is ``filter``, ``download`` or ``embed``)."""
+    """The function a verb should call: ``local`` itself (the stage's own run on this machine),
+    or :func:`laion_hf.engines.run_stage` on Ray with ``--address`` and ``--ray-workers`` bound
+    (``verb`` is ``filter``, ``download`` or ``embed``)."""
     if getattr(args, "engine", "local") != "ray":
         return local
-    from laion_hf.engine_ray import download_ray, embed_shards_ray, filter_to_parquet_ray
+    from laion_hf.engines import run_stage
 
-    twin = {"filter": filter_to_parquet_ray, "download": download_ray, "embed": embed_shards_ray}[verb]
-    address = getattr(args, "address", None)
-    workers = getattr(args, "ray_workers", None)
-
-    def call(*a: Any, **kw: Any) -> Any:
-        if verb == "download":
-            kw.pop("processes", None)  # local worker processes; Ray uses --ray-workers
-        return twin(*a, address=address, workers=workers, **kw)
-
-    return call
+    return functools.partial(run_stage, verb, engine="ray", address=getattr(args, "address", None),
+                             workers=getattr(args, "ray_workers", None))
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:

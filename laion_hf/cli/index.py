@@ -71,7 +71,7 @@ def _run_index(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from functools import partial
 
-        from laion_hf.index.engine_ray import build_index_ray
+        from laion_hf.engines.ray import build_index_ray
 
         run = partial(build_index_ray, address=args.address, workers=args.ray_workers)
     infos = run(

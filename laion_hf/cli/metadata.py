@@ -14,7 +14,8 @@ from laion_hf.cli._options import (
     load_kwargs_from_args,
     near_kwargs_from_args,
 )
-from laion_hf.filters import PRESETS, filter_to_parquet
+from laion_hf.export import filter_to_parquet
+from laion_hf.filters import PRESETS
 from laion_hf.stats import StatsAccumulator, format_stats, plot_stats
 from laion_hf.synth import LAYOUTS, synthesize
 

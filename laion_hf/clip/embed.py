@@ -17,22 +17,26 @@ of the three row-aligned files and counted in the stats file. A part is written 
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
+from laion_hf._util.workers import map_orders, raise_failures
 from laion_hf.errors import ShardError
 from laion_hf.sources import open_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     from laion_hf.clip.model import ClipEmbedder
 
-__all__ = ["embed_shards", "read_shards", "resolve_inputs"]
+__all__ = ["embed_shards", "read_shards", "resolve_inputs", "EmbedOrder", "EmbedPlan", "EmbedSpec", "plan", "run_one",
+           "finish", "make_pipeline"]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -269,6 +273,163 @@ def part_done(out: Path, n: int) -> bool:
     return (out / "metadata" / f"metadata_{n}.parquet").exists() and (out / "stats" / f"stats_{n}.json").exists()
 
 
+#: the stage's name (engines, error messages); its orders run one at a time on a machine
+#: (one model per process; decoding already uses threads)
+NAME = "embed"
+LOCAL_MODE = None
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    """How to build the model and pipeline of a run in any process (picklable)."""
+
+    model: str
+    pretrained: Optional[str]
+    device: str
+    precision: str
+    batch_size: Optional[int]
+    heads: tuple[str, ...]
+    dtype: str
+    embed_dim: int
+    num_workers: Optional[int] = None  # decode threads
+    cache_dir: Optional[str] = None
+    allow_download: bool = False
+
+
+@dataclass(frozen=True)
+class EmbedOrder:
+    """Embed input shard ``path`` into output part ``part`` under ``out_dir``."""
+
+    part: int
+    path: str
+    out_dir: str
+    spec: EmbedSpec
+
+    def describe(self) -> str:
+        return f"embed part {self.part} ({self.path})"
+
+
+@dataclass
+class EmbedPlan:
+    """A planned embed run: the inputs, the parts still to do (``orders``) and, on the driver,
+    the model pipeline (``pipe``; None when not built here)."""
+
+    out: Path
+    inputs: list[str]
+    orders: list[EmbedOrder]
+    spec: EmbedSpec
+    pipe: Any = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def __enter__(self) -> "EmbedPlan":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Nothing to clean up: each part is written atomically, metadata last."""
+
+
+def make_pipeline(spec: EmbedSpec, *, device: Optional[str] = None, precision: Optional[str] = None,
+                  heads: Optional[Sequence[str]] = None) -> Any:
+    """The :class:`~laion_hf.clip.stream.ClipPipeline` of ``spec`` (``device``, ``precision``
+    and ``heads`` may be overridden: the Ray engine decodes on CPU actors without heads)."""
+    from laion_hf.clip.model import ClipEmbedder
+    from laion_hf.clip.stream import ClipPipeline
+
+    embedder = ClipEmbedder(spec.model, spec.pretrained, device=device or spec.device,
+                            precision=precision or spec.precision, batch_size=spec.batch_size,
+                            allow_download=spec.allow_download, cache_dir=spec.cache_dir)  # fmt: skip
+    return ClipPipeline(embedder, spec.heads if heads is None else heads, embedding_dtype="float32",
+                        num_workers=spec.num_workers, batch_size=spec.batch_size)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_pipeline(spec: EmbedSpec) -> Any:
+    return make_pipeline(spec)
+
+
+def plan(
+    sources: Sequence[str] | str,
+    out_dir: str | os.PathLike,
+    embedder: "ClipEmbedder | None" = None,
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    heads: Sequence[str] = (),
+    dtype: str = "float16",
+    num_workers: int | None = None,
+    allow_download: bool = False,
+    cache_dir: str | None = None,
+) -> EmbedPlan:
+    """Plan embedding ``sources`` into ``out_dir`` (see :func:`embed_shards`): build the model
+    here (its name, weights and dimension are the run's config), prepare the output folder (a
+    folder made with another config is refused) and return one :class:`EmbedOrder` per part
+    not yet done."""
+    from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
+    from laion_hf.clip.stream import ClipPipeline
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [str(sources)]
+    if dtype not in ("float16", "float32"):
+        raise ShardError(f"dtype={dtype!r}: use float16 (clip-retrieval's default) or float32")
+    inputs = resolve_inputs(list(sources))
+    out = Path(out_dir)
+    if embedder is None:
+        embedder = ClipEmbedder(
+            model or TINY_MODEL, pretrained, device=device, precision=precision, batch_size=batch_size,
+            allow_download=allow_download, cache_dir=cache_dir,
+        )  # fmt: skip
+    pipe = ClipPipeline(embedder, heads, embedding_dtype="float32", num_workers=num_workers, batch_size=batch_size)
+    config = {"model": embedder.model_name, "pretrained": embedder.pretrained, "embed_dim": embedder.embed_dim,
+              "dtype": dtype, "heads": [h.name for h in pipe.heads], "inputs": inputs}  # fmt: skip
+    prepare_output(out, config)
+    spec = EmbedSpec(embedder.model_name, embedder.pretrained, device, precision, batch_size, tuple(heads), dtype,
+                     embedder.embed_dim, num_workers, cache_dir, allow_download)  # fmt: skip
+    orders = [EmbedOrder(n, p, str(out.resolve()), spec) for n, p in enumerate(inputs) if not part_done(out, n)]
+    return EmbedPlan(out, inputs, orders, spec, pipe)
+
+
+def embed_part(pipe: Any, order: EmbedOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Embed one input shard with ``pipe`` and write its part; the part's stats."""
+    import numpy as np
+
+    acc = PartAccumulator(pipe.embedder.embed_dim, np.float16 if order.spec.dtype == "float16" else np.float32)
+    for table in pipe.run(read_shards(order.path, batch_rows=max(pipe.batch_size, 256))):
+        acc.add(table)
+        if progress is not None:
+            progress(table.num_rows, 0)
+    return acc.write(Path(order.out_dir), order.part, order.path, pipe.embedder.model_name, pipe.embedder.pretrained)
+
+
+def run_one(order: EmbedOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Embed one part with this process's pipeline for ``order.spec`` (built once)."""
+    return embed_part(_cached_pipeline(order.spec), order, progress)
+
+
+def finish(p: EmbedPlan, results: Sequence[Any], **extra: Any) -> dict[str, Any]:
+    """Raise the first failed part's error; else the run's totals: ``parts``, ``parts_skipped``,
+    ``count``, ``embedded``, ``failed``, ``status_dict``, ``seconds``, ``images_per_second``
+    and ``extra``."""
+    raise_failures(results, NAME)
+    not_done = [o.part for o in p.orders if not part_done(p.out, o.part)]
+    if not_done:
+        raise ShardError(f"embed: parts {not_done[:10]} not written (rerun the same command to resume)")
+    totals: dict[str, Any] = {"parts": len(p.inputs), "parts_skipped": len(p.inputs) - len(p.orders), "count": 0,
+                              "embedded": 0, "failed": 0, "status_dict": {}}  # fmt: skip
+    for stats in results:
+        for k in ("count", "embedded", "failed"):
+            totals[k] += stats[k]
+        for s, c in stats["status_dict"].items():
+            totals["status_dict"][s] = totals["status_dict"].get(s, 0) + c
+    secs = time.perf_counter() - p.started
+    totals["seconds"] = secs
+    totals["images_per_second"] = totals["count"] / secs if secs > 0 else 0.0
+    totals.update(extra)
+    return totals
+
+
 def embed_shards(
     sources: Sequence[str] | str,
     out_dir: str | os.PathLike,
@@ -292,60 +453,19 @@ def embed_shards(
     ``embed_config.json``. Returns totals: ``parts``, ``parts_skipped``, ``count``, ``embedded``,
     ``failed``, ``status_dict``, ``seconds``, ``images_per_second``.
     """
-    import numpy as np
     from tqdm.auto import tqdm
 
-    from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
-    from laion_hf.clip.stream import ClipPipeline
-
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [str(sources)]
-    if dtype not in ("float16", "float32"):
-        raise ShardError(f"dtype={dtype!r}: use float16 (clip-retrieval's default) or float32")
-    inputs = resolve_inputs(list(sources))
-    out = Path(out_dir)
-    if embedder is None:
-        embedder = ClipEmbedder(
-            model or TINY_MODEL, pretrained, device=device, precision=precision, batch_size=batch_size,
-            allow_download=allow_download, cache_dir=cache_dir,
-        )  # fmt: skip
-    pipe = ClipPipeline(embedder, heads, embedding_dtype="float32", num_workers=num_workers, batch_size=batch_size)
-    config = {
-        "model": embedder.model_name,
-        "pretrained": embedder.pretrained,
-        "embed_dim": embedder.embed_dim,
-        "dtype": dtype,
-        "heads": [h.name for h in pipe.heads],
-        "inputs": inputs,
-    }
-    prepare_output(out, config)
-
-    todo = [(n, p) for n, p in enumerate(inputs) if not part_done(out, n)]
-    counts = [_count_rows(p) for _, p in todo]
+    p = plan(sources, out_dir, embedder, model=model, pretrained=pretrained, device=device, precision=precision,
+             batch_size=batch_size, heads=heads, dtype=dtype, num_workers=num_workers,
+             allow_download=allow_download, cache_dir=cache_dir)  # fmt: skip
+    counts = [_count_rows(o.path) for o in p.orders]
     total = sum(counts) if all(c is not None for c in counts) else None
-    totals: dict[str, Any] = {"parts": len(inputs), "parts_skipped": len(inputs) - len(todo), "count": 0,
-                              "embedded": 0, "failed": 0, "status_dict": {}}  # fmt: skip
-    t0 = time.perf_counter()
     bar = tqdm(total=total, unit="img", unit_scale=True, desc="embed", disable=not progress, dynamic_ncols=True)
-    np_dtype = np.float16 if dtype == "float16" else np.float32
     try:
-        for n, path in todo:
-            acc = PartAccumulator(embedder.embed_dim, np_dtype)
-            for table in pipe.run(read_shards(path, batch_rows=max(pipe.batch_size, 256))):
-                acc.add(table)
-                bar.update(table.num_rows)
-            stats = acc.write(out, n, path, embedder.model_name, embedder.pretrained)
-            totals["count"] += stats["count"]
-            totals["embedded"] += stats["embedded"]
-            totals["failed"] += stats["failed"]
-            for s, c in stats["status_dict"].items():
-                totals["status_dict"][s] = totals["status_dict"].get(s, 0) + c
+        results = map_orders(functools.partial(embed_part, p.pipe), p.orders, progress=lambda d, s: bar.update(d))
     finally:
         bar.close()
-    secs = time.perf_counter() - t0
-    totals["seconds"] = secs
-    totals["images_per_second"] = totals["count"] / secs if secs > 0 else 0.0
-    return totals
+    return finish(p, results)
 
 
 def _save_npy(path: Path, arr: Any) -> None:

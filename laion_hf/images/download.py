@@ -30,16 +30,16 @@ import os
 import sys
 import tarfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from laion_hf._util.workers import exit_with_parent, failures_of, map_orders  # noqa: F401 - exit_with_parent: old home
 from laion_hf.errors import FetchError, ShardError
 from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
@@ -56,7 +56,9 @@ INPUT_DIR = "_laion_hf_inputs"
 
 
 @dataclass
-class _Job:
+class DownloadOrder:
+    """The work order of one shard (picklable: it travels to worker processes / Ray tasks)."""
+
     shard_id: int
     input_path: str
     out_dir: str
@@ -71,6 +73,12 @@ class _Job:
     cache_max_bytes: int
     key_digits: tuple[int, int]
     image_schema_metadata: Optional[dict]
+
+    def describe(self) -> str:
+        return f"shard {self.shard_id:05d}"
+
+
+_Job = DownloadOrder  # the old private name
 
 
 # ---------------------------------------------------------------------- input
@@ -242,7 +250,7 @@ def _with_results(table: pa.Table, keys: list[str], results: Sequence[ImageResul
 
 
 
-async def _run_shard_async(job: _Job, progress: Callable[[int, int], None]) -> dict:
+async def _run_shard_async(job: DownloadOrder, progress: Callable[[int, int], None]) -> dict:
     start = time.time()
     table = ipc.open_file(job.input_path).read_all()
     n = table.num_rows
@@ -359,61 +367,10 @@ async def _run_shard_async(job: _Job, progress: Callable[[int, int], None]) -> d
         raise
 
 
-_QUEUE: Any = None
-
-
-def _init_worker(queue: Any, parent_pid: Optional[int] = None) -> None:
-    global _QUEUE
-    _QUEUE = queue
-    if parent_pid is not None:
-        exit_with_parent(parent_pid)
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
-    """Make this (worker) process exit as soon as ``parent_pid``, its parent, dies.
-
-    On Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a daemon
-    thread also polls the parent pid (a dead parent's children are re-parented), which covers
-    other systems and the race of a parent dying before the ``prctl``.
-    """
-    import signal
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # no libc prctl: the watchdog thread still works
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        os._exit(1)  # nothing to save: the parent that would merge this shard is gone
-
-    threading.Thread(target=watch, name="laion-hf-parent-watch", daemon=True).start()
-
-
-def run_shard(job: _Job, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+def run_shard(job: DownloadOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Download one shard (a :meth:`DownloadRun.job`) on a new event loop; ``progress(rows,
     successes)`` is called as rows finish. Returns the shard's stats (also in its stats file)."""
     return asyncio.run(_run_shard_async(job, progress or (lambda d, s: None)))
-
-
-def _run_shard(job: _Job) -> dict:
-    """Process entry point: download one shard."""
-
-    def progress(d: int, s: int) -> None:
-        if _QUEUE is not None and (d or s):
-            _QUEUE.put((d, s))
-
-    return run_shard(job, progress)
 
 
 # ---------------------------------------------------------------------- driver
@@ -469,16 +426,15 @@ def download(
     """
     if processes < 1:
         raise FetchError(f"processes must be >= 1, got {processes}")
-    fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
-    run = plan_download(source, out_dir, output_format=output_format, shard_size=shard_size, url_column=url_column,
-                        caption_column=caption_column, hash_column=hash_column, retry_failed=retry_failed)
-    jobs = [run.job(i, hash_type, fetch_cfg, resize_cfg, cache_dir, cache_max_bytes) for i in run.pending]
-    todo_rows = run.todo_rows
+    run = plan(source, out_dir, output_format=output_format, shard_size=shard_size, url_column=url_column,
+               caption_column=caption_column, hash_column=hash_column, hash_type=hash_type,
+               retry_failed=retry_failed, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes, fetch=fetch,
+               resize=resize, **options)  # fmt: skip
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=todo_rows, unit="img", desc="download", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=run.todo_rows, unit="img", desc="download", dynamic_ncols=True, file=sys.stderr)
     totals = [0, 0]
 
     def on_progress(d: int, s: int) -> None:
@@ -488,51 +444,53 @@ def download(
             bar.update(d)
             bar.set_postfix_str(f"success {totals[1] / max(1, totals[0]):.1%}", refresh=False)
 
-    failures: list[str] = []
     try:
-        if processes == 1 or len(jobs) <= 1:
-            for job in jobs:
-                run_shard(job, on_progress)
-        else:
-            _run_pool(jobs, processes, on_progress, failures)
+        results = map_orders(run_one, run.orders, workers=processes, mode=LOCAL_MODE, progress=on_progress)
     finally:
         if bar is not None:
             bar.close()
-    if failures:
-        raise ShardError("; ".join(failures) + " (rerun the same command to redo the unfinished shards)")
-    stats = run.finish()
+    stats = finish(run, results)
     from laion_hf.provenance import write_download_provenance  # the card's record: source's + fetch + robots
 
-    write_download_provenance(out_dir, stats, fetch_cfg, source=retry_failed if retry_failed is not None else source)
+    write_download_provenance(out_dir, stats, run.fetch, source=retry_failed if retry_failed is not None else source)
     return stats
 
 
 @dataclass
 class DownloadRun:
-    """A planned download (:func:`plan_download`): the output folder, its manifest (the input
-    split into shards) and the shards still to do. Both engines run these and call
-    :meth:`finish`."""
+    """A planned download (:func:`plan`): the output folder, its manifest (the input split
+    into shards), the shards still to do and their :class:`DownloadOrder` s. Every engine runs
+    the orders with :func:`run_one` and calls :func:`finish`."""
 
     out: Path
     manifest: dict
     pending: list[int]
     started: float
+    orders: list[DownloadOrder] = field(default_factory=list)
+    fetch: Optional[FetchConfig] = None
+
+    def __enter__(self) -> "DownloadRun":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Nothing to clean up: every shard is written under temporary names, stats last."""
 
     @property
     def todo_rows(self) -> int:
         return sum(self.manifest["rows"][i] for i in self.pending)
 
     def job(self, shard: int, hash_type: str, fetch: FetchConfig, resize: ResizeConfig,
-            cache_dir: Union[str, os.PathLike, None], cache_max_bytes: int) -> _Job:
+            cache_dir: Union[str, os.PathLike, None], cache_max_bytes: int) -> DownloadOrder:
         """The work order of one shard (picklable: it travels to worker processes/actors)."""
         m = self.manifest
         key_digits = (max(5, len(str(max(0, m["shards"] - 1)))), len(str(max(1, m["shard_size"] - 1))))
-        return _Job(shard, str((self.out / INPUT_DIR / f"{shard:05d}.arrow").resolve()), str(self.out.resolve()),
-                    m["format"], m["url_column"], m["caption_column"], m["hash_column"], hash_type, fetch, resize,
-                    os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
-                    m.get("image_metadata"))
+        return DownloadOrder(shard, str((self.out / INPUT_DIR / f"{shard:05d}.arrow").resolve()),
+                             str(self.out.resolve()), m["format"], m["url_column"], m["caption_column"],
+                             m["hash_column"], hash_type, fetch, resize,
+                             os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, key_digits,
+                             m.get("image_metadata"))  # fmt: skip
 
-    def finish(self, **extra: Any) -> dict:
+    def totals(self, **extra: Any) -> dict:
         """Stats over every shard of the folder plus this run's (``shards, shards_done_now,
         duration, samples_per_s, out_dir`` and ``extra``), also written to
         ``_laion_hf_stats.json``."""
@@ -545,6 +503,72 @@ class DownloadRun:
         with open(self.out / "_laion_hf_stats.json", "w") as f:
             json.dump(stats, f, indent=2)
         return stats
+
+
+#: the stage's name (engines, error messages) and how the local engine runs its orders
+NAME = "download"
+LOCAL_MODE = "processes"  # one event loop per process; processes die with their parent
+
+
+def plan(
+    source: Any,
+    out_dir: Union[str, os.PathLike],
+    *,
+    output_format: str = "webdataset",
+    shard_size: int = 10_000,
+    url_column: Optional[str] = None,
+    caption_column: Optional[str] = None,
+    hash_column: Optional[str] = None,
+    hash_type: str = "sha256",
+    retry_failed: Union[str, os.PathLike, None] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    cache_max_bytes: int = 20 * 2**30,
+    fetch: Optional[FetchConfig] = None,
+    resize: Optional[ResizeConfig] = None,
+    map_split: Optional[Callable[..., Iterable[Any]]] = None,
+    **options: Any,
+) -> DownloadRun:
+    """Plan a download (see :func:`download` for the arguments): split the input into shards
+    (or resume a previous split) and return the run with one :class:`DownloadOrder` per shard
+    still to do. ``map_split(fn, orders)`` runs the split of local parquet files, one
+    :class:`SplitOrder` per file (an engine's map; default: the local split, in one pass)."""
+    fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
+    split = None
+    if map_split is not None:
+
+        def split(src: Any, out: Path, inputs: Path) -> Optional[dict]:
+            return split_files(src, out, inputs, shard_size, url_column, caption_column, hash_column,
+                               output_format, map_split)
+
+    run = plan_download(source, out_dir, output_format=output_format, shard_size=shard_size, url_column=url_column,
+                        caption_column=caption_column, hash_column=hash_column, retry_failed=retry_failed,
+                        split=split)  # fmt: skip
+    run.orders = [run.job(i, hash_type, fetch_cfg, resize_cfg, cache_dir, cache_max_bytes) for i in run.pending]
+    run.fetch = fetch_cfg
+    return run
+
+
+def run_one(order: DownloadOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Download one shard; its stats. A shard already finished (its stats file exists: an order
+    retried after its worker died between the last rename and its reply) is not redone."""
+    stats_path = os.path.join(order.out_dir, f"{order.shard_id:05d}_stats.json")
+    if os.path.exists(stats_path):
+        with open(stats_path) as f:
+            return json.load(f)
+    return run_shard(order, progress)
+
+
+def finish(run: DownloadRun, results: Sequence[Any], **extra: Any) -> dict:
+    """Report failed shards (a :class:`ShardError` naming each: rerunning redoes them), else
+    the run's stats over every shard of the folder (:meth:`DownloadRun.totals`, with ``extra``)."""
+    failed = failures_of(results)
+    if failed:
+        raise ShardError("; ".join(f"shard {f.order.shard_id:05d} failed: {type(f.error).__name__}: {f.error}"
+                                   for f in failed) + " (rerun the same command to redo the unfinished shards)")
+    missing = [o.shard_id for o in run.orders if not (run.out / f"{o.shard_id:05d}_stats.json").exists()]
+    if missing:
+        raise ShardError(f"download: shards {missing[:10]} not finished (rerun the same command)")
+    return run.totals(**extra)
 
 
 def plan_download(
@@ -593,38 +617,6 @@ def plan_download(
                                     out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
     pending = [i for i in range(manifest["shards"]) if not (out / f"{i:05d}_stats.json").exists()]
     return DownloadRun(out, manifest, pending, started)
-
-
-def _run_pool(jobs: list[_Job], processes: int, on_progress: Callable[[int, int], None], failures: list[str]) -> None:
-    import multiprocessing as mp
-    import queue as queue_mod
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(q, os.getpid())) as pool:
-        futs = {pool.submit(_run_shard, job): job for job in jobs}
-        remaining = set(futs)
-        while remaining:
-            finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(q, on_progress, queue_mod)
-            for f in finished:
-                try:
-                    f.result()
-                except Exception as e:
-                    failures.append(f"shard {futs[f].shard_id:05d} failed: {type(e).__name__}: {e}")
-        _drain(q, on_progress, queue_mod)
-
-
-def _drain(q: Any, on_progress: Callable[[int, int], None], queue_mod: Any) -> None:
-    while True:
-        try:
-            d, s = q.get_nowait()
-        except queue_mod.Empty:
-            return
-        except (EOFError, OSError):
-            return
-        on_progress(d, s)
 
 
 def conform_input(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -719,6 +711,124 @@ def collect_stats(out_dir: Union[str, os.PathLike]) -> dict:
             total["status_dict"][k] = total["status_dict"].get(k, 0) + v
     total["status_dict"] = dict(sorted(total["status_dict"].items(), key=lambda kv: (-kv[1], kv[0])))
     return total
+
+
+# ---------------------------------------------------------------------- split, one order per file
+@dataclass(frozen=True)
+class SplitOrder:
+    """Cut one metadata parquet file (global rows ``[offset, offset + rows)`` of the input) into
+    the download's input shards of ``shard_size`` rows, under ``inputs``."""
+
+    index: int
+    path: str
+    offset: int
+    rows: int
+    total_rows: int
+    shard_size: int
+    inputs: str
+    schema: bytes  # the first file's Arrow schema, serialized
+
+    def describe(self) -> str:
+        return f"split of {self.path}"
+
+
+def _write_ipc(path: str, table: pa.Table) -> None:
+    tmp = path + ".tmp"
+    with ipc.new_file(tmp, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+def split_file(order: SplitOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Write the shards of one file: shards inside it whole (``{i:05d}.arrow``); a shard that
+    straddles a file boundary as a piece per file (``.piece-{i:05d}-{file:05d}.arrow``),
+    joined by :func:`split_files` in file order."""
+    schema = ipc.read_schema(pa.py_buffer(order.schema))
+    size, start = order.shard_size, order.offset
+    buf: list[pa.Table] = []
+    pos, buffered = start, 0  # global index of the first buffered row; rows buffered
+
+    def flush(upto: int) -> None:
+        nonlocal buf, buffered, pos
+        whole = pa.concat_tables(buf).combine_chunks()
+        part, rest = whole.slice(0, upto - pos), whole.slice(upto - pos)
+        shard = pos // size
+        whole_shard = pos == shard * size and upto in ((shard + 1) * size, order.total_rows)
+        name = f"{shard:05d}.arrow" if whole_shard else f".piece-{shard:05d}-{order.index:05d}.arrow"
+        _write_ipc(os.path.join(order.inputs, name), part)
+        buf, buffered, pos = ([rest] if rest.num_rows else []), rest.num_rows, upto
+
+    for b in open_parquet(order.path).iter_batches(batch_size=min(size, 65_536)):
+        t = conform_input(pa.Table.from_batches([b]), schema)
+        buf.append(t)
+        buffered += t.num_rows
+        while buffered and pos + buffered >= (pos // size + 1) * size:
+            flush((pos // size + 1) * size)
+    if buffered:
+        flush(start + order.rows)
+    return {"file": order.index}
+
+
+def _split_orders(source: Any, inputs: Path, shard_size: int) -> Optional[tuple[list[SplitOrder], pa.Schema]]:
+    """One :class:`SplitOrder` per non-empty local parquet file of ``source`` (footers read
+    here), or None when ``source`` is something else (a table, a stream, csv/txt...)."""
+    if not isinstance(source, (str, os.PathLike, list, tuple)):
+        return None
+    if isinstance(source, (list, tuple)) and not all(isinstance(x, (str, os.PathLike)) for x in source):
+        return None
+    files = source_files(source)
+    if not all(f.lower().endswith(".parquet") for f in files):
+        return None
+    metas = []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as e:
+            raise FetchError(f"cannot read {f!r} as parquet: {e}") from e
+        if pf.metadata.num_rows > 0:
+            metas.append((f, pf.metadata.num_rows, pf.schema_arrow))
+    if not metas:
+        raise FetchError(f"no rows to download in {source!r}")
+    schema = metas[0][2]
+    total, offset, orders = sum(m[1] for m in metas), 0, []
+    for i, (f, n, _) in enumerate(metas):
+        orders.append(SplitOrder(i, f, offset, n, total, shard_size, str(inputs), schema.serialize().to_pybytes()))
+        offset += n
+    return orders, schema
+
+
+def split_files(source: Any, out: Path, inputs: Path, shard_size: int, url_column: Optional[str],
+                caption_column: Optional[str], hash_column: Optional[str], output_format: str,
+                map_split: Callable[..., Iterable[Any]]) -> Optional[dict]:
+    """The input split of local parquet files, one :func:`split_file` order per file run by
+    ``map_split(fn, orders)``; the same shards as the one-pass split. Returns the manifest, or
+    None when ``source`` is not a list of local parquet files (then the one-pass split runs)."""
+    planned = _split_orders(source, inputs, shard_size)
+    if planned is None:
+        return None
+    orders, schema = planned
+    cols = input_columns(schema.names, url_column, caption_column, hash_column)
+    total = orders[-1].offset + orders[-1].rows
+    n_shards = -(-total // shard_size)
+    inputs.mkdir(exist_ok=True)
+    for old in glob.glob(str(inputs / ".piece-*")):
+        os.unlink(old)
+    results = list(map_split(split_file, orders))
+    failed = failures_of(results)
+    if failed:
+        raise FetchError(f"download: {failed[0].describe()}")
+    for i in range(n_shards):  # shards straddling files: join their pieces in file order
+        pieces = sorted(glob.glob(str(inputs / f".piece-{i:05d}-*.arrow")))
+        if pieces:
+            tables = [ipc.open_file(p).read_all() for p in pieces]
+            _write_ipc(str(inputs / f"{i:05d}.arrow"), pa.concat_tables(tables).combine_chunks())
+            for p in pieces:
+                os.unlink(p)
+    missing = [i for i in range(n_shards) if not (inputs / f"{i:05d}.arrow").exists()]
+    if missing:
+        raise FetchError(f"download: input shards {missing[:10]} were not written")
+    rows = [min(shard_size, total - i * shard_size) for i in range(n_shards)]
+    return write_manifest(out, inputs, rows, cols, shard_size, output_format)
 
 
 # ---------------------------------------------------------------------- CLI

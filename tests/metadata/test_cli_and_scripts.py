@@ -116,7 +116,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_filter_rerun_into_the_same_folder_leaves_no_stale_parts(tmp_path):
-    from laion_hf.filters import filter_to_parquet
+    from laion_hf.export import filter_to_parquet
     from laion_hf.synth import synthesize
 
     synthesize(2000, tmp_path / "src", seed=2)

@@ -11,7 +11,7 @@ import pytest
 
 from laion_hf.cli import main
 from laion_hf.errors import OutputError
-from laion_hf.filters import filter_to_parquet
+from laion_hf.export import filter_to_parquet
 from laion_hf.synth import synthesize
 
 

@@ -11,7 +11,7 @@ pytest.importorskip(
 pytest.importorskip("faiss", reason="index needs the index extra: pip install 'laion-hf[index]'")
 
 from laion_hf.index import build_index, plan, run_one
-from laion_hf.index.engine_ray import build_index_ray
+from laion_hf.engines.ray import build_index_ray
 from laion_hf.testing.knn import write_embed_folder
 
 FILES = ("image.index", "text.index", "image.missing.npy", "text.missing.npy")

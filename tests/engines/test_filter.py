@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("ray.data", reason="the Ray engine needs the ray extra: pip install 'laion-hf[ray]'")
 
 from laion_hf.cli import main as cli_main  # noqa: E402
-from laion_hf.engine_ray import filter_to_parquet_ray  # noqa: E402
-from laion_hf.filters import filter_to_parquet  # noqa: E402
+from laion_hf.engines.ray import filter_to_parquet_ray  # noqa: E402
+from laion_hf.export import filter_to_parquet  # noqa: E402
 from laion_hf.synth import synthesize  # noqa: E402
 
 TIMING = ("duration_s", "engine")

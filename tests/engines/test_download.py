@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("ray.data", reason="the Ray engine needs the ray extra: pip install 'laion-hf[ray]'")
 
 from laion_hf.cli import main as cli_main  # noqa: E402
-from laion_hf.engine_ray import download_ray  # noqa: E402
+from laion_hf.engines.ray import download_ray  # noqa: E402
 from laion_hf.images.download import download  # noqa: E402
 from laion_hf.testing.image_server import ImageServer  # noqa: E402
 

@@ -33,13 +33,12 @@ import numpy as np
 import pyarrow as pa
 
 from laion_hf.errors import KnnIndexError, LaionHFError
+from laion_hf.index.layout import IMAGES_FILE, INFOS, index_family, index_file
 from laion_hf.index.source import EmbeddingSource, metadata_fingerprint, open_source
 
 FLAT_MAX_ROWS = 10_000
 HNSW_M = 32
 DEFAULT_MAX_INDEX_MEMORY = "8GB"
-INFOS = "infos.json"
-IMAGES_FILE = "images.arrow"
 WORK = "_work"
 _VERSION = 1
 
@@ -61,19 +60,6 @@ class WorkOrder:
 
 
 # ---------------------------------------------------------------------------- choosing
-def index_family(key: str) -> str:
-    """``flat``, ``hnsw`` or ``ivf`` for a faiss factory string we can build."""
-    if key == "Flat":
-        return "flat"
-    if key.startswith("HNSW") and "," not in key:
-        return "hnsw"
-    if "IVF" in key:
-        return "ivf"
-    raise KnnIndexError(
-        f"index key {key!r} is not supported: use Flat, HNSW<M>, or an IVF factory string"
-    )
-
-
 def _nlist(n: int) -> int:
     """Inverted lists: a power of two near 4·sqrt(n), with >= 39 training points each."""
     k = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
@@ -297,7 +283,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
     from laion_hf.index.tune import tune_kind
 
     for kind in config["kinds"]:
-        kinds[kind].update(tune_kind(out, kind, source, config))
+        kinds[kind].update(tune_kind(out, kind, source, config, _train_size(config["index_keys"][kind], source.rows)))
     infos = {
         k: config[k]
         for k in ("version", "rows", "dim", "clip_model", "clip_pretrained", "layout", "source")
@@ -312,11 +298,6 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
     _atomic(out / INFOS, lambda p: p.write_text(json.dumps(infos, indent=2)))
     shutil.rmtree(out / WORK, ignore_errors=True)
     return infos
-
-
-def index_file(out: Path, kind: str) -> Path:
-    """The index file of ``kind`` under ``out``."""
-    return Path(out) / f"{kind}.index"
 
 
 def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> None:

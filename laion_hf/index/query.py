@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from laion_hf.errors import KnnIndexError
-from laion_hf.index.build import IMAGES_FILE
+from laion_hf.index.layout import IMAGES_FILE
 from laion_hf.index.search import KnnIndex, read_infos
 from laion_hf.index.source import metadata_files, metadata_fingerprint, read_metadata
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from laion_hf.errors import KnnIndexError
-from laion_hf.index.build import INFOS, index_family, index_file
+from laion_hf.index.layout import INFOS, index_family, index_file
 from laion_hf.index.source import EmbeddingSource
 
 DEDUP_THRESHOLD = 0.94

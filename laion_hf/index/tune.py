@@ -75,15 +75,15 @@ def _candidates(index: Any) -> tuple[str | None, list[int]]:
     return None, [0]
 
 
-def tune_kind(out: Path, kind: str, source: EmbeddingSource, config: dict) -> dict[str, Any]:
-    """Load ``out``'s ``kind`` index, sweep its parameter and return what ``infos.json`` records."""
-    from laion_hf.index.build import _train_size, index_file
+def tune_kind(out: Path, kind: str, source: EmbeddingSource, config: dict, trained_on: int) -> dict[str, Any]:
+    """Load ``out``'s ``kind`` index, sweep its parameter and return what ``infos.json`` records
+    (queries are held out from the first ``trained_on`` vectors, the training sample)."""
     from laion_hf.index.search import KnnIndex, exact_search
 
     key = config["index_keys"][kind]
     infos = {"kinds": {kind: {}}, "config": config, "dim": config["dim"]}
     index = KnnIndex(out, kind, infos)
-    queries = held_out_queries(source, kind, _train_size(key, source.rows))
+    queries = held_out_queries(source, kind, trained_on)
     _, truth = exact_search(source, kind, queries, K)
     name, values = _candidates(index)
     target, budget = config["recall_target"], config["latency_budget_ms"]
@@ -108,5 +108,5 @@ def tune_kind(out: Path, kind: str, source: EmbeddingSource, config: dict) -> di
         "latency_ms_p50": chosen["latency_ms_p50"], "latency_ms_p99": chosen["latency_ms_p99"],
         "latency_budget_ms": budget, "queries": len(queries), "sweep": sweep,
         "count": index.ntotal, "missing": len(index.missing), "size_bytes": int(size),
-        "file": index_file(Path("."), kind).name,
+        "file": f"{kind}.index",
     }  # fmt: skip

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from laion_hf._util.atomic import atomic_write_json
+
 FILENAME = "_laion_hf_provenance.json"
 RECORD_SCHEMA = "laion-hf/provenance/1"
 _SCAN_KEYS = (
@@ -108,12 +110,7 @@ def read_provenance(source: Any) -> dict[str, Any]:
 def write_provenance(out_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     """Write ``record`` as ``out_dir/_laion_hf_provenance.json`` (atomically); its path."""
     path = Path(out_dir) / FILENAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps({"schema": RECORD_SCHEMA, **record}, indent=1, default=str),
-        encoding="utf-8",
-    )
-    os.replace(tmp, path)
+    atomic_write_json(path, {"schema": RECORD_SCHEMA, **record}, indent=1, default=str)
     return path
 
 

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from laion_hf._util.atomic import atomic_write_text
 from laion_hf.errors import OutputError
 
 MANIFEST = ".laion-hf-manifest.json"
@@ -98,18 +99,6 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         raise OutputError(f"{path}: not a laion-hf manifest; remove it by hand")
     return data
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = f"{os.fspath(path)}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_manifest(out_dir: Path, files: list[str], complete: bool, kind: str) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
+from laion_hf._util.atomic import atomic_write
 from laion_hf._util.workers import map_orders, raise_failures
 from laion_hf.errors import ShardError
 from laion_hf.sources import open_parquet
@@ -168,16 +169,6 @@ def _count_rows(path: str) -> int | None:
         return None
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class PartAccumulator:
     """Collects one clip-retrieval output part from embedded tables: the rows that have an
     image embedding become row-aligned image/text matrices (text zeros where a row has no
@@ -243,10 +234,10 @@ class PartAccumulator:
                  "failed": self.count - embedded, "status_dict": self.status_dict, "model": model,
                  "pretrained": pretrained}
         out = Path(out)
-        _atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
-        _atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
-        _atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
-        _atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
+        atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
+        atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
+        atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
+        atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
         return stats
 
 
@@ -265,7 +256,7 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
                 f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
             )
     else:  # a new folder, or one whose earlier run finished no part: nothing to protect yet
-        _atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+        atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
 
 
 def part_done(out: Path, n: int) -> bool:

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from laion_hf._util.atomic import atomic_write_bytes
 from laion_hf.errors import CardError
 from laion_hf.shards.writer import read_stats, sanitize
 
@@ -160,9 +161,7 @@ def _histogram_png(configs: dict[str, Any]) -> bytes | None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def _score_summary(configs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from laion_hf._util.atomic import atomic_write_json
 from laion_hf._util.workers import exit_with_parent, failures_of, map_orders  # noqa: F401 - exit_with_parent: old home
 from laion_hf.errors import FetchError, ShardError
 from laion_hf.images import status as st
@@ -353,10 +354,7 @@ async def _run_shard_async(job: DownloadOrder, progress: Callable[[int, int], No
         if tar is not None:
             tar.commit()
         os.replace(pq_tmp, base + ".parquet")
-        tmp = base + f"_stats.json.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=2)
-        os.replace(tmp, base + "_stats.json")
+        atomic_write_json(base + "_stats.json", stats, indent=2)
         return stats
     except BaseException:
         if tar is not None:
@@ -693,9 +691,7 @@ def write_manifest(out: Path, inputs: Path, rows: list[int], cols: dict, shard_s
     manifest = {"shard_size": shard_size, "format": output_format, "shards": len(rows), "rows": rows,
                 "url_column": cols["url"], "caption_column": cols["caption"], "hash_column": cols["hash"],
                 "retry_of": retry_of, "image_metadata": image_metadata}
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_json(out / MANIFEST, manifest, indent=2)
     return manifest
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from laion_hf._util.atomic import atomic_write
 from laion_hf.errors import KnnIndexError, LaionHFError
 from laion_hf.index.layout import IMAGES_FILE, INFOS, index_family, index_file
 from laion_hf.index.source import EmbeddingSource, metadata_fingerprint, open_source
@@ -153,7 +154,7 @@ def plan(
     outp = Path(out)
     if not _reuse(outp, config):
         (outp / WORK).mkdir(parents=True, exist_ok=True)
-        _atomic(outp / WORK / "plan.json", lambda p: p.write_text(json.dumps(config, indent=2)))
+        atomic_write(outp / WORK / "plan.json", lambda p: p.write_text(json.dumps(config, indent=2)))
         for kind in want:
             _train(source, kind, key, outp)
     chunks = source.chunks(batch_rows)
@@ -191,17 +192,7 @@ def _train(source: EmbeddingSource, kind: str, key: str, out: Path) -> None:
         index.train(sample)
     except RuntimeError as e:
         raise KnnIndexError(f"cannot train {key} on {len(sample)} {kind} vectors: {e}") from None
-    _atomic(path, lambda p: faiss.write_index(index, str(p)))
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda p: faiss.write_index(index, str(p)))
 
 
 # ---------------------------------------------------------------------------- run_one
@@ -247,11 +238,11 @@ def run_one(order: WorkOrder) -> dict[str, Any]:
     part.parent.mkdir(parents=True, exist_ok=True)
     if order.images:  # the shards' image bytes, served base64 with the results
         images = pa.table({"image": order.source.read_images(order.part, order.start, order.stop)})
-        _atomic(part.with_suffix(".images.arrow"), lambda p: _write_ipc(p, [images]))
+        atomic_write(part.with_suffix(".images.arrow"), lambda p: _write_ipc(p, [images]))
     np.save(part.with_suffix(".missing.npy"), missing.astype(np.int64))
-    _atomic(part, lambda p: faiss.write_index(index, str(p)))
+    atomic_write(part, lambda p: faiss.write_index(index, str(p)))
     stats = {"kind": order.kind, "number": order.number, "rows": len(x), "missing": len(missing)}
-    _atomic(stats_path, lambda p: p.write_text(json.dumps(stats)))
+    atomic_write(stats_path, lambda p: p.write_text(json.dumps(stats)))
     return {**stats, "skipped": False}
 
 
@@ -295,7 +286,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
         images=IMAGES_FILE if images else None,
         config=config,
     )
-    _atomic(out / INFOS, lambda p: p.write_text(json.dumps(infos, indent=2)))
+    atomic_write(out / INFOS, lambda p: p.write_text(json.dumps(infos, indent=2)))
     shutil.rmtree(out / WORK, ignore_errors=True)
     return infos
 
@@ -310,7 +301,7 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
     family, parts = index_family(key), [str(_part_path(o)) for o in orders]
     missing = [np.load(Path(p).with_suffix(".missing.npy")) for p in parts]
     missing_all = np.concatenate(missing) if missing else np.zeros(0, np.int64)
-    _atomic(out / f"{kind}.missing.npy", lambda p: _save(p, missing_all))
+    atomic_write(out / f"{kind}.missing.npy", lambda p: _save(p, missing_all))
     if family == "ivf" and config["memory_mappable"]:
         from faiss.contrib.ondisk import merge_ondisk
 
@@ -338,7 +329,7 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
         raise KnnIndexError(
             f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows"
         )
-    _atomic(final_path, lambda p: faiss.write_index(index, str(p)))
+    atomic_write(final_path, lambda p: faiss.write_index(index, str(p)))
 
 
 def _write_ipc(path: Path, tables: Any) -> None:
@@ -364,7 +355,7 @@ def _assemble_images(out: Path, orders: Sequence[WorkOrder]) -> bool:
             ).read_all()
             for o in mine
         )
-        _atomic(out / IMAGES_FILE, lambda p: _write_ipc(p, parts))
+        atomic_write(out / IMAGES_FILE, lambda p: _write_ipc(p, parts))
     return True
 
 

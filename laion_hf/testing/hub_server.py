@@ -964,19 +964,7 @@ class _Handler(BaseHTTPRequestHandler):
         tree = repo.commit(sha)["tree"]
         entry = tree.get(path)
         if entry is None:
-            err = _HubHTTPError(404, "Entry not found", "EntryNotFound")
-            self._status = 404
-            self.send_response(404)
-            body = json.dumps({"error": err.message}).encode()
-            for k, v in {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound",
-                         "X-Error-Message": err.message, "X-Repo-Commit": sha,
-                         "Content-Length": str(len(body))}.items():
-                self.send_header(k, v)
-            self.end_headers()
-            if method != "HEAD":
-                self.wfile.write(body)
-            return
-        blob = repo.object_path(entry["sha256"])
+            return self._send_entry_not_found(method, sha)
         size = entry["size"]
         etag = f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'
         headers = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes",
@@ -985,23 +973,11 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Etag"] = etag
             headers["X-Linked-Size"] = str(size)
         start, end, status = 0, size - 1, 200
-        rng = self.headers.get("Range")
-        if rng:
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-            if m is None or (m.group(1) == "" and m.group(2) == ""):
-                raise _HubHTTPError(416, f"Invalid Range header {rng!r}")
-            if m.group(1) == "":
-                start, end = max(0, size - int(m.group(2))), size - 1
-            else:
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        span = self._requested_range(size)
+        if span is not None:
+            start, end = span
             if start >= size or start > end:
-                self._status = 416
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+                return self._send_unsatisfiable(size)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = max(0, end - start + 1)
@@ -1013,7 +989,45 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         if method == "HEAD" or length == 0:
-            return
+            return None
+        self._send_file_range(repo.object_path(entry["sha256"]), start, length)
+        return None
+
+    def _send_entry_not_found(self, method: str, sha: str) -> None:
+        """404 EntryNotFound with the commit the lookup was made on (X-Repo-Commit), as the Hub."""
+        err = _HubHTTPError(404, "Entry not found", "EntryNotFound")
+        self._status = 404
+        self.send_response(404)
+        body = json.dumps({"error": err.message}).encode()
+        for k, v in {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound",
+                     "X-Error-Message": err.message, "X-Repo-Commit": sha,
+                     "Content-Length": str(len(body))}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(body)
+
+    def _requested_range(self, size: int) -> tuple[int, int] | None:
+        """``(start, end)`` of the Range header (end clipped to the file), None without one; 416 if malformed."""
+        rng = self.headers.get("Range")
+        if not rng:
+            return None
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+        if m is None or (m.group(1) == "" and m.group(2) == ""):
+            raise _HubHTTPError(416, f"Invalid Range header {rng!r}")
+        if m.group(1) == "":
+            return max(0, size - int(m.group(2))), size - 1
+        start = int(m.group(1))
+        return start, min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+
+    def _send_unsatisfiable(self, size: int) -> None:
+        self._status = 416
+        self.send_response(416)
+        self.send_header("Content-Range", f"bytes */{size}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send_file_range(self, blob: Path, start: int, length: int) -> None:
         with open(blob, "rb") as f:
             f.seek(start)
             remaining = length

@@ -362,8 +362,6 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             if src is not None:
                 read.append(src)
         self.read_columns = read
-        self.inner_names = [n for n in full.names if n in needed]
-        self.passthrough_schema = pa.schema([f for f in full if f.name not in CANONICAL_COLUMNS and f.name in needed])
         self.info.features = datasets.Features.from_arrow_schema(self.out_schema)
 
     def _pushdown(self, schema: pa.Schema):
@@ -686,7 +684,7 @@ def make_builder(
     files = resolve_source(source, storage_options)
     if blocklist is not None and not isinstance(blocklist, Blocklist):
         blocklist = Blocklist.from_files(blocklist, column=blocklist_column)
-    known = {f.name for f in LaionConfig.__dataclass_fields__.values()} if hasattr(LaionConfig, "__dataclass_fields__") else set()
+    known = set(LaionConfig.__dataclass_fields__)  # every config field, the rest are filters
     filters = {k: config.pop(k) for k in list(config) if k not in known}
     try:
         return LaionBuilder(

@@ -344,48 +344,53 @@ def _compile(node, leaf: Any = None) -> Any:
     """
     leaf = leaf or pc.field
     kind = node[0]
-    if kind == "col":
-        return leaf(node[1])
-    if kind == "lit":
-        return pa.scalar(node[1])
-    if kind == "neg":
-        return pc.negate(_compile(node[1], leaf))
-    if kind == "cmp":
-        _, op, a, b = node
-        return _CMP[op](_compile(a, leaf), _compile(b, leaf))
-    if kind == "and":
-        return pc.and_kleene(_compile(node[1], leaf), _compile(node[2], leaf))
-    if kind == "or":
-        return pc.or_kleene(_compile(node[1], leaf), _compile(node[2], leaf))
-    if kind == "not":
-        return pc.invert(_compile(node[1], leaf))
-    if kind == "in":
-        _, a, values, negate = node
-        expr = pc.is_in(_compile(a, leaf), value_set=pa.array(values))
-        return pc.invert(expr) if negate else expr
-    if kind == "isnull":
-        expr = pc.is_null(_compile(node[1], leaf))
-        return pc.invert(expr) if node[2] else expr
-    if kind == "arith":
-        _, op, a, b = node
-        a, b = _compile(a, leaf), _compile(b, leaf)
-        if op == "/":
-            a = a.cast(pa.float64())
-        return _ARITH[op](a, b)
-    if kind == "call":
-        _, fname, args = node
-        cargs = [_compile(a, leaf) for a in args]
-        if fname == "min":
-            return pc.min_element_wise(*cargs)
-        if fname == "max":
-            return pc.max_element_wise(*cargs)
-        if fname in _UNARY:
-            return _UNARY[fname](cargs[0])
-        pattern = args[1]
-        if pattern[0] != "lit" or not isinstance(pattern[1], str):
-            raise FilterError(f"{fname}() takes a string literal as its second argument")
-        return _MATCH[fname](cargs[0], pattern=pattern[1])
-    raise FilterError(f"cannot compile filter node {kind!r}")  # pragma: no cover
+    compile_kind = _COMPILERS.get(kind)
+    if compile_kind is None:  # pragma: no cover
+        raise FilterError(f"cannot compile filter node {kind!r}")
+    return compile_kind(node, leaf)
+
+
+def _negated(expr: Any, negate: bool) -> Any:
+    return pc.invert(expr) if negate else expr
+
+
+def _compile_arith(node, leaf) -> Any:
+    _, op, a, b = node
+    a, b = _compile(a, leaf), _compile(b, leaf)
+    if op == "/":
+        a = a.cast(pa.float64())
+    return _ARITH[op](a, b)
+
+
+def _compile_call(node, leaf) -> Any:
+    _, fname, args = node
+    cargs = [_compile(a, leaf) for a in args]
+    if fname == "min":
+        return pc.min_element_wise(*cargs)
+    if fname == "max":
+        return pc.max_element_wise(*cargs)
+    if fname in _UNARY:
+        return _UNARY[fname](cargs[0])
+    pattern = args[1]
+    if pattern[0] != "lit" or not isinstance(pattern[1], str):
+        raise FilterError(f"{fname}() takes a string literal as its second argument")
+    return _MATCH[fname](cargs[0], pattern=pattern[1])
+
+
+#: node kind -> ``compile(node, leaf)``
+_COMPILERS = {
+    "col": lambda node, leaf: leaf(node[1]),
+    "lit": lambda node, leaf: pa.scalar(node[1]),
+    "neg": lambda node, leaf: pc.negate(_compile(node[1], leaf)),
+    "cmp": lambda node, leaf: _CMP[node[1]](_compile(node[2], leaf), _compile(node[3], leaf)),
+    "and": lambda node, leaf: pc.and_kleene(_compile(node[1], leaf), _compile(node[2], leaf)),
+    "or": lambda node, leaf: pc.or_kleene(_compile(node[1], leaf), _compile(node[2], leaf)),
+    "not": lambda node, leaf: pc.invert(_compile(node[1], leaf)),
+    "in": lambda node, leaf: _negated(pc.is_in(_compile(node[1], leaf), value_set=pa.array(node[2])), node[3]),
+    "isnull": lambda node, leaf: _negated(pc.is_null(_compile(node[1], leaf)), node[2]),
+    "arith": _compile_arith,
+    "call": _compile_call,
+}
 
 
 @dataclass(frozen=True)

@@ -1072,10 +1072,22 @@ class _ReaderStream:
     def _run(self) -> Iterator[dict[str, Any]]:
         if self.done:
             return
-        S, B = self.S, self.B
+        yield from self._read_units()
+        if self.done:  # the quota of batches was reached
+            return
+        self._start_flush()
+        yield from self._drain()
+        yield from self._emit_rest()
+        self.done = True
+
+    def _quota_reached(self) -> bool:
+        return self.quota is not None and self.batches >= self.quota
+
+    def _read_units(self) -> Iterator[dict[str, Any]]:
+        """Read this reader's units from (pos, row) on, until they end or the quota is reached."""
         empty_units = 0  # consecutive units without a row (resampling an empty source must not spin)
         while not self.flushing:
-            if self.quota is not None and self.batches >= self.quota:
+            if self._quota_reached():
                 self.done = True
                 return
             unit = self._unit_at(self.pos)
@@ -1085,46 +1097,66 @@ class _ReaderStream:
             if self.resampled and empty_units > 4 * len(self.units) + 64:
                 raise LoaderError(f"resampled {empty_units} units in a row without finding a row: the source is empty")
             for table in self.ds._read(unit, self.row):
-                n = table.num_rows
-                if not n:
+                if not table.num_rows:
                     continue
                 empty_units = 0
-                # between tables every held row is buffered or pending: a safe point to compact
-                if S and sum(len(s.ids) for s in self.segments) > 2 * S + _COMPACT_SLACK:
-                    self._compact()
-                t0 = self.t
-                self.segments.append(_Segment(
-                    table, np.arange(t0, t0 + n, dtype=np.int64),
-                    np.full(n, self.pos, dtype=np.int64), np.arange(self.row, self.row + n, dtype=np.int64)))
-                for tid in range(t0, t0 + n):
-                    self.t += 1
-                    self.row += 1
-                    if S:
-                        if len(self.slots) < S:
-                            self.slots.append(tid)
-                            continue
-                        j = self._draw(tid)
-                        out = self.slots[j]
-                        self.slots[j] = tid
-                    else:
-                        out = tid
-                    self.pending.append(out)
-                    if len(self.pending) == B:
-                        batch = self._emit()
-                        if batch is not None:
-                            yield batch
-                            if self.quota is not None and self.batches >= self.quota:
-                                self.done = True
-                                return
+                yield from self._take_table(table)
+                if self.done:
+                    return
             self.pos += 1
             self.row = 0
-        # end of this reader's units (exact pass): empty the buffer in a seeded random order
-        if not self.flushing:
-            rest = list(self.slots)
-            if self.ds.shuffle and rest:
-                perm = np.random.default_rng([self.ds.seed, self.epoch, self.gid, 0xF1]).permutation(len(rest))
-                rest = [rest[k] for k in perm]
-            self.slots, self.flush_i, self.flushing = rest, 0, True
+
+    def _take_table(self, table: pa.Table) -> Iterator[dict[str, Any]]:
+        """Hold the rows of ``table`` (next in the unit) and emit every batch they complete."""
+        n = table.num_rows
+        # between tables every held row is buffered or pending: a safe point to compact
+        if self.S and sum(len(s.ids) for s in self.segments) > 2 * self.S + _COMPACT_SLACK:
+            self._compact()
+        t0 = self.t
+        self.segments.append(_Segment(
+            table, np.arange(t0, t0 + n, dtype=np.int64),
+            np.full(n, self.pos, dtype=np.int64), np.arange(self.row, self.row + n, dtype=np.int64)))
+        for tid in range(t0, t0 + n):
+            self.t += 1
+            self.row += 1
+            out = self._admit(tid)
+            if out is None:
+                continue
+            self.pending.append(out)
+            if len(self.pending) == self.B:
+                batch = self._emit()
+                if batch is not None:
+                    yield batch
+                    if self._quota_reached():
+                        self.done = True
+                        return
+
+    def _admit(self, tid: int) -> int | None:
+        """Row ``tid`` enters the shuffle buffer; return the row it pushes out (``tid`` itself
+        without a buffer), or None while the buffer fills."""
+        if not self.S:
+            return tid
+        if len(self.slots) < self.S:
+            self.slots.append(tid)
+            return None
+        j = self._draw(tid)
+        out = self.slots[j]
+        self.slots[j] = tid
+        return out
+
+    def _start_flush(self) -> None:
+        """End of this reader's units (exact pass): empty the buffer in a seeded random order."""
+        if self.flushing:
+            return
+        rest = list(self.slots)
+        if self.ds.shuffle and rest:
+            perm = np.random.default_rng([self.ds.seed, self.epoch, self.gid, 0xF1]).permutation(len(rest))
+            rest = [rest[k] for k in perm]
+        self.slots, self.flush_i, self.flushing = rest, 0, True
+
+    def _drain(self) -> Iterator[dict[str, Any]]:
+        """Emit the buffered rows in batches of B (a short last one unless ``drop_last``)."""
+        B = self.B
         while self.flush_i < len(self.slots):
             take = min(B - len(self.pending), len(self.slots) - self.flush_i)
             self.pending += self.slots[self.flush_i:self.flush_i + take]
@@ -1138,12 +1170,13 @@ class _ReaderStream:
                 batch = self._emit()
                 if batch is not None:
                     yield batch
+
+    def _emit_rest(self) -> Iterator[dict[str, Any]]:
         if self.pending and not self.ds.drop_last:
             self.done = True
             batch = self._emit()
             if batch is not None:
                 yield batch
-        self.done = True
 
 
 # --------------------------------------------------------------------------- loader

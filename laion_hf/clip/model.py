@@ -119,39 +119,9 @@ def resolve_weights(
     """
     register_tiny_config()
     if model.startswith("local-dir:"):
-        folder = Path(model[len("local-dir:") :]).expanduser()
-        if not (folder / "open_clip_config.json").is_file():
-            raise ModelError(
-                f"{model}: {folder / 'open_clip_config.json'} not found; a local-dir: model folder needs "
-                "open_clip_config.json (with model_cfg) and the weights (open_clip_model.safetensors or "
-                "open_clip_pytorch_model.bin), as on the model's Hugging Face repo"
-            )
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.pth")):
-            raise ModelError(f"{model}: no weights (*.safetensors, *.bin, *.pth) in {folder}")
-        return ResolvedWeights(f"local-dir:{folder}", None, {}, str(folder))
-
+        return _resolve_local_dir(model)
     if model.startswith("hf-hub:"):
-        repo_id = model[len("hf-hub:") :]
-        if allow_download:
-            return ResolvedWeights(model, None, {"cache_dir": cache_dir}, f"hf-hub {repo_id} (download allowed)")
-        config = _cached_hf_file(repo_id, "open_clip_config.json", cache_dir)
-        if config is None:
-            raise ModelError(
-                f"{model}: open_clip_config.json of {repo_id} is not in the Hugging Face cache "
-                f"({_hf_cache_dir(cache_dir)}); " + _how_to_provide(model, None, repo_id, None, cache_dir)
-            )
-        folder = Path(config).parent
-        weights = [
-            _cached_hf_file(repo_id, name, cache_dir)
-            for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
-        ]
-        if not any(weights):
-            raise ModelError(
-                f"{model}: the config of {repo_id} is cached but not its weights; "
-                + _how_to_provide(model, None, repo_id, None, cache_dir)
-            )
-        return ResolvedWeights(f"local-dir:{folder}", None, {}, f"HF cache {folder}")
-
+        return _resolve_hf_hub(model, cache_dir, allow_download)
     name = model.replace("/", "-")
     if name not in open_clip.list_models():
         known = ", ".join(m for m in open_clip.list_models() if m.startswith(("ViT-B", "ViT-L", "laion-hf")))
@@ -163,6 +133,50 @@ def resolve_weights(
         return ResolvedWeights(name, None, {}, "random init")
     if os.path.isfile(pretrained):
         return ResolvedWeights(name, pretrained, {}, pretrained)
+    return _resolve_tag(model, name, pretrained, cache_dir, allow_download)
+
+
+def _resolve_local_dir(model: str) -> ResolvedWeights:
+    """``local-dir:/folder``: the folder must hold open_clip_config.json and weights."""
+    folder = Path(model[len("local-dir:") :]).expanduser()
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelError(
+            f"{model}: {folder / 'open_clip_config.json'} not found; a local-dir: model folder needs "
+            "open_clip_config.json (with model_cfg) and the weights (open_clip_model.safetensors or "
+            "open_clip_pytorch_model.bin), as on the model's Hugging Face repo"
+        )
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) and not any(folder.glob("*.pth")):
+        raise ModelError(f"{model}: no weights (*.safetensors, *.bin, *.pth) in {folder}")
+    return ResolvedWeights(f"local-dir:{folder}", None, {}, str(folder))
+
+
+def _resolve_hf_hub(model: str, cache_dir: str | None, allow_download: bool) -> ResolvedWeights:
+    """``hf-hub:org/name``: config and weights from the Hugging Face cache, as a local-dir: model."""
+    repo_id = model[len("hf-hub:") :]
+    if allow_download:
+        return ResolvedWeights(model, None, {"cache_dir": cache_dir}, f"hf-hub {repo_id} (download allowed)")
+    config = _cached_hf_file(repo_id, "open_clip_config.json", cache_dir)
+    if config is None:
+        raise ModelError(
+            f"{model}: open_clip_config.json of {repo_id} is not in the Hugging Face cache "
+            f"({_hf_cache_dir(cache_dir)}); " + _how_to_provide(model, None, repo_id, None, cache_dir)
+        )
+    folder = Path(config).parent
+    weights = [
+        _cached_hf_file(repo_id, name, cache_dir)
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
+    ]
+    if not any(weights):
+        raise ModelError(
+            f"{model}: the config of {repo_id} is cached but not its weights; "
+            + _how_to_provide(model, None, repo_id, None, cache_dir)
+        )
+    return ResolvedWeights(f"local-dir:{folder}", None, {}, f"HF cache {folder}")
+
+
+def _resolve_tag(model: str, name: str, pretrained: str, cache_dir: str | None,
+                 allow_download: bool) -> ResolvedWeights:
+    """A pretrained tag of open_clip model ``name``: its weights from the HF cache or ``~/.cache/clip``."""
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
         if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
@@ -173,8 +187,19 @@ def resolve_weights(
         )
     if allow_download:
         return ResolvedWeights(name, pretrained, {"cache_dir": cache_dir}, f"tag {pretrained} (download allowed)")
-    hf_hub = cfg.get("hf_hub", "")
     url = cfg.get("url", "")
+    repo_id, path = _cached_tag_weights(cfg.get("hf_hub", ""), url, cache_dir)
+    if path is None:
+        raise ModelError(
+            f"weights for {model} / {pretrained} are not on this machine (looked in the Hugging Face cache "
+            f"{_hf_cache_dir(cache_dir)}" + (f" for {repo_id}" if repo_id else "") + "); "
+            + _how_to_provide(model, pretrained, repo_id, url, cache_dir)
+        )
+    return ResolvedWeights(name, path, _transform_kwargs(cfg, name), path)
+
+
+def _cached_tag_weights(hf_hub: str, url: str, cache_dir: str | None) -> tuple[str | None, str | None]:
+    """``(repo_id, local weights path or None)`` of a pretrained tag's ``hf_hub`` / ``url``."""
     path = None
     repo_id = None
     if hf_hub:
@@ -192,12 +217,11 @@ def resolve_weights(
     if path is None and url:
         local = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
         path = local if os.path.isfile(local) else None
-    if path is None:
-        raise ModelError(
-            f"weights for {model} / {pretrained} are not on this machine (looked in the Hugging Face cache "
-            f"{_hf_cache_dir(cache_dir)}" + (f" for {repo_id}" if repo_id else "") + "); "
-            + _how_to_provide(model, pretrained, repo_id, url, cache_dir)
-        )
+    return repo_id, path
+
+
+def _transform_kwargs(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The pretrained config's preprocessing (and quick_gelu) as create_model_and_transforms kwargs."""
     kwargs: dict[str, Any] = {
         "image_mean": cfg.get("mean"),
         "image_std": cfg.get("std"),
@@ -206,7 +230,7 @@ def resolve_weights(
     }
     if cfg.get("quick_gelu") and not name.endswith("quickgelu"):
         kwargs["force_quick_gelu"] = True
-    return ResolvedWeights(name, path, {k: v for k, v in kwargs.items() if v is not None}, path)
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 class _RandomInitFilter(logging.Filter):

@@ -40,6 +40,7 @@ from laion_hf.clip.decode import decode_into
 from laion_hf.clip.heads import ScoreHead, check_heads, load_head
 from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
 from laion_hf.errors import ModelError, SchemaError
+from laion_hf.images.status import DECODE_ERROR
 
 __all__ = [
     "ClipPipeline",
@@ -59,10 +60,6 @@ IMAGE_EMBEDDING = "image_embedding"
 TEXT_EMBEDDING = "text_embedding"
 CLIP_SIMILARITY = "clip_similarity"
 SUCCESS = "success"
-try:  # the images stage's status vocabulary
-    from laion_hf.images.status import DECODE_ERROR
-except Exception:  # pragma: no cover - images stage absent
-    DECODE_ERROR = "decode_error"
 
 _END = object()
 
@@ -213,7 +210,7 @@ class ClipPipeline:
                 break
             except queue.Empty:
                 if stop.is_set():
-                    raise _Stopped
+                    raise _Stopped from None
         buf = buffers[bid]
         if buf.shape[0] < n:
             dtype = torch.uint8 if self.embedder.uint8_path else torch.float32

@@ -76,8 +76,6 @@ class ImageCache:
         self._lock = threading.Lock()
         self._written_since_check = 0
         self._check_every = max(1, self.max_bytes // 20)
-        self.hits = 0
-        self.misses = 0
 
     # ------------------------------------------------------------------ keys
     @staticmethod
@@ -96,18 +94,15 @@ class ImageCache:
             with open(path, "rb") as f:
                 raw = f.read()
         except OSError:
-            self.misses += 1
             return None
         res = self._decode(raw)
         if res is None:
-            self.misses += 1
             _unlink(path)  # torn by a crashed writer of an old version, or expired
             return None
         try:
             os.utime(path)  # LRU: a hit makes the entry young again
         except OSError:
             pass
-        self.hits += 1
         return res
 
     def _decode(self, raw: bytes) -> Optional[ImageResult]:

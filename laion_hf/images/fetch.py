@@ -342,7 +342,7 @@ def check_url(url: Any, policy: AddressPolicy) -> URL:
         ip = None
         labels = host.rstrip(".").split(".")
         if all(_NUMERIC_LABEL.match(lb) for lb in labels):
-            raise _Fail(st.INVALID_URL, f"non-canonical numeric host {host!r} in {url!r}")
+            raise _Fail(st.INVALID_URL, f"non-canonical numeric host {host!r} in {url!r}") from None
     if ip is not None:
         try:
             port = u.port
@@ -493,57 +493,78 @@ class HttpFetcher:
         cfg = self.config
         current = check_url(url, self.policy)
         seen = {str(current)}
-        for hop in range(cfg.max_redirects + 1):
-            host = current.raw_host or ""
+        for _hop in range(cfg.max_redirects + 1):
             self.requests += 1
-            try:
-                async with self._session.get(current, allow_redirects=False) as resp:
-                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                        location = resp.headers["Location"]
-                        try:
-                            nxt = current.join(URL(location))
-                        except (ValueError, TypeError):
-                            raise _Fail(st.INVALID_URL, f"redirect from {current} to an unparsable {location!r}")
-                        current = check_url(str(nxt), self.policy)
-                        if str(current) in seen:
-                            raise _Fail(st.REDIRECT_LOOP, f"redirect loop: {current} was already visited")
-                        seen.add(str(current))
-                        continue
-                    if not 200 <= resp.status < 300:
-                        ra = _retry_after_seconds(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
-                        if resp.status == 429 and ra is not None and ra <= cfg.max_retry_after:
-                            self._host_pause[host] = time.monotonic() + ra
-                        raise _Fail(st.http_status(resp.status), f"HTTP {resp.status} {resp.reason or ''} for {current}".replace("  ", " "), ra)
-                    optout = robots_optout(resp.headers.getall("X-Robots-Tag", []), cfg.disallowed_header_directives, self._tokens)
-                    if optout:
-                        raise _Fail(st.ROBOTS_OPTOUT, f"{optout} opts {current} out")
-                    cl = resp.content_length
-                    if cl is not None and cl > cfg.max_body_bytes and not resp.headers.get("Content-Encoding"):
-                        raise _Fail(st.TOO_LARGE, f"Content-Length {cl} is above max_body_bytes={cfg.max_body_bytes}")
-                    buf = bytearray()
-                    async for chunk in resp.content.iter_chunked(1 << 16):
-                        buf += chunk
-                        if len(buf) > cfg.max_body_bytes:
-                            raise _Fail(st.TOO_LARGE, f"body of {current} passed max_body_bytes={cfg.max_body_bytes} "
-                                                      "while streaming")
-                    return FetchResult(st.SUCCESS, None, bytes(buf), str(current))
-            except _Fail:
-                raise
-            except aiohttp.ClientConnectorDNSError as e:
-                if isinstance(e.os_error, BlockedAddressError):
-                    raise _Fail(st.SSRF_BLOCKED, f"refused {current}: {e.os_error} (allow_private_networks to opt in)")
-                raise _Fail(st.DNS_ERROR, f"cannot resolve {current.raw_host}: {e.os_error}")
-            except (aiohttp.ClientPayloadError,) as e:
-                raise _Fail(st.TRUNCATED, f"body of {current} ended early: {e}")
-            except (aiohttp.ClientSSLError, ssl.SSLError) as e:  # never retried: the next try fails the same
-                raise _Fail(st.TLS_ERROR, f"TLS with {current.raw_host} failed for {current}: {e}")
-            except (aiohttp.InvalidURL, ValueError) as e:
-                raise _Fail(st.INVALID_URL, f"invalid URL {current}: {e}")
-            except (asyncio.TimeoutError, TimeoutError):
-                raise
-            except (aiohttp.ClientError, OSError) as e:
-                raise _Fail(st.CONNECTION_ERROR, f"{type(e).__name__} for {current}: {e}")
+            got = await self._get(current)
+            if isinstance(got, FetchResult):
+                return got
+            current = got  # a redirect, already vetted by check_url
+            if str(current) in seen:
+                raise _Fail(st.REDIRECT_LOOP, f"redirect loop: {current} was already visited")
+            seen.add(str(current))
         raise _Fail(st.TOO_MANY_REDIRECTS, f"more than max_redirects={cfg.max_redirects} redirects from {url!r}")
+
+    async def _get(self, current: URL) -> Union[FetchResult, URL]:
+        """One request without following redirects: the body, or the vetted URL a redirect
+        points to. Every refusal and network failure is raised as ``_Fail``."""
+        assert self._session is not None
+        try:
+            async with self._session.get(current, allow_redirects=False) as resp:
+                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                    return self._redirect_target(current, resp.headers["Location"])
+                self._check_response(current, resp)
+                return FetchResult(st.SUCCESS, None, await self._read_body(current, resp), str(current))
+        except _Fail:
+            raise
+        except aiohttp.ClientConnectorDNSError as e:
+            if isinstance(e.os_error, BlockedAddressError):
+                raise _Fail(st.SSRF_BLOCKED,
+                            f"refused {current}: {e.os_error} (allow_private_networks to opt in)") from None
+            raise _Fail(st.DNS_ERROR, f"cannot resolve {current.raw_host}: {e.os_error}") from None
+        except aiohttp.ClientPayloadError as e:
+            raise _Fail(st.TRUNCATED, f"body of {current} ended early: {e}") from None
+        except (aiohttp.ClientSSLError, ssl.SSLError) as e:  # never retried: the next try fails the same
+            raise _Fail(st.TLS_ERROR, f"TLS with {current.raw_host} failed for {current}: {e}") from None
+        except (aiohttp.InvalidURL, ValueError) as e:
+            raise _Fail(st.INVALID_URL, f"invalid URL {current}: {e}") from None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise
+        except (aiohttp.ClientError, OSError) as e:
+            raise _Fail(st.CONNECTION_ERROR, f"{type(e).__name__} for {current}: {e}") from None
+
+    def _redirect_target(self, current: URL, location: str) -> URL:
+        """The redirect's target, through the same checks as the first URL."""
+        try:
+            nxt = current.join(URL(location))
+        except (ValueError, TypeError):
+            raise _Fail(st.INVALID_URL, f"redirect from {current} to an unparsable {location!r}") from None
+        return check_url(str(nxt), self.policy)
+
+    def _check_response(self, current: URL, resp: aiohttp.ClientResponse) -> None:
+        """Refuse a non-2xx answer (noting a 429's Retry-After for the host), an X-Robots-Tag
+        opt-out and a declared body above ``max_body_bytes``."""
+        cfg = self.config
+        if not 200 <= resp.status < 300:
+            ra = _retry_after_seconds(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
+            if resp.status == 429 and ra is not None and ra <= cfg.max_retry_after:
+                self._host_pause[current.raw_host or ""] = time.monotonic() + ra
+            raise _Fail(st.http_status(resp.status), f"HTTP {resp.status} {resp.reason or ''} for {current}".replace("  ", " "), ra)
+        optout = robots_optout(resp.headers.getall("X-Robots-Tag", []), cfg.disallowed_header_directives, self._tokens)
+        if optout:
+            raise _Fail(st.ROBOTS_OPTOUT, f"{optout} opts {current} out")
+        cl = resp.content_length
+        if cl is not None and cl > cfg.max_body_bytes and not resp.headers.get("Content-Encoding"):
+            raise _Fail(st.TOO_LARGE, f"Content-Length {cl} is above max_body_bytes={cfg.max_body_bytes}")
+
+    async def _read_body(self, current: URL, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, cut off (``too_large``) past ``max_body_bytes`` while streaming."""
+        limit = self.config.max_body_bytes
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            buf += chunk
+            if len(buf) > limit:
+                raise _Fail(st.TOO_LARGE, f"body of {current} passed max_body_bytes={limit} while streaming")
+        return bytes(buf)
 
 
 # ---------------------------------------------------------------------- rows

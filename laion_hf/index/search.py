@@ -97,11 +97,11 @@ class KnnIndex:
             k + extra,
             self._hnsw_quantizer,
         )
-        D, I = (
+        D, ids = (
             self.index.search(q, k + extra, params=p[0]) if p else self.index.search(q, k + extra)
         )
         out = []
-        for d, i in zip(D, I):
+        for d, i in zip(D, ids):
             keep = i >= 0
             if len(self.missing):
                 keep &= ~np.isin(i, self.missing)

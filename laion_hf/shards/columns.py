@@ -255,12 +255,6 @@ class Histogram:
         for i, c in enumerate(counts.tolist()):
             self.counts[i] += int(c)
 
-    def merge(self, other: "Histogram") -> None:
-        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
-        self.nulls += other.nulls
-        self.below += other.below
-        self.above += other.above
-
     def to_dict(self) -> dict[str, Any]:
         step = (self.hi - self.lo) / self.bins
         return {"edges": [round(self.lo + i * step, 6) for i in range(self.bins + 1)], "counts": self.counts,

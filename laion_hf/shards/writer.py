@@ -275,6 +275,307 @@ def _count(counter: Counter[str], col: pa.ChunkedArray | None) -> None:
             counter[str(v)] += int(n)
 
 
+def _check_args(format: str, config: str, split: str, max_shard_bytes: int | str,
+                max_shard_rows: int | None) -> int:
+    """Validate ``write_shards``' arguments; return ``max_shard_bytes`` in bytes."""
+    if format not in FORMATS:
+        raise ShardError(f"unknown shard format {format!r}: use one of {', '.join(FORMATS)}")
+    if not _CONFIG_RE.match(config):
+        raise ShardError(f"invalid config name {config!r}: use letters, digits, '_', '-', '.'")
+    if not _SPLIT_RE.match(split):
+        raise ShardError(f"invalid split name {split!r}: use letters, digits and '_'")
+    max_bytes = parse_size(max_shard_bytes)
+    if max_bytes <= 0:
+        raise ShardError(f"max_shard_bytes must be positive, got {max_shard_bytes!r}")
+    if max_shard_rows is not None and max_shard_rows <= 0:
+        raise ShardError(f"max_shard_rows must be positive, got {max_shard_rows!r}")
+    return max_bytes
+
+
+def _existing_stats(out: Path, format: str) -> dict[str, Any] | None:
+    """The folder's ``stats.json`` (other configs already written), or None; refuse a format mix."""
+    if not (out / STATS_FILENAME).exists():
+        return None
+    existing = read_stats(out)
+    if existing.get("format") != format:
+        raise ShardError(
+            f"{out.name!r} already holds {existing.get('format')} shards; one Hub repo cannot mix parquet "
+            "and webdataset (datasets infers one builder per repo): write to another folder"
+        )
+    return existing
+
+
+def _clear_split(out: Path, config: str, split: str, overwrite: bool) -> Path:
+    """Remove leftover temporaries (and, with ``overwrite``, old shards) of ``split``; return the shard folder."""
+    shard_dir = out / "data" / config
+    if shard_dir.exists():
+        old = [p for p in shard_dir.iterdir() if p.name.startswith(f"{split}-") or p.name.startswith(".tmp-")]
+        if any(not p.name.startswith(".tmp-") for p in old) and not overwrite:
+            raise ShardError(
+                f"config {config!r} split {split!r} already has shards in {out.name}/data/{config}; "
+                "pass overwrite=True (--overwrite) to replace them or pick another config"
+            )
+        for p in old:
+            p.unlink()
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    return shard_dir
+
+
+class _StreamSchema:
+    """The shard schema, fixed by the first batch: image and embedding columns, features,
+    histograms; :meth:`prepare` converts every batch to it."""
+
+    def __init__(self, image_column: str, embedding_columns: list[str] | None,
+                 embedding_dims: dict[str, int] | None, base_features: datasets.Features | None):
+        self.image_column = image_column
+        self.base_features = base_features
+        self.image_cols: list[str] = []
+        self.emb_cols: list[str] | None = list(embedding_columns) if embedding_columns is not None else None
+        self.dims: dict[str, int] = dict(embedding_dims or {})
+        self.schema: pa.Schema | None = None
+        self.feats: datasets.Features | None = None
+        self.hists: dict[str, Histogram] = {}
+
+    def prepare(self, table: pa.Table) -> pa.Table:
+        """``table`` with images as ``Image()`` structs, embeddings as fixed lists, cast to the schema."""
+        if self.schema is None:
+            self._pick_columns(table)
+        t = self._convert(table)
+        if self.schema is None:
+            self._fix_schema(t)
+        if t.schema.names != self.schema.names:
+            missing = [n for n in self.schema.names if n not in t.schema.names]
+            extra = [n for n in t.schema.names if n not in self.schema.names]
+            raise ShardError(f"the stream's columns changed mid-stream (missing {missing}, new {extra})")
+        try:
+            return t.cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ShardError(f"a batch does not match the shard schema: {e}") from None
+
+    def _pick_columns(self, table: pa.Table) -> None:
+        declared_img = [n for n, f in (self.base_features or {}).items() if isinstance(f, datasets.Image)]
+        self.image_cols = [c for c in table.column_names if c == self.image_column or c in declared_img]
+        if self.emb_cols is None:
+            self.emb_cols = [f.name for f in table.schema
+                             if is_embedding_type(f.type) and f.name not in self.image_cols]
+        missing = [c for c in self.emb_cols if c not in table.column_names]
+        if missing:
+            raise ShardError(f"embedding column(s) {missing} not in the stream (columns: {table.column_names})")
+
+    def _convert(self, table: pa.Table) -> pa.Table:
+        cols, fields = [], []
+        for field in table.schema:
+            col = self._convert_column(field.name, table.column(field.name))
+            cols.append(col)
+            fields.append(pa.field(field.name, col.type))
+        return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+    def _convert_column(self, name: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+        if name in self.image_cols:
+            return to_image_struct(col, name)
+        if name in (self.emb_cols or []):
+            col, self.dims[name] = to_fixed_list(col, name, self.dims.get(name))
+            return col
+        schema = self.schema
+        if schema is not None and name in schema.names and col.type != schema.field(name).type:
+            try:
+                return col.cast(schema.field(name).type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ShardError(
+                    f"column {name!r} changed type mid-stream ({schema.field(name).type} -> {col.type}) and "
+                    f"cannot be cast: {e}"
+                ) from None
+        return col
+
+    def _fix_schema(self, t: pa.Table) -> None:
+        self.feats = build_features(t.schema, self.image_cols, self.base_features)
+        self.schema = self.feats.arrow_schema
+        for name in self.schema.names:
+            typ = self.schema.field(name).type
+            if name in HISTOGRAM_RANGES and (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
+                self.hists[name] = Histogram(*HISTOGRAM_RANGES[name])
+
+
+class _ShardCutter:
+    """Cuts prepared batches into temporary shards of at most ``max_bytes`` / ``max_rows`` and
+    keeps each closed shard's counts (``shards``) and the tar sinks' ``skipped`` total."""
+
+    def __init__(self, shard_dir: Path, split: str, format: str, columns: _StreamSchema, *, max_bytes: int,
+                 max_rows: int | None, row_group_rows: int | None, compression: str, caption_column: str):
+        self.shard_dir, self.split, self.format, self.columns = shard_dir, split, format, columns
+        self.ext = ".parquet" if format == "parquet" else ".tar"
+        self.max_bytes, self.max_rows = max_bytes, max_rows
+        self.row_group_rows, self.compression, self.caption_column = row_group_rows, compression, caption_column
+        self.shards: list[dict[str, Any]] = []
+        self.skipped: Counter[str] = Counter()
+        self.sink: _ShardSink | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append a prepared batch, closing shards as they fill."""
+        err_col = next((c for c in ERROR_COLUMNS if c in table.column_names), None)
+        while table.num_rows:
+            if self.sink is None:
+                self.sink = self._open()
+            take = self._rows_that_fit(table, self.sink)
+            piece, table = table.slice(0, take), table.slice(take)
+            self._write_piece(self.sink, piece, err_col)
+            if self._full(self.sink):
+                self.close()
+
+    def _rows_that_fit(self, table: pa.Table, sink: _ShardSink) -> int:
+        take = table.num_rows
+        if self.max_rows is not None:
+            take = min(take, self.max_rows - sink.rows)
+        per_row = max(1, table.nbytes // max(table.num_rows, 1))
+        room = self.max_bytes - sink.size()
+        return max(1, min(take, room // per_row if room > 0 else 1))
+
+    def _full(self, sink: _ShardSink) -> bool:
+        return sink.size() >= self.max_bytes or (self.max_rows is not None and sink.rows >= self.max_rows)
+
+    @staticmethod
+    def _write_piece(sink: _ShardSink, piece: pa.Table, err_col: str | None) -> None:
+        sink.write(piece)
+        _count(sink.status, piece.column(STATUS_COLUMN) if STATUS_COLUMN in piece.column_names else None)
+        if err_col:
+            _count(sink.errors, piece.column(err_col))
+        elif STATUS_COLUMN in piece.column_names:  # error classes = the non-success statuses
+            st = piece.column(STATUS_COLUMN)
+            _count(sink.errors, pc.filter(st, pc.not_equal(st, SUCCESS)))
+
+    def _open(self) -> _ShardSink:
+        tmp = self.shard_dir / f".tmp-{self.split}-{len(self.shards):05d}{self.ext}"
+        cols = self.columns
+        if self.format == "parquet":
+            rg = self.row_group_rows or (100 if cols.image_cols else 10_000)
+            return _ParquetSink(tmp, cols.schema, rg, self.compression)
+        caption = self.caption_column if self.caption_column in cols.schema.names else ""
+        return _TarSink(tmp, cols.image_cols[0] if cols.image_cols else cols.image_column, cols.emb_cols or [], caption)
+
+    def close(self) -> None:
+        """Close the open shard, if any, and record its counts."""
+        s = self.sink
+        if s is None:
+            return
+        s.close()
+        info = {"tmp": s.path, "rows": s.rows, "status": dict(s.status), "errors": dict(s.errors)}
+        if isinstance(s, _TarSink):
+            info["rows_written"] = s.rows_written
+            info["skipped"] = dict(s.skipped)
+            self.skipped.update(s.skipped)
+        else:
+            info["rows_written"] = s.rows
+        self.shards.append(info)
+        self.sink = None
+
+    def write_empty_if_none(self) -> None:
+        """Only empty batches: one empty shard keeps the schema loadable."""
+        if not self.shards:
+            self.sink = self._open()
+            self.close()
+
+    def abort(self) -> None:
+        """Close the open shard and remove every temporary shard."""
+        if self.sink is not None:
+            try:
+                self.sink.close()
+            except Exception:
+                pass
+        for p in self.shard_dir.glob(".tmp-*"):
+            p.unlink()
+
+
+def _write_stream(data: Any, columns: _StreamSchema, cutter: _ShardCutter, *, batch_size: int,
+                  config: str, progress: bool) -> int:
+    """Prepare and cut every batch of ``data``; return the input row count. Temporaries go on error."""
+    from tqdm.auto import tqdm
+
+    rows_in = 0
+    bar = tqdm(desc=f"shards {config}", unit=" rows", disable=not progress)
+    try:
+        for table in iter_tables(data, batch_size=batch_size):
+            if table.num_rows == 0 and columns.schema is not None:
+                continue
+            table = columns.prepare(table)
+            rows_in += table.num_rows
+            bar.update(table.num_rows)
+            for name, h in columns.hists.items():
+                h.update(table.column(name))
+            cutter.write(table)
+        cutter.close()
+    except BaseException:
+        bar.close()
+        cutter.abort()
+        raise
+    bar.close()
+    return rows_in
+
+
+def _publish_shards(cutter: _ShardCutter, out: Path, totals: dict[str, Counter]) -> list[dict[str, Any]]:
+    """Rename the temporary shards to ``{split}-{i:05d}-of-{n:05d}``; return their stats, adding to ``totals``."""
+    n = len(cutter.shards)
+    shard_stats = []
+    for i, info in enumerate(cutter.shards):
+        final = cutter.shard_dir / f"{cutter.split}-{i:05d}-of-{n:05d}{cutter.ext}"
+        os.replace(info["tmp"], final)
+        entry = {"path": final.relative_to(out).as_posix(), "rows": info["rows"],
+                 "rows_written": info["rows_written"], "bytes": final.stat().st_size,
+                 "sha256": file_sha256(final), "status": info["status"], "errors": info["errors"]}
+        if "skipped" in info:
+            entry["skipped"] = info["skipped"]
+        shard_stats.append(entry)
+        totals["status"].update(info["status"])
+        totals["errors"].update(info["errors"])
+    return shard_stats
+
+
+def _config_stats(cutter: _ShardCutter, out: Path, config: str, rows_in: int, data: Any,
+                  provenance: dict[str, Any] | None, t0: float) -> dict[str, Any]:
+    """Publish the shards and build this config's entry of ``stats.json``."""
+    totals = {"status": Counter(), "errors": Counter()}
+    shard_stats = _publish_shards(cutter, out, totals)
+    cols, emb_cols = cutter.columns, list(cutter.columns.emb_cols or [])
+    cfg_stats: dict[str, Any] = {
+        "config": config,
+        "split": cutter.split,
+        "format": cutter.format,
+        "data_files": f"data/{config}/{cutter.split}-*{cutter.ext}",
+        "rows": rows_in,
+        "rows_written": sum(s["rows_written"] for s in shard_stats),
+        "bytes": sum(s["bytes"] for s in shard_stats),
+        "num_shards": len(shard_stats),
+        "status": dict(totals["status"]),
+        "errors": dict(totals["errors"]),
+        "skipped": dict(cutter.skipped),
+        "image_columns": cols.image_cols,
+        "embedding_columns": emb_cols,
+        "embedding_dims": {k: v for k, v in cols.dims.items() if k in emb_cols},
+        "features": cols.feats.to_dict() if cols.feats is not None else {},
+        "histograms": {k: h.to_dict() for k, h in cols.hists.items()},
+        "shards": shard_stats,
+        "provenance": sanitize({**read_provenance(data), **(provenance or {})}),
+        "seconds": round(time.time() - t0, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if sum(s["rows"] for s in shard_stats) != rows_in:  # pragma: no cover - invariant
+        raise ShardError(f"internal error: shard rows {sum(s['rows'] for s in shard_stats)} != input rows {rows_in}")
+    return cfg_stats
+
+
+def _write_stats_file(out: Path, existing: dict[str, Any] | None, format: str, config: str,
+                      cfg_stats: dict[str, Any]) -> None:
+    """Add ``config`` to ``stats.json`` (temp file, then rename: written last, it marks the folder complete)."""
+    from laion_hf import __version__
+
+    stats = existing or {"format": format, "configs": {}}
+    stats["laion_hf_version"] = __version__
+    stats["format"] = format
+    stats["configs"][config] = cfg_stats
+    tmp = out / f".{STATS_FILENAME}.tmp"
+    tmp.write_text(json.dumps(stats, indent=1, sort_keys=False))
+    os.replace(tmp, out / STATS_FILENAME)
+
+
 def write_shards(
     data: Any,
     out_dir: str | os.PathLike,
@@ -309,217 +610,19 @@ def write_shards(
     over the provenance record the earlier stages wrote beside ``data`` (a path: see
     :mod:`laion_hf.provenance`); a key given in ``provenance`` replaces the record's.
     """
-    if format not in FORMATS:
-        raise ShardError(f"unknown shard format {format!r}: use one of {', '.join(FORMATS)}")
-    if not _CONFIG_RE.match(config):
-        raise ShardError(f"invalid config name {config!r}: use letters, digits, '_', '-', '.'")
-    if not _SPLIT_RE.match(split):
-        raise ShardError(f"invalid split name {split!r}: use letters, digits and '_'")
-    max_bytes = parse_size(max_shard_bytes)
-    if max_bytes <= 0:
-        raise ShardError(f"max_shard_bytes must be positive, got {max_shard_bytes!r}")
-    if max_shard_rows is not None and max_shard_rows <= 0:
-        raise ShardError(f"max_shard_rows must be positive, got {max_shard_rows!r}")
+    max_bytes = _check_args(format, config, split, max_shard_bytes, max_shard_rows)
     out = Path(out_dir)
-    ext = ".parquet" if format == "parquet" else ".tar"
     out.mkdir(parents=True, exist_ok=True)
-    existing: dict[str, Any] | None = None
-    if (out / STATS_FILENAME).exists():
-        existing = read_stats(out)
-        if existing.get("format") != format:
-            raise ShardError(
-                f"{out.name!r} already holds {existing.get('format')} shards; one Hub repo cannot mix parquet "
-                "and webdataset (datasets infers one builder per repo): write to another folder"
-            )
-    shard_dir = out / "data" / config
-    if shard_dir.exists():
-        old = [p for p in shard_dir.iterdir() if p.name.startswith(f"{split}-") or p.name.startswith(".tmp-")]
-        if any(not p.name.startswith(".tmp-") for p in old) and not overwrite:
-            raise ShardError(
-                f"config {config!r} split {split!r} already has shards in {out.name}/data/{config}; "
-                "pass overwrite=True (--overwrite) to replace them or pick another config"
-            )
-        for p in old:
-            p.unlink()
-    shard_dir.mkdir(parents=True, exist_ok=True)
-
-    base_features = features or features_of(data)
-    image_cols: list[str] = []
-    emb_cols: list[str] | None = list(embedding_columns) if embedding_columns is not None else None
-    dims: dict[str, int] = dict(embedding_dims or {})
-    schema: pa.Schema | None = None
-    feats: datasets.Features | None = None
-    hists: dict[str, Histogram] = {}
-    totals = {"status": Counter(), "errors": Counter(), "skipped": Counter()}
-    shards: list[dict[str, Any]] = []
-    sink: _ShardSink | None = None
-    rows_in = 0
+    existing = _existing_stats(out, format)
+    shard_dir = _clear_split(out, config, split, overwrite)
+    columns = _StreamSchema(image_column, embedding_columns, embedding_dims, features or features_of(data))
     t0 = time.time()
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=f"shards {config}", unit=" rows", disable=not progress)
-
-    def prepare(table: pa.Table) -> pa.Table:
-        nonlocal schema, feats, emb_cols, image_cols
-        if schema is None:
-            declared_img = [n for n, f in (base_features or {}).items() if isinstance(f, datasets.Image)]
-            image_cols = [c for c in table.column_names if c == image_column or c in declared_img]
-            if emb_cols is None:
-                emb_cols = [f.name for f in table.schema if is_embedding_type(f.type) and f.name not in image_cols]
-            missing = [c for c in emb_cols if c not in table.column_names]
-            if missing:
-                raise ShardError(f"embedding column(s) {missing} not in the stream (columns: {table.column_names})")
-        cols, fields = [], []
-        for field in table.schema:
-            name, col = field.name, table.column(field.name)
-            if name in image_cols:
-                col = to_image_struct(col, name)
-            elif name in (emb_cols or []):
-                col, dims[name] = to_fixed_list(col, name, dims.get(name))
-            elif schema is not None and name in schema.names and col.type != schema.field(name).type:
-                try:
-                    col = col.cast(schema.field(name).type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                    raise ShardError(
-                        f"column {name!r} changed type mid-stream ({schema.field(name).type} -> {col.type}) and "
-                        f"cannot be cast: {e}"
-                    ) from None
-            cols.append(col)
-            fields.append(pa.field(name, col.type))
-        t = pa.Table.from_arrays(cols, schema=pa.schema(fields))
-        if schema is None:
-            feats = build_features(t.schema, image_cols, base_features)
-            schema = feats.arrow_schema
-            for name in schema.names:
-                if name in HISTOGRAM_RANGES and pa.types.is_floating(schema.field(name).type) or (
-                    name in HISTOGRAM_RANGES and pa.types.is_integer(schema.field(name).type)
-                ):
-                    hists[name] = Histogram(*HISTOGRAM_RANGES[name])
-        if t.schema.names != schema.names:
-            missing = [n for n in schema.names if n not in t.schema.names]
-            extra = [n for n in t.schema.names if n not in schema.names]
-            raise ShardError(f"the stream's columns changed mid-stream (missing {missing}, new {extra})")
-        try:
-            return t.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise ShardError(f"a batch does not match the shard schema: {e}") from None
-
-    def open_sink() -> _ShardSink:
-        tmp = shard_dir / f".tmp-{split}-{len(shards):05d}{ext}"
-        if format == "parquet":
-            rg = row_group_rows or (100 if image_cols else 10_000)
-            return _ParquetSink(tmp, schema, rg, compression)
-        caption = caption_column if caption_column in schema.names else ""
-        return _TarSink(tmp, image_cols[0] if image_cols else image_column, emb_cols or [], caption)
-
-    def close_sink(s: _ShardSink) -> None:
-        s.close()
-        info = {"tmp": s.path, "rows": s.rows, "status": dict(s.status), "errors": dict(s.errors)}
-        if isinstance(s, _TarSink):
-            info["rows_written"] = s.rows_written
-            info["skipped"] = dict(s.skipped)
-            totals["skipped"].update(s.skipped)
-        else:
-            info["rows_written"] = s.rows
-        shards.append(info)
-
-    try:
-        for table in iter_tables(data, batch_size=batch_size):
-            if table.num_rows == 0 and schema is not None:
-                continue
-            table = prepare(table)
-            rows_in += table.num_rows
-            bar.update(table.num_rows)
-            for name, h in hists.items():
-                h.update(table.column(name))
-            err_col = next((c for c in ERROR_COLUMNS if c in table.column_names), None)
-            while table.num_rows:
-                if sink is None:
-                    sink = open_sink()
-                take = table.num_rows
-                if max_shard_rows is not None:
-                    take = min(take, max_shard_rows - sink.rows)
-                per_row = max(1, table.nbytes // max(table.num_rows, 1))
-                room = max_bytes - sink.size()
-                take = max(1, min(take, room // per_row if room > 0 else 1))
-                piece, table = table.slice(0, take), table.slice(take)
-                sink.write(piece)
-                _count(sink.status, piece.column(STATUS_COLUMN) if STATUS_COLUMN in piece.column_names else None)
-                if err_col:
-                    _count(sink.errors, piece.column(err_col))
-                elif STATUS_COLUMN in piece.column_names:  # error classes = the non-success statuses
-                    st = piece.column(STATUS_COLUMN)
-                    _count(sink.errors, pc.filter(st, pc.not_equal(st, SUCCESS)))
-                if sink.size() >= max_bytes or (max_shard_rows is not None and sink.rows >= max_shard_rows):
-                    close_sink(sink)
-                    sink = None
-        if sink is not None:
-            close_sink(sink)
-            sink = None
-    except BaseException:
-        bar.close()
-        if sink is not None:
-            try:
-                sink.close()
-            except Exception:
-                pass
-        for p in shard_dir.glob(".tmp-*"):
-            p.unlink()
-        raise
-    bar.close()
-
-    if schema is None:
+    cutter = _ShardCutter(shard_dir, split, format, columns, max_bytes=max_bytes, max_rows=max_shard_rows,
+                          row_group_rows=row_group_rows, compression=compression, caption_column=caption_column)
+    rows_in = _write_stream(data, columns, cutter, batch_size=batch_size, config=config, progress=progress)
+    if columns.schema is None:
         raise ShardError("the input stream has no rows: nothing to write (check the filters / preset upstream)")
-    if not shards:  # only empty batches: one empty shard keeps the schema loadable
-        sink = open_sink()
-        close_sink(sink)
-
-    n = len(shards)
-    shard_stats = []
-    for i, info in enumerate(shards):
-        final = shard_dir / f"{split}-{i:05d}-of-{n:05d}{ext}"
-        os.replace(info["tmp"], final)
-        entry = {"path": final.relative_to(out).as_posix(), "rows": info["rows"],
-                 "rows_written": info["rows_written"], "bytes": final.stat().st_size,
-                 "sha256": file_sha256(final), "status": info["status"], "errors": info["errors"]}
-        if "skipped" in info:
-            entry["skipped"] = info["skipped"]
-        shard_stats.append(entry)
-        totals["status"].update(info["status"])
-        totals["errors"].update(info["errors"])
-
-    cfg_stats: dict[str, Any] = {
-        "config": config,
-        "split": split,
-        "format": format,
-        "data_files": f"data/{config}/{split}-*{ext}",
-        "rows": rows_in,
-        "rows_written": sum(s["rows_written"] for s in shard_stats),
-        "bytes": sum(s["bytes"] for s in shard_stats),
-        "num_shards": n,
-        "status": dict(totals["status"]),
-        "errors": dict(totals["errors"]),
-        "skipped": dict(totals["skipped"]),
-        "image_columns": image_cols,
-        "embedding_columns": list(emb_cols or []),
-        "embedding_dims": {k: v for k, v in dims.items() if k in (emb_cols or [])},
-        "features": feats.to_dict() if feats is not None else {},
-        "histograms": {k: h.to_dict() for k, h in hists.items()},
-        "shards": shard_stats,
-        "provenance": sanitize({**read_provenance(data), **(provenance or {})}),
-        "seconds": round(time.time() - t0, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if sum(s["rows"] for s in shard_stats) != rows_in:  # pragma: no cover - invariant
-        raise ShardError(f"internal error: shard rows {sum(s['rows'] for s in shard_stats)} != input rows {rows_in}")
-    from laion_hf import __version__
-
-    stats = existing or {"format": format, "configs": {}}
-    stats["laion_hf_version"] = __version__
-    stats["format"] = format
-    stats["configs"][config] = cfg_stats
-    tmp = out / f".{STATS_FILENAME}.tmp"
-    tmp.write_text(json.dumps(stats, indent=1, sort_keys=False))
-    os.replace(tmp, out / STATS_FILENAME)
+    cutter.write_empty_if_none()
+    cfg_stats = _config_stats(cutter, out, config, rows_in, data, provenance, t0)
+    _write_stats_file(out, existing, format, config, cfg_stats)
     return cfg_stats

@@ -424,7 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw or b"{}")
         except ValueError:
-            raise _HubHTTPError(400, "Request body is not valid JSON")
+            raise _HubHTTPError(400, "Request body is not valid JSON") from None
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "application/json") -> None:
@@ -487,74 +487,63 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubHTTPError(fault.status, f"Injected failure on {route} (test server)")
 
     # ----------------------------------------------------------------- routing
+    def _enter(self, route: str, fault: bool) -> None:
+        """Name the route (for ``hub.requests``); with ``fault``, fail here when a fault is injected on it."""
+        if fault:
+            self._fault(route)
+        else:
+            self._route = route
+
     def _route_and_call(self, method: str, parts: list[str]) -> None:
         q = [unquote(p) for p in parts]
-        if q[:2] == ["api", "whoami-v2"] and method == "GET":
-            return self._whoami()
-        if q[:2] == ["api", "agent-harnesses"] and method == "GET":
-            self._route = "agent_harnesses"
-            return self._send_json(200, {"standardEnvVars": [], "harnesses": {}})
-        if q[:2] == ["api", "validate-yaml"] and method == "POST":
-            self._fault("validate_yaml")
-            return self._validate_yaml()
-        if q[:3] == ["api", "repos", "create"] and method == "POST":
-            self._fault("create")
-            return self._create()
-        if q[:3] == ["api", "repos", "delete"] and method == "DELETE":
-            self._route = "delete"
-            return self._delete()
+        for prefix, route_method, route, fault, handler in _TOP_ROUTES:
+            if q[: len(prefix)] == list(prefix) and method == route_method:
+                self._enter(route, fault)
+                return handler(self)
         if len(q) >= 4 and q[0] == "api" and q[1] in ("models", "datasets", "spaces"):
-            repo_type = q[1][:-1]
-            repo_id = f"{q[2]}/{q[3]}"
-            rest, raw_rest = q[4:], parts[4:]
-            if not rest and method == "GET":
-                self._fault("info")
-                return self._info(repo_type, repo_id, "main")
-            if rest and rest[0].startswith("xet-") and rest[0].endswith("-token"):
-                self._route = "xet"
-                raise _HubHTTPError(501, "This local Hub-compatible server speaks the LFS upload path only, not Xet: "
-                                         "set HF_HUB_DISABLE_XET=1 before importing huggingface_hub (or call "
-                                         "laion_hf.testing.hub_server.configure_client)")
-            op = rest[0] if rest else ""
-            arg = unquote(raw_rest[1]) if len(raw_rest) > 1 else "main"
-            tail = "/".join(unquote(p) for p in raw_rest[2:])
-            if op == "revision" and method == "GET":
-                self._fault("info")
-                return self._info(repo_type, repo_id, arg)
-            if op == "tree" and method == "GET":
-                self._fault("tree")
-                return self._tree(repo_type, repo_id, arg, tail)
-            if op == "paths-info" and method == "POST":
-                self._fault("paths_info")
-                return self._paths_info(repo_type, repo_id, arg)
-            if op == "preupload" and method == "POST":
-                self._fault("preupload")
-                return self._preupload(repo_type, repo_id, arg)
-            if op == "commit" and method == "POST":
-                self._fault("commit")
-                return self._commit(repo_type, repo_id, arg)
-            if op == "commits" and method == "GET":
-                self._fault("commits")
-                return self._commits(repo_type, repo_id, arg)
-            if op == "refs" and method == "GET":
-                self._fault("refs")
-                return self._refs(repo_type, repo_id)
-            if op == "branch" and method in ("POST", "DELETE"):
-                self._fault("branch")
-                return self._branch(method, repo_type, repo_id, arg)
-            if op == "settings" and method == "PUT":
-                self._route = "settings"
-                return self._settings(repo_type, repo_id)
+            return self._route_repo_api(method, parts, q)
+        if q[:1] == ["_lfs"] and len(q) == 6 and self._route_lfs(method, q):
+            return None
+        return self._route_repo_files(method, parts, q)
+
+    def _route_repo_api(self, method: str, parts: list[str], q: list[str]) -> None:
+        """``/api/{models,datasets,spaces}/{ns}/{name}[/{op}/{rev}/{path}]``."""
+        repo_type = q[1][:-1]
+        repo_id = f"{q[2]}/{q[3]}"
+        rest, raw_rest = q[4:], parts[4:]
+        if not rest and method == "GET":
+            self._fault("info")
+            return self._info(repo_type, repo_id, "main")
+        if rest and rest[0].startswith("xet-") and rest[0].endswith("-token"):
+            self._route = "xet"
+            raise _HubHTTPError(501, "This local Hub-compatible server speaks the LFS upload path only, not Xet: "
+                                     "set HF_HUB_DISABLE_XET=1 before importing huggingface_hub (or call "
+                                     "laion_hf.testing.hub_server.configure_client)")
+        op = rest[0] if rest else ""
+        arg = unquote(raw_rest[1]) if len(raw_rest) > 1 else "main"
+        tail = "/".join(unquote(p) for p in raw_rest[2:])
+        entry = _REPO_OPS.get((op, method))
+        if entry is None:
             raise _HubHTTPError(404, f"Unknown API route /{'/'.join(parts)}")
-        if q[:1] == ["_lfs"] and len(q) == 6:
-            repo_type, repo_id, oid = q[1], f"{q[2]}/{q[3]}", q[5]
-            if q[4] == "upload" and method == "PUT":
-                self._fault("lfs_upload")
-                return self._lfs_put(repo_type, repo_id, oid)
-            if q[4] == "verify" and method == "POST":
-                self._fault("lfs_verify")
-                return self._lfs_verify(repo_type, repo_id, oid)
-        # /{prefix}{ns}/{name}.git/info/lfs/objects/batch and /{prefix}{ns}/{name}/resolve/{rev}/{path}
+        route, fault, handler = entry
+        self._enter(route, fault)
+        return handler(self, method, repo_type, repo_id, arg, tail)
+
+    def _route_lfs(self, method: str, q: list[str]) -> bool:
+        """``/_lfs/{type}/{ns}/{name}/{upload,verify}/{oid}``; False when neither matches."""
+        repo_type, repo_id, oid = q[1], f"{q[2]}/{q[3]}", q[5]
+        if q[4] == "upload" and method == "PUT":
+            self._fault("lfs_upload")
+            self._lfs_put(repo_type, repo_id, oid)
+            return True
+        if q[4] == "verify" and method == "POST":
+            self._fault("lfs_verify")
+            self._lfs_verify(repo_type, repo_id, oid)
+            return True
+        return False
+
+    def _route_repo_files(self, method: str, parts: list[str], q: list[str]) -> None:
+        """``/{prefix}{ns}/{name}.git/info/lfs/objects/batch`` and ``/{prefix}{ns}/{name}/resolve/{rev}/{path}``."""
         repo_type = "model"
         body = q
         raw = parts
@@ -569,6 +558,9 @@ class _Handler(BaseHTTPRequestHandler):
             path = "/".join(unquote(p) for p in raw[4:])
             return self._resolve(method, repo_type, f"{body[0]}/{body[1]}", unquote(raw[3]), path)
         raise _HubHTTPError(404, f"Not found: /{'/'.join(parts)}")
+
+    def _agent_harnesses(self) -> None:
+        self._send_json(200, {"standardEnvVars": [], "harnesses": {}})
 
     # ----------------------------------------------------------------- access control
     def _repo_for_read(self, repo_type: str, repo_id: str) -> _Repo:
@@ -610,7 +602,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             meta = yaml.safe_load(m.group(1)) or {}
         except yaml.YAMLError as e:
-            raise _HubHTTPError(400, f"Invalid metadata in README.md: {str(e).splitlines()[0]}")
+            raise _HubHTTPError(400, f"Invalid metadata in README.md: {str(e).splitlines()[0]}") from None
         if not isinstance(meta, dict):
             raise _HubHTTPError(400, "Invalid metadata in README.md: YAML front matter must be a mapping")
         errors = []
@@ -857,59 +849,76 @@ class _Handler(BaseHTTPRequestHandler):
         create_pr = bool(self._query.get("create_pr"))
         changes: dict[str, dict[str, Any] | None] = {}
         with self.hub._lock:
-            base_branch = "main" if create_pr else revision
-            head = repo.resolve(base_branch)
-            if revision not in repo.refs and not create_pr:
-                raise _HubHTTPError(400, f"Cannot commit to {revision}: not a branch", "RevisionNotFound")
-            parent_commit = header.get("parentCommit")
-            if parent_commit and not head.startswith(parent_commit) and not create_pr:
-                raise _HubHTTPError(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
+            head = self._commit_base(repo, revision, header, create_pr)
             tree = repo.commit(head)["tree"]
             for line in lines[1:]:
-                key, value = line.get("key"), line.get("value", {})
-                path = str(value.get("path", "")).strip("/")
-                if not path and key != "deletedFolder":
-                    raise _HubHTTPError(400, f"Missing path in commit operation {key}")
-                if key == "file":
-                    if value.get("encoding", "base64") != "base64":
-                        raise _HubHTTPError(400, "Only base64 encoded files are supported")
-                    changes[path] = self.hub._store_blob(repo, base64.b64decode(value["content"]), lfs=False)
-                elif key == "lfsFile":
-                    oid = str(value.get("oid", ""))
-                    if not re.fullmatch(r"[0-9a-f]{64}", oid):
-                        raise _HubHTTPError(400, f"lfsFile {path}: oid must be a sha256 hex digest")
-                    p = repo.object_path(oid)
-                    if not p.exists():
-                        raise _HubHTTPError(422, f"Your push was rejected because an LFS pointer pointed to a "
-                                                 f"file that does not exist. For instance: {path}")
-                    size = p.stat().st_size
-                    changes[path] = self.hub._entry(oid, size, True, None)
-                elif key == "deletedFile":
-                    if path not in tree and path not in changes:
-                        raise _HubHTTPError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
-                    changes[path] = None
-                elif key == "deletedFolder":
-                    gone = [p for p in tree if p.startswith(path + "/") or not path]
-                    if not gone:
-                        raise _HubHTTPError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound")
-                    changes.update({p: None for p in gone})
-                else:
-                    raise _HubHTTPError(400, f"Unknown commit operation {key!r}")
+                self._commit_operation(repo, tree, changes, line.get("key"), line.get("value", {}))
             sha = self.hub._make_commit(repo, head, header.get("summary") or "commit",
                                         header.get("description") or "", self._user or "", changes)
-            refs = repo.refs
             prefix = f"{self.hub.url}/{_REPO_TYPES[repo_type]}{repo_id}"
-            pr_url = None
-            if create_pr:
-                num = 1 + max([int(r.rsplit("/", 1)[1]) for r in refs if r.startswith("refs/pr/")] or [0])
-                refs[f"refs/pr/{num}"] = sha
-                pr_url = f"{prefix}/discussions/{num}"
-            else:
-                refs[revision] = sha
-            repo.write_refs(refs)
+            pr_url = self._commit_ref(repo, revision, sha, prefix, create_pr)
         self._send_json(200, {"success": True, "commitOid": sha, "commitUrl": f"{prefix}/commit/{sha}",
                               "commitMessage": header.get("summary"), "pullRequestUrl": pr_url,
                               "hookOutput": ""})
+
+    @staticmethod
+    def _commit_base(repo: _Repo, revision: str, header: dict[str, Any], create_pr: bool) -> str:
+        """The commit the new one goes on (main's head for a pull request); 400 / 412 as the Hub."""
+        head = repo.resolve("main" if create_pr else revision)
+        if revision not in repo.refs and not create_pr:
+            raise _HubHTTPError(400, f"Cannot commit to {revision}: not a branch", "RevisionNotFound")
+        parent_commit = header.get("parentCommit")
+        if parent_commit and not head.startswith(parent_commit) and not create_pr:
+            raise _HubHTTPError(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
+        return head
+
+    def _commit_operation(self, repo: _Repo, tree: dict[str, Any], changes: dict[str, dict[str, Any] | None],
+                          key: Any, value: dict[str, Any]) -> None:
+        """Add one commit operation (file, lfsFile, deletedFile, deletedFolder) to ``changes``."""
+        path = str(value.get("path", "")).strip("/")
+        if not path and key != "deletedFolder":
+            raise _HubHTTPError(400, f"Missing path in commit operation {key}")
+        if key == "file":
+            if value.get("encoding", "base64") != "base64":
+                raise _HubHTTPError(400, "Only base64 encoded files are supported")
+            changes[path] = self.hub._store_blob(repo, base64.b64decode(value["content"]), lfs=False)
+        elif key == "lfsFile":
+            changes[path] = self._lfs_entry(repo, path, str(value.get("oid", "")))
+        elif key == "deletedFile":
+            if path not in tree and path not in changes:
+                raise _HubHTTPError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+            changes[path] = None
+        elif key == "deletedFolder":
+            gone = [p for p in tree if p.startswith(path + "/") or not path]
+            if not gone:
+                raise _HubHTTPError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound")
+            changes.update({p: None for p in gone})
+        else:
+            raise _HubHTTPError(400, f"Unknown commit operation {key!r}")
+
+    def _lfs_entry(self, repo: _Repo, path: str, oid: str) -> dict[str, Any]:
+        """The tree entry of an ``lfsFile`` operation, whose object must have been uploaded."""
+        if not re.fullmatch(r"[0-9a-f]{64}", oid):
+            raise _HubHTTPError(400, f"lfsFile {path}: oid must be a sha256 hex digest")
+        p = repo.object_path(oid)
+        if not p.exists():
+            raise _HubHTTPError(422, f"Your push was rejected because an LFS pointer pointed to a "
+                                     f"file that does not exist. For instance: {path}")
+        return self.hub._entry(oid, p.stat().st_size, True, None)
+
+    @staticmethod
+    def _commit_ref(repo: _Repo, revision: str, sha: str, prefix: str, create_pr: bool) -> str | None:
+        """Point ``revision`` (or a new ``refs/pr/N``) at ``sha``; return the pull request's URL, if any."""
+        refs = repo.refs
+        pr_url = None
+        if create_pr:
+            num = 1 + max([int(r.rsplit("/", 1)[1]) for r in refs if r.startswith("refs/pr/")] or [0])
+            refs[f"refs/pr/{num}"] = sha
+            pr_url = f"{prefix}/discussions/{num}"
+        else:
+            refs[revision] = sha
+        repo.write_refs(refs)
+        return pr_url
 
     def _commits(self, repo_type: str, repo_id: str, revision: str) -> None:
         repo = self._repo_for_read(repo_type, repo_id)
@@ -955,19 +964,7 @@ class _Handler(BaseHTTPRequestHandler):
         tree = repo.commit(sha)["tree"]
         entry = tree.get(path)
         if entry is None:
-            err = _HubHTTPError(404, "Entry not found", "EntryNotFound")
-            self._status = 404
-            self.send_response(404)
-            body = json.dumps({"error": err.message}).encode()
-            for k, v in {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound",
-                         "X-Error-Message": err.message, "X-Repo-Commit": sha,
-                         "Content-Length": str(len(body))}.items():
-                self.send_header(k, v)
-            self.end_headers()
-            if method != "HEAD":
-                self.wfile.write(body)
-            return
-        blob = repo.object_path(entry["sha256"])
+            return self._send_entry_not_found(method, sha)
         size = entry["size"]
         etag = f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'
         headers = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes",
@@ -976,23 +973,11 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Etag"] = etag
             headers["X-Linked-Size"] = str(size)
         start, end, status = 0, size - 1, 200
-        rng = self.headers.get("Range")
-        if rng:
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-            if m is None or (m.group(1) == "" and m.group(2) == ""):
-                raise _HubHTTPError(416, f"Invalid Range header {rng!r}")
-            if m.group(1) == "":
-                start, end = max(0, size - int(m.group(2))), size - 1
-            else:
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        span = self._requested_range(size)
+        if span is not None:
+            start, end = span
             if start >= size or start > end:
-                self._status = 416
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+                return self._send_unsatisfiable(size)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = max(0, end - start + 1)
@@ -1004,7 +989,45 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         if method == "HEAD" or length == 0:
-            return
+            return None
+        self._send_file_range(repo.object_path(entry["sha256"]), start, length)
+        return None
+
+    def _send_entry_not_found(self, method: str, sha: str) -> None:
+        """404 EntryNotFound with the commit the lookup was made on (X-Repo-Commit), as the Hub."""
+        err = _HubHTTPError(404, "Entry not found", "EntryNotFound")
+        self._status = 404
+        self.send_response(404)
+        body = json.dumps({"error": err.message}).encode()
+        for k, v in {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound",
+                     "X-Error-Message": err.message, "X-Repo-Commit": sha,
+                     "Content-Length": str(len(body))}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(body)
+
+    def _requested_range(self, size: int) -> tuple[int, int] | None:
+        """``(start, end)`` of the Range header (end clipped to the file), None without one; 416 if malformed."""
+        rng = self.headers.get("Range")
+        if not rng:
+            return None
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+        if m is None or (m.group(1) == "" and m.group(2) == ""):
+            raise _HubHTTPError(416, f"Invalid Range header {rng!r}")
+        if m.group(1) == "":
+            return max(0, size - int(m.group(2))), size - 1
+        start = int(m.group(1))
+        return start, min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+
+    def _send_unsatisfiable(self, size: int) -> None:
+        self._status = 416
+        self.send_response(416)
+        self.send_header("Content-Range", f"bytes */{size}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send_file_range(self, blob: Path, start: int, length: int) -> None:
         with open(blob, "rb") as f:
             f.seek(start)
             remaining = length
@@ -1014,6 +1037,31 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk)
                 remaining -= len(chunk)
+
+
+#: ``/api/...`` routes outside a repo: (path prefix, method, route name, fault-injectable, handler)
+_TOP_ROUTES = (
+    (("api", "whoami-v2"), "GET", "whoami", False, _Handler._whoami),
+    (("api", "agent-harnesses"), "GET", "agent_harnesses", False, _Handler._agent_harnesses),
+    (("api", "validate-yaml"), "POST", "validate_yaml", True, _Handler._validate_yaml),
+    (("api", "repos", "create"), "POST", "create", True, _Handler._create),
+    (("api", "repos", "delete"), "DELETE", "delete", False, _Handler._delete),
+)
+
+#: ``/api/{type}s/{ns}/{name}/{op}/{rev}/{tail}`` routes: (op, method) -> (route name, fault-injectable,
+#: handler(server, method, repo_type, repo_id, rev, tail))
+_REPO_OPS = {
+    ("revision", "GET"): ("info", True, lambda h, m, t, r, rev, tail: h._info(t, r, rev)),
+    ("tree", "GET"): ("tree", True, lambda h, m, t, r, rev, tail: h._tree(t, r, rev, tail)),
+    ("paths-info", "POST"): ("paths_info", True, lambda h, m, t, r, rev, tail: h._paths_info(t, r, rev)),
+    ("preupload", "POST"): ("preupload", True, lambda h, m, t, r, rev, tail: h._preupload(t, r, rev)),
+    ("commit", "POST"): ("commit", True, lambda h, m, t, r, rev, tail: h._commit(t, r, rev)),
+    ("commits", "GET"): ("commits", True, lambda h, m, t, r, rev, tail: h._commits(t, r, rev)),
+    ("refs", "GET"): ("refs", True, lambda h, m, t, r, rev, tail: h._refs(t, r)),
+    ("branch", "POST"): ("branch", True, lambda h, m, t, r, rev, tail: h._branch(m, t, r, rev)),
+    ("branch", "DELETE"): ("branch", True, lambda h, m, t, r, rev, tail: h._branch(m, t, r, rev)),
+    ("settings", "PUT"): ("settings", False, lambda h, m, t, r, rev, tail: h._settings(t, r)),
+}
 
 
 def _card_data(readme: bytes) -> dict[str, Any] | None:

@@ -251,117 +251,143 @@ def _with_results(table: pa.Table, keys: list[str], results: Sequence[ImageResul
 
 
 
-async def _run_shard_async(job: DownloadOrder, progress: Callable[[int, int], None]) -> dict:
-    start = time.time()
-    table = ipc.open_file(job.input_path).read_all()
-    n = table.num_rows
-    sd, idd = job.key_digits
-    if "key" in table.column_names:  # --retry-failed keeps the original keys
-        keys = [str(k) for k in table.column("key").to_pylist()]
-    else:
-        keys = [f"{job.shard_id:0{sd}d}{i:0{idd}d}" for i in range(n)]
-    urls = table.column(job.url_column).to_pylist()
-    hashes = table.column(job.hash_column).to_pylist() if job.hash_column else [None] * n
-    captions = table.column(job.caption_column).to_pylist() if job.caption_column else None
-    ext = job.resize.encode_format
-    base = os.path.join(job.out_dir, f"{job.shard_id:05d}")
-    results: list[Optional[ImageResult]] = [None] * n
-    cache = ImageCache(job.cache_dir, job.cache_max_bytes) if job.cache_dir else None
-    tar = _TarSink(base + ".tar") if job.output_format == "webdataset" else None
-    pq_tmp = base + f".parquet.tmp-{os.getpid()}"
-    writer: Optional[pq.ParquetWriter] = None
-    pending_rows: list[int] = []
-    cols = {c: table.column(c) for c in table.column_names}
-    done = ok = 0
-    last_report = [0, 0, time.monotonic()]
+class _ShardRun:
+    """One shard's download: fetch every row, stream successes into the tar (or rows into the
+    parquet), then write the shard's parquet and stats; temporary files until :meth:`finish`."""
 
-    def report(force: bool = False) -> None:
+    def __init__(self, job: DownloadOrder, progress: Callable[[int, int], None]) -> None:
+        self.job, self.progress, self.start = job, progress, time.time()
+        self.table = ipc.open_file(job.input_path).read_all()
+        self.n = n = self.table.num_rows
+        self.keys = self._keys()
+        self.urls = self.table.column(job.url_column).to_pylist()
+        self.hashes = self.table.column(job.hash_column).to_pylist() if job.hash_column else [None] * n
+        self.captions = self.table.column(job.caption_column).to_pylist() if job.caption_column else None
+        self.ext = job.resize.encode_format
+        self.base = os.path.join(job.out_dir, f"{job.shard_id:05d}")
+        self.results: list[Optional[ImageResult]] = [None] * n
+        self.tar = _TarSink(self.base + ".tar") if job.output_format == "webdataset" else None
+        self.pq_tmp = self.base + f".parquet.tmp-{os.getpid()}"
+        self.writer: Optional[pq.ParquetWriter] = None
+        self.pending_rows: list[int] = []
+        self.cols = {c: self.table.column(c) for c in self.table.column_names}
+        self.done = self.ok = 0
+        self.last_report = [0, 0, time.monotonic()]
+
+    def _keys(self) -> list[str]:
+        if "key" in self.table.column_names:  # --retry-failed keeps the original keys
+            return [str(k) for k in self.table.column("key").to_pylist()]
+        sd, idd = self.job.key_digits
+        return [f"{self.job.shard_id:0{sd}d}{i:0{idd}d}" for i in range(self.n)]
+
+    def report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - last_report[2] > 0.25:
-            progress(done - last_report[0], ok - last_report[1])
-            last_report[:] = [done, ok, now]
+        if force or now - self.last_report[2] > 0.25:
+            self.progress(self.done - self.last_report[0], self.ok - self.last_report[1])
+            self.last_report[:] = [self.done, self.ok, now]
 
-    def flush_parquet(force: bool = False) -> None:
-        nonlocal writer, pending_rows
-        if not pending_rows or (len(pending_rows) < 256 and not force):
+    def flush_parquet(self, force: bool = False) -> None:
+        rows = self.pending_rows
+        if not rows or (len(rows) < 256 and not force):
             return
-        idx = pa.array(pending_rows, pa.int64())
-        sub = _with_results(table.take(idx), [keys[i] for i in pending_rows],
-                            [results[i] for i in pending_rows], image=True, ext=ext)  # type: ignore[misc]
-        for i in pending_rows:  # the bytes are on disk now
-            r = results[i]
-            if r is not None:
-                r.data = None
-        if writer is None:
+        sub = _with_results(self.table.take(pa.array(rows, pa.int64())), [self.keys[i] for i in rows],
+                            [self.results[i] for i in rows], image=True, ext=self.ext)  # type: ignore[misc]
+        for i in rows:  # the bytes are on disk now
+            if self.results[i] is not None:
+                self.results[i].data = None  # type: ignore[union-attr]
+        if self.writer is None:
             schema = sub.schema
-            if job.image_schema_metadata is not None:
-                schema = schema.with_metadata(job.image_schema_metadata)
-            writer = pq.ParquetWriter(pq_tmp, schema)
-        writer.write_table(sub.cast(writer.schema) if sub.schema != writer.schema else sub)
-        pending_rows = []
+            if self.job.image_schema_metadata is not None:
+                schema = schema.with_metadata(self.job.image_schema_metadata)
+            self.writer = pq.ParquetWriter(self.pq_tmp, schema)
+        self.writer.write_table(sub.cast(self.writer.schema) if sub.schema != self.writer.schema else sub)
+        self.pending_rows = []
 
-    def sink(i: int, r: ImageResult) -> None:
-        nonlocal done, ok
-        results[i] = r
-        done += 1
+    def _add_to_tar(self, i: int, r: ImageResult) -> None:
+        key = self.keys[i]
+        meta = {c: _json_safe(self.cols[c][i].as_py()) for c in self.cols if c not in RESULT_COLUMNS}
+        meta.update(key=key, status=r.status, error_message=None, width=r.width, height=r.height,
+                    original_width=r.original_width, original_height=r.original_height, sha256=r.sha256)
+        self.tar.add(f"{key}.{self.ext}", r.data or b"")  # type: ignore[union-attr]
+        if self.captions is not None:
+            self.tar.add(f"{key}.txt", (self.captions[i] or "").encode("utf-8"))  # type: ignore[union-attr]
+        self.tar.add(f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))  # type: ignore[union-attr]
+        r.data = None
+
+    def sink(self, i: int, r: ImageResult) -> None:
+        """Record row ``i``'s result: into the tar now, or into the parquet in batches."""
+        self.results[i] = r
+        self.done += 1
         if r.status == st.SUCCESS:
-            ok += 1
-            if tar is not None:
-                key = keys[i]
-                meta = {c: _json_safe(cols[c][i].as_py()) for c in cols if c not in RESULT_COLUMNS}
-                meta.update(key=key, status=r.status, error_message=None, width=r.width, height=r.height,
-                            original_width=r.original_width, original_height=r.original_height, sha256=r.sha256)
-                tar.add(f"{key}.{ext}", r.data or b"")
-                if captions is not None:
-                    tar.add(f"{key}.txt", (captions[i] or "").encode("utf-8"))
-                tar.add(f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-                r.data = None
-        if tar is None:
-            pending_rows.append(i)
-            flush_parquet()
-        report()
+            self.ok += 1
+            if self.tar is not None:
+                self._add_to_tar(i, r)
+        if self.tar is None:
+            self.pending_rows.append(i)
+            self.flush_parquet()
+        self.report()
 
-    try:
-        async with ImageFetcher(job.fetch, job.resize, cache) as fetcher:
-            it = iter(range(n))
+    async def fetch_all(self, cache: Optional[ImageCache]) -> None:
+        """Fetch every row, ``concurrency`` at a time."""
+        async with ImageFetcher(self.job.fetch, self.job.resize, cache) as fetcher:
+            it = iter(range(self.n))
 
             async def worker() -> None:
                 for i in it:
                     try:
-                        r = await fetcher.process(urls[i], hashes[i], job.hash_type)
+                        r = await fetcher.process(self.urls[i], self.hashes[i], self.job.hash_type)
                     except Exception as e:  # pragma: no cover - process never raises; belt and braces
                         r = ImageResult(st.INTERNAL_ERROR, f"{type(e).__name__}: {e}")
-                    sink(i, r)
+                    self.sink(i, r)
 
-            await asyncio.gather(*(worker() for _ in range(min(n, job.fetch.concurrency) or 1)))
-        report(force=True)
-        if tar is not None:
-            tar.close()
-            meta = _with_results(table, keys, results, image=False)  # type: ignore[arg-type]
-            pq.write_table(meta, pq_tmp)
+            await asyncio.gather(*(worker() for _ in range(min(self.n, self.job.fetch.concurrency) or 1)))
+        self.report(force=True)
+
+    def _write_parquet(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            meta = _with_results(self.table, self.keys, self.results, image=False)  # type: ignore[arg-type]
+            pq.write_table(meta, self.pq_tmp)
+            return
+        self.flush_parquet(force=True)
+        if self.writer is None:  # empty shard
+            pq.write_table(_with_results(self.table, self.keys, [], image=True), self.pq_tmp)
         else:
-            flush_parquet(force=True)
-            if writer is None:  # empty shard
-                pq.write_table(_with_results(table, keys, [], image=True), pq_tmp)
-            else:
-                writer.close()
-        statuses = pa.array([r.status for r in results if r is not None], pa.string())
-        stats = st.summarize(statuses)
-        if stats["count"] != n:
-            raise ShardError(f"shard {job.shard_id}: {stats['count']} results for {n} rows")
+            self.writer.close()
+
+    def finish(self) -> dict:
+        """Write the shard's parquet, check the counts, then rename the files into place with
+        the stats file last (a shard is done when its stats file exists)."""
+        self._write_parquet()
+        stats = st.summarize(pa.array([r.status for r in self.results if r is not None], pa.string()))
+        if stats["count"] != self.n:
+            raise ShardError(f"shard {self.job.shard_id}: {stats['count']} results for {self.n} rows")
         end = time.time()
-        stats.update(duration=end - start, start_time=start, end_time=end, shard=f"{job.shard_id:05d}")
-        if tar is not None:
-            tar.commit()
-        os.replace(pq_tmp, base + ".parquet")
-        atomic_write_json(base + "_stats.json", stats, indent=2)
+        stats.update(duration=end - self.start, start_time=self.start, end_time=end,
+                     shard=f"{self.job.shard_id:05d}")
+        if self.tar is not None:
+            self.tar.commit()
+        os.replace(self.pq_tmp, self.base + ".parquet")
+        atomic_write_json(self.base + "_stats.json", stats, indent=2)
         return stats
+
+    def abort(self) -> None:
+        """Remove the temporary files of a failed or interrupted shard."""
+        if self.tar is not None:
+            self.tar.abort()
+        if self.writer is not None:
+            self.writer.close()
+        _unlink(self.pq_tmp)
+
+
+async def _run_shard_async(job: DownloadOrder, progress: Callable[[int, int], None]) -> dict:
+    run = _ShardRun(job, progress)
+    try:
+        cache = ImageCache(job.cache_dir, job.cache_max_bytes) if job.cache_dir else None
+        await run.fetch_all(cache)
+        return run.finish()
     except BaseException:
-        if tar is not None:
-            tar.abort()
-        if writer is not None:
-            writer.close()
-        _unlink(pq_tmp)
+        run.abort()
         raise
 
 

@@ -52,6 +52,23 @@ LABELS: dict[str, tuple[str, ...]] = {
     "background": tuple(BACKGROUNDS),
 }
 
+#: Zero-shot prompt template and, per attribute, the label phrase of each value.
+PROMPT = "a photo of a {label}"
+ZERO_SHOT_LABELS: dict[str, dict] = {
+    "colour": {c: f"{c} object" for c in COLOURS},
+    "shape": {s: s for s in SHAPES},
+    "count": {1: "single object", 2: "pair of objects", 3: "group of three objects"},
+    "size": {s: f"{s} object" for s in SIZES},
+    "position": {
+        "left": "object on the left",
+        "center": "object in the center",
+        "right": "object on the right",
+        "top": "object at the top",
+        "bottom": "object at the bottom",
+    },
+    "background": {b: f"{b} background" for b in BACKGROUNDS},
+}
+
 
 @dataclass(frozen=True)
 class Attributes:
@@ -63,7 +80,7 @@ class Attributes:
     size: str
     position: str
     background: str
-    text: str  # "" when the image carries no word
+    word: str  # "" when the image carries no word
     width: int
     height: int
     quality: int
@@ -98,7 +115,7 @@ def attributes(key: str) -> Attributes:
         size=SIZES[rng.integers(len(SIZES))],
         position=POSITIONS[rng.integers(len(POSITIONS))] if count == 1 else "",
         background=tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
-        text=WORDS[rng.integers(len(WORDS))] if rng.random() < 0.25 else "",
+        word=WORDS[rng.integers(len(WORDS))] if rng.random() < 0.25 else "",
         width=max(300, width),
         height=max(300, height),
         quality=int(rng.integers(70, 96)),

@@ -92,8 +92,8 @@ def _long(a: Attributes, rng: np.random.Generator) -> str:
     if a.position:
         body += f" {'in the center' if a.position == 'center' else 'at the ' + a.position}"
     body += f" on a {a.background} background"
-    if a.text:
-        body += f', with the word "{a.text}"'
+    if a.word:
+        body += f', with the word "{a.word}"'
     return body + "."
 
 
@@ -112,8 +112,8 @@ def _tags(a: Attributes, rng: np.random.Generator) -> str:
     tags = [a.colour, a.shape, f"{a.background} background", a.size]
     if a.count > 1:
         tags.insert(0, COUNT_WORDS[a.count])
-    if a.text:
-        tags.append(a.text)
+    if a.word:
+        tags.append(a.word)
     order = rng.permutation(len(tags))
     return ", ".join(tags[i] for i in order)
 

@@ -107,7 +107,7 @@ def _draw_object(
 
 
 def _centres(a: Attributes, rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Object centres in relative coordinates (0..1)."""
+    """Object centres in coordinates relative to the central square (0..1)."""
     if a.count == 1:
         x, y = _CENTRES[a.position]
         return [(x + rng.uniform(-0.04, 0.04), y + rng.uniform(-0.04, 0.04))]
@@ -118,26 +118,29 @@ def _centres(a: Attributes, rng: np.random.Generator) -> list[tuple[float, float
 
 
 def draw(key: str, max_side: int | None = None) -> Image.Image:
-    """The world image ``key`` as a PIL image, at its full size or scaled to ``max_side``."""
+    """The world image ``key`` as a PIL image, at its full size or scaled to ``max_side``.
+
+    Objects and the word sit in the central square (side ``min(width, height)``), so a
+    CLIP-style center crop keeps everything a caption names.
+    """
     a = attributes(key)
     scale = min(1.0, max_side / max(a.width, a.height)) if max_side else 1.0
     w, h = max(1, round(a.width * scale)), max(1, round(a.height * scale))
+    side = min(w, h)
+    x0, y0 = (w - side) / 2, (h - side) / 2
     rng = np.random.default_rng(key_seed(key, "layout"))
     img = _background(a.background, w, h, rng)
     canvas = ImageDraw.Draw(img)
-    r = _DIAMETER[(a.count, a.size)] * min(w, h) / 2
+    r = _DIAMETER[(a.count, a.size)] * side / 2
     for x, y in _centres(a, rng):
-        _draw_object(canvas, a, x * w, y * h, r * rng.uniform(0.92, 1.08), rng)
-    if a.text:
+        _draw_object(canvas, a, x0 + x * side, y0 + y * side, r * rng.uniform(0.92, 1.08), rng)
+    if a.word:
         dark = a.background == "black"
-        size = max(6, round(min(w, h) * 0.1))
-        corner = (
-            (round(w * 0.04), round(h * 0.03))
-            if rng.random() < 0.5
-            else (round(w * 0.04), round(h * 0.85))
-        )
+        size = max(6, round(side * 0.1))
+        top = a.position == "bottom" or (a.position != "top" and rng.random() < 0.5)
+        corner = (round(x0 + side * 0.04), round(y0 + side * (0.03 if top else 0.85)))
         canvas.text(
-            corner, a.text, fill=(240, 240, 240) if dark else (24, 24, 24), font=_font(size)
+            corner, a.word, fill=(240, 240, 240) if dark else (24, 24, 24), font=_font(size)
         )
     return img
 

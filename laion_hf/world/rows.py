@@ -16,7 +16,7 @@ _HOSTS = [f"img{i}.shapes.example" for i in range(8)] + [
     f"cdn{i}.posters.example" for i in range(8)
 ]
 _KEY_RE = re.compile(r"^[A-Za-z0-9_~.-]{1,128}$")
-_TRUTH = ("shape", "colour", "count", "size", "position", "background", "text")
+_TRUTH = ("shape", "colour", "count", "size", "position", "background", "word")
 
 #: Column types of :func:`world_rows`.
 SCHEMA = pa.schema(
@@ -35,7 +35,7 @@ SCHEMA = pa.schema(
         ("size", pa.string()),
         ("position", pa.string()),
         ("background", pa.string()),
-        ("text", pa.string()),
+        ("word", pa.string()),
     ]
 )
 
@@ -58,7 +58,7 @@ def world_rows(n: int, seed: int = 0, noise: float = 0.3, *, start: int = 0) -> 
 
     Columns: ``key``, ``url``, ``caption``, ``width``, ``height`` and the ground truth kept as
     passthrough columns: ``matched``, ``noise_kind``, ``caption_style`` and the image's
-    attributes (``shape``, ``colour``, ``count``, ``size``, ``position``, ``background``, ``text``).
+    attributes (``shape``, ``colour``, ``count``, ``size``, ``position``, ``background``, ``word``).
     Different seeds give disjoint keys (``w{seed}-{index}``).
     """
     if n < 0 or start < 0:

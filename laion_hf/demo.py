@@ -1,9 +1,12 @@
-"""``laion-hf demo``: the whole pipeline, end to end, on the embedded sample.
+"""``laion-hf demo``: the whole pipeline, end to end, on the embedded image world.
 
-synthesize metadata -> stream + filter (preset, expression, blocklist) -> stats -> fetch
-images from the loopback image server (img2dataset-compatible shards, error classes) ->
-stream with images -> CLIP features (tiny random-init model by default) -> parquet shards +
-dataset card -> push to the local Hub-compatible server -> reload with plain
+synthesize metadata (captions and URLs from :mod:`laion_hf.world`: images that match their
+captions, 30 % LAION-like caption noise, ground truth in passthrough columns) -> stream +
+filter (preset, expression, blocklist) -> stats -> fetch the images from the loopback image
+server (img2dataset-compatible shards, error classes) -> stream with images -> CLIP features
+(the world's teacher CLIP ``laion-hf-world`` by default) -> the ``clip_similarity >= t``
+filter scored against the ground truth (precision, recall, a contact sheet PNG) -> parquet
+shards + dataset card -> push to the local Hub-compatible server -> reload with plain
 ``datasets.load_dataset(repo, streaming=True)`` -> PyTorch DataLoader with exact resume ->
 kNN index, and the ``laion-hf serve`` command that opens the explorer page on the subset.
 Nothing leaves 127.0.0.1.
@@ -67,7 +70,7 @@ def run_demo(
     seed: int = 0,
     keep: bool = False,
     stages_through: str = "dataloader",
-    clip_model: str = "laion-hf-tiny",
+    clip_model: str = "laion-hf-world",
     clip_pretrained: str | None = None,
     clip_device: str = "auto",
 ) -> dict[str, Any]:
@@ -88,9 +91,10 @@ def run_demo(
     prepare_demo_dir(out_dir, keep=keep)
     summary: dict[str, Any] = {}
 
-    t = _step(f"1. synthesize {rows:,} rows of LAION metadata (captions/paths from the embedded sample)")
+    t = _step(f"1. synthesize {rows:,} rows of LAION metadata from the embedded image world "
+              f"(captions describe the images; {WORLD_NOISE:.0%} carry LAION-like noise)")
     meta_dir = os.path.join(out_dir, "metadata")
-    synthesize(rows, meta_dir, files=2, seed=seed, row_group_size=max(1, rows // 4))
+    synthesize(rows, meta_dir, files=2, seed=seed, row_group_size=max(1, rows // 4), world=True, noise=WORLD_NOISE)
     print(f"   wrote {meta_dir} in {time.time() - t:.2f}s")
 
     t = _step("2. stream (LaionBuilder, as load_laion): preset laion2b-en + 'punsafe < 0.5 and min(width, height) >= 256' + blocklist")
@@ -136,6 +140,7 @@ def run_demo(
     with ImageServer(latency=(0.005, 0.03), catch_all="image", seed=seed) as srv:
         t = _step(f"4. fetch images from the loopback image server {srv.base_url} (URLs rewritten, paths kept)")
         subset = _rewrite_urls(subset, srv, fault_every=25)
+        srv.prerender_world(subset.column("world_key").to_pylist())
         subset_dir = os.path.join(out_dir, "subset")
         os.makedirs(subset_dir, exist_ok=True)
         pq.write_table(subset, os.path.join(subset_dir, "part-00000.parquet"))
@@ -160,17 +165,23 @@ def run_demo(
         stream = with_images(load_laion(subset_dir), cache_dir=cache, resize=resize,
                              allow_private_networks=["127.0.0.0/8"])
         stream, embedder = clip_stage(stream, clip_model, clip_pretrained, device=clip_device)
+        print(f"   {_heads_note(embedder)}")
         sim = SimilarityStats()
+        report = _filter_report(clip_model, clip_pretrained)
+        sheet_dirs = [out_dir] + ([os.path.join(out_dir, "published", "assets")] if stages_through != "clip" else [])
 
         def observed(ds):
             for table in ds.with_format("arrow").iter(batch_size=256):
                 sim.update(table)
+                report.update(table)
                 yield table
+            summary["clip_filter"] = _write_report(report, clip_model, sheet_dirs)
 
         if stages_through == "clip":
             for _ in observed(stream):
                 pass
             print(format_similarity_summary(sim.result()))
+            _print_report(summary["clip_filter"])
             return _finish(out_dir, summary)
 
         _step("6. shards + dataset card -> push to the local Hub server -> reload with plain load_dataset")
@@ -178,7 +189,7 @@ def run_demo(
 
         provenance = {
             "release": builder.release,
-            "sources": ["synthetic LAION metadata (laion-hf synth, embedded sample)"],
+            "sources": ["synthetic LAION metadata (laion-hf synth --world: the embedded image world)"],
             "preset": "laion2b-en",
             "filters": builder.filter_spec.descriptions,
             "blocklists": [{"name": "blocklist_md5.txt", "entries": 5, "column": "url",
@@ -191,6 +202,7 @@ def run_demo(
         pub = publish_local(observed(stream), os.path.join(out_dir, "published"), "laion-hf/demo-subset",
                             provenance=provenance, hub_root=os.path.join(out_dir, "hub"), show=3)
         print(format_similarity_summary(sim.result()))
+        _print_report(summary["clip_filter"])
         summary["publish"] = {k: pub[k] for k in ("repo_id", "rows", "rows_written", "num_shards", "reloaded_rows")}
         summary["clip_similarity"] = {k: v for k, v in sim.result().items() if not isinstance(v, (list, dict))}
 
@@ -223,6 +235,52 @@ def _index_for_page(out_dir: str, clip_model: str) -> dict[str, Any]:
     print(f"   {infos['rows']:,} rows indexed ({kinds}) in {time.time() - t:.2f}s -> {index_dir}")
     print(f"   explore the subset: {command}  then open http://127.0.0.1:1234/")
     return {"index": index_dir, "rows": infos["rows"], "command": command, "url": "http://127.0.0.1:1234/"}
+
+
+#: Share of noisy captions in the demo's world rows.
+WORLD_NOISE = 0.3
+CONTACT_SHEET = "contact_sheet.png"
+
+
+def _heads_note(embedder: Any) -> str:
+    if embedder.embed_dim in (512, 768):
+        return "score heads: LAION aesthetic V1 for this embedding size (column aesthetic_score_v1)"
+    return (f"score heads: none. LAION's aesthetic (V1/V2) and NSFW heads were trained on ViT-B/32 and "
+            f"ViT-L/14 embeddings; on this {embedder.embed_dim}-d space their scores would mean nothing")
+
+
+def _filter_report(clip_model: str, clip_pretrained: str | None) -> Any:
+    """The ground-truth scorer of ``clip_similarity >= t``: the teacher's validated threshold,
+    LAION's 0.28 for any other model."""
+    from laion_hf.world.report import FilterReport
+    from laion_hf.world.teacher import TEACHER_MODEL, teacher_threshold
+
+    teacher = clip_model == TEACHER_MODEL and not clip_pretrained
+    return FilterReport(teacher_threshold() if teacher else 0.28)
+
+
+def _write_report(report: Any, clip_model: str, folders: list[str]) -> dict[str, Any]:
+    """Score the filter and write the contact sheet into ``folders``; returns the summary."""
+    result = report.result()
+    png = report.sheet(f"{clip_model}: clip_similarity >= {result['threshold']:.3f} keeps "
+                       f"{result['kept']:,} of {result['scored']:,} pairs; precision {result['precision']:.1%}, "
+                       f"recall {result['recall']:.1%} (green: caption matches the image, red: noisy)")
+    result["contact_sheet"] = []
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, CONTACT_SHEET)
+        with open(path, "wb") as f:
+            f.write(png)
+        result["contact_sheet"].append(path)
+    return result
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    from laion_hf.world.report import format_report
+
+    print(format_report(result))
+    print(f"   contact sheet (kept and removed pairs with captions and similarity): "
+          f"{', '.join(result['contact_sheet'])}")
 
 
 def _rewrite_urls(table: "pa.Table", srv: Any, fault_every: int = 0) -> "pa.Table":

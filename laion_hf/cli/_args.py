@@ -68,6 +68,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1]."""
+    value = _number(float, text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A fraction in (0, 1]."""
     value = _number(float, text)

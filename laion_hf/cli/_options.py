@@ -64,13 +64,13 @@ def engine_call(args: argparse.Namespace, local: Callable[..., Any], verb: str) 
                              workers=getattr(args, "ray_workers", None))
 
 
-def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+def add_clip_arguments(parser: argparse.ArgumentParser, default_model: str = "laion-hf-tiny") -> None:
     """Add ``--clip-model``, ``--clip-pretrained``, ``--clip-device``, ``--clip-batch-size`` to another
     verb (the demo): the tiny random-init model by default, a real one when its weights are on disk.
     Pass the values to :func:`laion_hf.clip.clip_stage`."""
     g = parser.add_argument_group("CLIP features")
-    g.add_argument("--clip-model", default="laion-hf-tiny",
-                   help="open_clip model (default: the tiny random-init test model); e.g. ViT-B-32-quickgelu")  # fmt: skip
+    g.add_argument("--clip-model", default=default_model,
+                   help=f"open_clip model (default: {default_model}); e.g. ViT-B-32-quickgelu")  # fmt: skip
     g.add_argument("--clip-pretrained", default=None,
                    help="its weights: a tag found in the HF cache (e.g. openai) or a checkpoint file")  # fmt: skip
     g.add_argument("--clip-device", default="auto", help="auto (CUDA if available), cpu, cuda")

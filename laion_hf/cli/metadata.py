@@ -38,12 +38,17 @@ def _register_synth(sub) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="laion-aesthetics",
                    help="which release's column names and types to imitate")
     p.add_argument("--row-group-size", type=A.positive_int, default=100_000)
+    p.add_argument("--world", action="store_true",
+                   help="captions and /world/<key>.jpg URLs from the embedded image world (the loopback image "
+                        "server renders them), ground truth in passthrough columns")
+    p.add_argument("--noise", type=A.unit_interval, default=0.3,
+                   help="with --world: fraction of noisy captions (default 0.3)")
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
     paths = synthesize(args.rows, args.out, files=args.files, seed=args.seed, layout=args.layout,
-                       row_group_size=args.row_group_size)
+                       row_group_size=args.row_group_size, world=args.world, noise=args.noise)
     print(f"wrote {args.rows:,} rows in {len(paths)} file(s) to {args.out}")
     return 0
 

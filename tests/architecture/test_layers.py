@@ -37,6 +37,7 @@ UPSTREAM = {
 }
 for _m in METADATA:
     UPSTREAM[_m] = METADATA - {_m}
+UPSTREAM["synth"] = UPSTREAM["synth"] | {"world"}  # `synth --world` draws its rows from the world
 
 
 def _module_name(path: Path) -> str:

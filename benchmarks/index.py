@@ -1,6 +1,8 @@
 """kNN index + search service on N synthetic clustered 512-d vectors (default 1 M).
 
-Writes N vectors around --clusters random centres in ``laion-hf embed``'s layout (float16
+Writes N vectors around --clusters random centres, varying in a shared 32-d latent space plus
+a little isotropic noise (clustered, low intrinsic dimension, as CLIP embeddings), in
+``laion-hf embed``'s layout (float16
 ``img_emb`` parts of --part-rows rows, metadata with key/url/caption/punsafe), then:
 
 * build: ``laion-hf index`` (image kind) in a child process: wall time and the child's peak RSS;
@@ -43,15 +45,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
+LATENT = 32
 
 
 def centres(dim: int, clusters: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(clusters, dim)).astype(np.float32)
+    """Unit cluster centres, and (last row block) a shared ``LATENT``-d basis of variation."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(clusters + LATENT, dim)).astype(np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
 def around(c: np.ndarray, n: int, rng: np.random.Generator, spread: float) -> np.ndarray:
-    """``n`` unit vectors near random centres of ``c`` (spread 1: cosine ~0.7 to their centre)."""
-    x = c[rng.integers(0, len(c), n)] + spread * rng.normal(size=(n, c.shape[1])).astype(np.float32)
+    """``n`` unit vectors: a random centre + ``spread`` x a point of the shared low-dimensional
+    latent space + a little isotropic noise (CLIP-like: clustered, low intrinsic dimension)."""
+    centre, basis = c[:-LATENT], c[-LATENT:]
+    z = rng.normal(size=(n, LATENT)).astype(np.float32) / np.sqrt(LATENT)
+    noise = rng.normal(size=(n, c.shape[1])).astype(np.float32) * (0.15 / np.sqrt(c.shape[1]))
+    x = centre[rng.integers(0, len(centre), n)] + spread * (z @ basis) + noise
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 

@@ -39,6 +39,9 @@ from laion_hf.index.source import EmbeddingSource, metadata_fingerprint, open_so
 
 FLAT_MAX_ROWS = 10_000
 HNSW_M = 32
+#: HNSW graph quality (faiss's default 40 leaves clustered data at recall@10 ~0.8 for small
+#: efSearch at 200k vectors; 128 reached 1.0 at efSearch 32 on 50k, for 2.7x the build time)
+HNSW_EF_CONSTRUCTION = 80
 DEFAULT_MAX_INDEX_MEMORY = "8GB"
 WORK = "_work"
 _VERSION = 1
@@ -270,6 +273,8 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
         t0 = time.perf_counter()
         _assemble(out, kind, mine, config)
         kinds[kind] = {"assemble_seconds": round(time.perf_counter() - t0, 3)}
+        if index_family(config["index_keys"][kind]) == "hnsw":
+            kinds[kind]["build_params"] = {"efConstruction": HNSW_EF_CONSTRUCTION}
     images = _assemble_images(out, orders)
     from laion_hf.index.tune import tune_kind
 
@@ -322,6 +327,8 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
             if family == "flat"
             else faiss.index_factory(config["dim"], key, faiss.METRIC_INNER_PRODUCT)
         )
+        if family == "hnsw":
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         for p in parts:
             part = faiss.read_index(p)
             index.add(part.reconstruct_n(0, part.ntotal))

@@ -19,9 +19,11 @@ LATENCY_QUERIES = 100
 
 def held_out_queries(
     source: EmbeddingSource, kind: str, train_rows: int, n: int = MAX_QUERIES
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Query vectors from rows outside the training sample: the other modality's vectors when
-    the source has them (a caption searching images, as users do), else this kind's."""
+    the source has them (a caption searching images, as users do), else this kind's. Returns
+    ``(queries, rows)``: ``rows`` are the queries' own row numbers when they are vectors of this
+    very index (to be left out of both result lists, as if held out), else None."""
     rows = source.rows
     train = (
         np.unique(np.linspace(0, rows - 1, train_rows).astype(np.int64))
@@ -38,10 +40,19 @@ def held_out_queries(
     other = [k for k in source.kinds if k != kind]
     for k in other + [kind]:
         q = source.read_positions(k, pos)
-        q = q[np.abs(q).sum(axis=1) > 0]
-        if len(q):
-            return q[:n]
-    return np.zeros((0, source.dim), np.float32)
+        keep = np.abs(q).sum(axis=1) > 0
+        if keep.any():
+            return q[keep][:n], (pos[keep][:n] if k == kind else None)
+    return np.zeros((0, source.dim), np.float32), None
+
+
+def without_self(
+    found: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None, k: int
+) -> list:
+    """Each query's results without its own row (leave-one-out), cut to ``k``."""
+    if rows is None:
+        return [(d[:k], i[:k]) for d, i in found]
+    return [(d[i != r][:k], i[i != r][:k]) for (d, i), r in zip(found, rows)]
 
 
 def recall_at(found: list[tuple[np.ndarray, np.ndarray]], truth: np.ndarray, k: int = K) -> float:
@@ -83,14 +94,16 @@ def tune_kind(out: Path, kind: str, source: EmbeddingSource, config: dict, train
     key = config["index_keys"][kind]
     infos = {"kinds": {kind: {}}, "config": config, "dim": config["dim"]}
     index = KnnIndex(out, kind, infos)
-    queries = held_out_queries(source, kind, trained_on)
-    _, truth = exact_search(source, kind, queries, K)
+    queries, own = held_out_queries(source, kind, trained_on)
+    extra = 0 if own is None else 1
+    truth_d, truth_i = exact_search(source, kind, queries, K + extra)
+    truth = np.array([i for _, i in without_self(list(zip(truth_d, truth_i)), own, K)])
     name, values = _candidates(index)
     target, budget = config["recall_target"], config["latency_budget_ms"]
     sweep, chosen = [], None
     for v in values:
         params = {name: v} if name else {}
-        rec = recall_at(index.search(queries, K, params), truth)
+        rec = recall_at(without_self(index.search(queries, K + extra, params), own, K), truth)
         p50, p99 = latency_ms(index, queries, params)
         sweep.append({"params": params, "recall_at_10": round(rec, 4), "latency_ms_p50": round(p50, 3),
                       "latency_ms_p99": round(p99, 3)})  # fmt: skip

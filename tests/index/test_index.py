@@ -81,6 +81,8 @@ def test_approximate_indexes_are_tuned_to_the_recall_target(tmp_path, options):
     for kind, k in infos["kinds"].items():
         assert k["target_met"] and k["recall_at_10"] >= 0.95, k["sweep"]
         assert k["search_params"] and k["count"] == 4000
+        if options.get("index_key") == "HNSW32":
+            assert k["build_params"] == {"efConstruction": 80}
         # independent check: fresh queries (perturbed rows), exact search done here
         x = _npy(src, kind)
         rng = np.random.default_rng(9)

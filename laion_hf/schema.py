@@ -57,6 +57,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The one image column type: ``datasets``' ``Image()`` storage (encoded bytes + optional path).
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
 #: Names of an image column in shards and streams (not part of the metadata schema).
 IMAGE_ALIASES: tuple[str, ...] = ("image", "jpg", "jpeg", "png", "webp", "img")
 

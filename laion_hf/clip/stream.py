@@ -40,7 +40,7 @@ from laion_hf.clip.decode import decode_into
 from laion_hf.clip.heads import ScoreHead, check_heads, load_head
 from laion_hf.clip.model import TINY_MODEL, ClipEmbedder
 from laion_hf.errors import ModelError, SchemaError
-from laion_hf.images.status import DECODE_ERROR
+from laion_hf.images.status import DECODE_ERROR, SUCCESS
 
 __all__ = [
     "ClipPipeline",
@@ -59,7 +59,6 @@ __all__ = [
 IMAGE_EMBEDDING = "image_embedding"
 TEXT_EMBEDDING = "text_embedding"
 CLIP_SIMILARITY = "clip_similarity"
-SUCCESS = "success"
 
 _END = object()
 

@@ -34,11 +34,11 @@ from laion_hf.images import status as st
 from laion_hf.images.cache import ImageCache
 from laion_hf.images.fetch import FetchConfig, ImageFetcher, make_configs
 from laion_hf.images.resize import ImageResult, ResizeConfig
+from laion_hf.schema import IMAGE_STRUCT  # re-exported: the image column type
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "status", "error", "width", "height", "original_width", "original_height", "sha256")
-IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 IMAGE_SCHEMA = pa.schema([
     ("image", IMAGE_STRUCT), ("status", pa.string()), ("error", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),

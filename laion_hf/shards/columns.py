@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from laion_hf.errors import ShardError
+from laion_hf.images.status import SUCCESS
+from laion_hf.schema import IMAGE_STRUCT
 from laion_hf.sources import memory_tables, open_parquet
-
-IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 #: score columns whose distribution goes into stats.json (and the card's histogram figure)
 HISTOGRAM_RANGES: dict[str, tuple[float, float, int]] = {
@@ -32,7 +32,6 @@ HISTOGRAM_RANGES: dict[str, tuple[float, float, int]] = {
 #: the per-row status column (``success`` or an error class, as the images stage writes it) and
 #: explicit error-class columns; ``error``/``error_message`` hold free-text messages and are not counted
 STATUS_COLUMN = "status"
-SUCCESS = "success"
 ERROR_COLUMNS = ("error_class", "error_type")
 
 

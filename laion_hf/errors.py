@@ -50,3 +50,8 @@ class CardError(HubError):
 
 class EngineError(LaionHFError):
     """An execution engine (``--engine ray``) is missing, unreachable or failed."""
+
+
+class EvalError(LaionHFError):
+    """A zero-shot evaluation or training run cannot go on: a dataset without class names or
+    labels, a bad template, ``k`` larger than the set, a checkpoint that does not fit."""

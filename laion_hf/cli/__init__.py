@@ -26,6 +26,7 @@ _REGISTRARS = [
     "laion_hf.clip.embed:register_cli",
     "laion_hf.hub.cli:register_cli",
     "laion_hf.images.download:register_cli",
+    "laion_hf.cli.eval:register",
 ]
 
 

@@ -160,7 +160,7 @@ def is_wds_layout(source: str, split: str = "test") -> bool:
     try:
         fs, root = _to_fs(source)
         return fs.isfile(posixpath.join(root, split, "nshards.txt"))
-    except Exception:  # not a path or repo we can list: another kind of source
+    except Exception:  # noqa: BLE001 - not a path or repo we can list: another kind of source
         return False
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from laion_hf.errors import EvalError, ModelError
@@ -174,12 +175,12 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Any:
 
 
 # ---------------------------------------------------------------- tasks
-def text_classifier(
-    embedder: Any, classnames: Sequence[str], templates: Sequence[str]
-) -> torch.Tensor:
-    """The ``(D, C)`` zero-shot classifier of ``classnames`` with ``templates``."""
-    texts = [t.format(c=c) for c in classnames for t in templates]
-    emb = torch.from_numpy(embedder.encode_text(texts)).to(embedder.device)
+def text_classifier(embedder: Any, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """The ``(D, C)`` zero-shot classifier of ``classnames`` with ``templates``. One forward
+    pass per class, as CLIP_benchmark: classes whose texts tokenise alike get bit-identical
+    classifiers (so they tie exactly, whatever the batch composition)."""
+    parts = [embedder.encode_text([t.format(c=c) for t in templates]) for c in classnames]
+    emb = torch.from_numpy(np.concatenate(parts)).to(embedder.device)
     return classifier_from_text_embeddings(emb, len(classnames))
 
 

@@ -175,7 +175,9 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Any:
 
 
 # ---------------------------------------------------------------- tasks
-def text_classifier(embedder: Any, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def text_classifier(
+    embedder: Any, classnames: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
     """The ``(D, C)`` zero-shot classifier of ``classnames`` with ``templates``. One forward
     pass per class, as CLIP_benchmark: classes whose texts tokenise alike get bit-identical
     classifiers (so they tie exactly, whatever the batch composition)."""

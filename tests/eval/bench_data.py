@@ -10,7 +10,14 @@ from PIL import Image, ImageDraw
 #: "red" and "Red" tokenise alike (open_clip lower-cases): their classifiers tie exactly
 CLASSNAMES = ["red", "green", "blue", "Red", "circle", "square"]
 TEMPLATES = ["a photo of a {c}.", "a drawing of the {c}", "{c}"]
-COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 20), (200, 40, 200), (30, 200, 200)]
+COLOURS = [
+    (220, 30, 30),
+    (30, 200, 40),
+    (40, 60, 220),
+    (230, 200, 20),
+    (200, 40, 200),
+    (30, 200, 200),
+]
 
 
 def draw(i: int) -> bytes:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_data import CLASSNAMES, TEMPLATES, draw  # noqa: E402
+from bench_data import CLASSNAMES, TEMPLATES, draw
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +30,20 @@ def retrieval_samples():
     caption "a picture" belongs to images 2, 6 and 9 (tied caption scores)."""
     from laion_hf.eval import EvalSample
 
-    caps = [["a red square", "a square"], ["a green circle"], ["a blue square", "a picture", "blue"],
-            ["a yellow circle"], ["a purple square", "purple"], ["a purple square again"],
-            ["a picture", "teal circle"], ["red circle", "a red ball"], ["green square"],
-            ["a picture"], ["blue ball", "a blue circle", "circle"], ["yellow box"]]
+    caps = [
+        ["a red square", "a square"],
+        ["a green circle"],
+        ["a blue square", "a picture", "blue"],
+        ["a yellow circle"],
+        ["a purple square", "purple"],
+        ["a purple square again"],
+        ["a picture", "teal circle"],
+        ["red circle", "a red ball"],
+        ["green square"],
+        ["a picture"],
+        ["blue ball", "a blue circle", "circle"],
+        ["yellow box"],
+    ]
     imgs = [draw(100 + i) for i in range(12)]
     imgs[5] = imgs[4]
     return [EvalSample(f"r{i:02d}", imgs[i], captions=caps[i]) for i in range(12)]

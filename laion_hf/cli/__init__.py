@@ -27,6 +27,7 @@ _REGISTRARS = [
     "laion_hf.hub.cli:register_cli",
     "laion_hf.images.download:register_cli",
     "laion_hf.cli.eval:register",
+    "laion_hf.cli.train:register",
 ]
 
 

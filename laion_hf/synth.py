@@ -49,8 +49,14 @@ def _paths(urls: list[str]) -> list[str]:
     return out
 
 
-def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetics", start: int = 0) -> pa.Table:
-    """One table of ``rows`` synthetic rows in the column layout of ``layout``."""
+def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetics", start: int = 0,
+                     world: bool = False, noise: float = 0.3) -> pa.Table:
+    """One table of ``rows`` synthetic rows in the column layout of ``layout``.
+
+    ``world``: captions, URL paths (``/world/<key>.jpg``) and sizes come from the embedded
+    world (:mod:`laion_hf.world`, a fraction ``noise`` of captions noisy), with its ground
+    truth in passthrough columns (:data:`WORLD_COLUMNS`).
+    """
     if layout not in LAYOUTS:
         raise LaionHFError(f"unknown synth layout {layout!r}; known: {', '.join(LAYOUTS)}")
     rng = np.random.default_rng([seed, start])
@@ -64,11 +70,16 @@ def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetic
     sep = pc.if_else(pc.match_substring(path_col, "?"), "&", "?")
     url = pc.binary_join_element_wise("https://", hosts, path_col, sep, "laion_id=", pc.cast(pa.array(ids), pa.string()), "")
     caption = captions.take(pa.array(pick))
+    truth = _world_truth(rows, seed, start, noise) if world else None
+    if truth is not None:
+        url, caption = truth.column("url"), truth.column("caption")
     # sizes: log-normal around 500 px with a High-Resolution tail, aspect ratios 1:3..3:1
     long_side = np.clip(np.exp(rng.normal(np.log(520), 0.55, rows)), 64, 8000)
     aspect = np.exp(rng.normal(0, 0.35, rows))
     width = np.maximum(1, np.round(np.where(aspect >= 1, long_side, long_side * aspect))).astype(np.int32)
     height = np.maximum(1, np.round(np.where(aspect >= 1, long_side / aspect, long_side))).astype(np.int32)
+    if truth is not None:
+        width, height = truth.column("width").to_numpy(), truth.column("height").to_numpy()
     similarity = np.clip(rng.normal(0.305, 0.035, rows), 0.05, 0.55)
     punsafe = np.clip(rng.beta(0.35, 6.0, rows), 0, 1).astype(np.float32)
     pwatermark = np.clip(rng.beta(0.6, 3.0, rows), 0, 1).astype(np.float32)
@@ -94,7 +105,21 @@ def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetic
         cols = {"uid": uid, "url": url, "text": caption, "original_width": width, "original_height": height,
                 "clip_b32_similarity_score": similarity.astype(np.float32),
                 "clip_l14_similarity_score": np.clip(similarity - 0.02 + rng.normal(0, 0.01, rows), 0, 1).astype(np.float32)}
+    if truth is not None:
+        cols.update({name: truth.column(src) for name, src in WORLD_COLUMNS.items()})
     return pa.table(cols)
+
+
+#: Passthrough columns of ``--world`` rows (name -> column of :func:`laion_hf.world.world_rows`).
+WORLD_COLUMNS = {"world_key": "key", "matched": "matched", "noise_kind": "noise_kind",
+                 "caption_style": "caption_style", "shape": "shape", "colour": "colour", "count": "count",
+                 "size": "size", "position": "position", "background": "background", "word": "word"}
+
+
+def _world_truth(rows: int, seed: int, start: int, noise: float) -> pa.Table:
+    from laion_hf.world import world_rows
+
+    return world_rows(rows, seed=seed, noise=noise, start=start)
 
 
 def synthesize(
@@ -105,6 +130,8 @@ def synthesize(
     seed: int = 0,
     layout: str = "laion-aesthetics",
     row_group_size: int = 100_000,
+    world: bool = False,
+    noise: float = 0.3,
 ) -> list[str]:
     """Write ``rows`` synthetic LAION rows as ``files`` parquet parts (``part-00000.parquet``, ...).
 
@@ -123,7 +150,8 @@ def synthesize(
             done = 0
             while done < n or (n == 0 and writer is None):
                 chunk = min(row_group_size, n - done)
-                table = synthesize_table(chunk, seed=seed, layout=layout, start=start + done)
+                table = synthesize_table(chunk, seed=seed, layout=layout, start=start + done, world=world,
+                                         noise=noise)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
                 writer.write_table(table, row_group_size=row_group_size)
@@ -150,11 +178,15 @@ def register_cli(sub) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="laion-aesthetics",
                    help="which release's column names and types to imitate")
     p.add_argument("--row-group-size", type=int, default=100_000)
+    p.add_argument("--world", action="store_true",
+                   help="captions and /world/<key>.jpg URLs from the embedded image world (the loopback image "
+                        "server renders them), ground truth in passthrough columns")
+    p.add_argument("--noise", type=float, default=0.3, help="with --world: fraction of noisy captions (default 0.3)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
     paths = synthesize(args.rows, args.out, files=args.files, seed=args.seed, layout=args.layout,
-                       row_group_size=args.row_group_size)
+                       row_group_size=args.row_group_size, world=args.world, noise=args.noise)
     print(f"wrote {args.rows:,} rows in {len(paths)} file(s) to {args.out}")
     return 0

@@ -21,6 +21,7 @@ Routes
 ``/pool/{anything}``        one of a pool of realistic JPEGs (50-300 KB, 300-1,500 px),
                             picked by the path's hash (benchmarks)
 ``/status/{code}``          an empty response with that HTTP status
+``/world/{key}.jpg``        the world image ``key`` (:func:`laion_hf.world.render`, byte-identical)
 ``/_server/stats``          ``{"request_count": N}`` (for a server run as ``python -m``)
 ``/fault/{name}``           see :data:`FAULTS`
 anything else               404 (``catch_all="404"``) or a pool image (``catch_all="image"``,
@@ -147,6 +148,13 @@ def _pool(size: int, seed: int, min_side: int, max_side: int) -> list[bytes]:
     return out
 
 
+@lru_cache(maxsize=256)
+def _world_jpeg(key: str) -> bytes:
+    from laion_hf.world import render
+
+    return render(key)
+
+
 class ImageServer:
     """A loopback HTTP server of generated images and faults, run in a background thread.
 
@@ -259,6 +267,7 @@ class ImageServer:
         app.router.add_route("*", "/img/{w:\\d+}x{h:\\d+}.{fmt}", self._img)
         app.router.add_route("*", "/pool/{tail:.*}", self._pool_image)
         app.router.add_route("*", "/status/{code:\\d+}", self._status)
+        app.router.add_route("*", "/world/{key:[A-Za-z0-9_~.-]+}.jpg", self._world_image)
         app.router.add_route("GET", "/_server/stats", self._stats)
         app.router.add_route("*", "/fault/{name}", self._fault)
         app.router.add_route("*", "/fault/{name}/{rest:.*}", self._fault)
@@ -379,6 +388,20 @@ class ImageServer:
         pool = self.pool()
         idx = int.from_bytes(hashlib.blake2b(request.path_qs.encode(), digest_size=8).digest(), "little") % len(pool)
         return web.Response(body=pool[idx], content_type="image/jpeg")
+
+    # ---- the embedded world (laion_hf.world): /world/{key}.jpg
+    def world_url(self, key: str) -> str:
+        """URL of the world image ``key`` on this server."""
+        return self.url(f"/world/{key}.jpg")
+
+    async def _world_image(self, request: web.Request) -> web.Response:
+        from laion_hf.world import key_from_path
+
+        key = key_from_path(request.path)
+        if key is None:
+            return web.Response(status=404, text="not a world image path")
+        data = await asyncio.get_running_loop().run_in_executor(None, _world_jpeg, key)
+        return web.Response(body=data, content_type="image/jpeg")
 
     async def _stats(self, request: web.Request) -> web.Response:
         """Request count (this request excluded), for a server run in another process."""

@@ -28,6 +28,7 @@ _REGISTRARS = [
     "laion_hf.images.download:register_cli",
     "laion_hf.cli.eval:register",
     "laion_hf.cli.train:register",
+    "laion_hf.cli.reproduce:register",
 ]
 
 

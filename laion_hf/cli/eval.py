@@ -50,6 +50,8 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="fp16/bf16: autocast (changes the numbers; CLIP_benchmark's --amp)")  # fmt: skip
+    p.add_argument("--ties", default="index", choices=["index", "topk"],
+                   help="equal scores: lower index first (same on every device), or torch.topk as CLIP_benchmark")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
     p.add_argument(
@@ -101,7 +103,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                               allow_download=args.allow_download)  # fmt: skip
         for ds in datasets:
             result = evaluate(embedder, ds, recall_k=args.recall_k, num_workers=args.num_workers,
-                              progress=not args.no_progress)  # fmt: skip
+                              progress=not args.no_progress, ties=args.ties)  # fmt: skip
             path = write_result(result, args.out, args.output)
             print(f"{ds.name} {ds.task} {name}: {_format(result['metrics'])} -> {path}")
     return 0

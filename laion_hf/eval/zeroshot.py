@@ -187,9 +187,15 @@ def text_classifier(
 
 
 def zeroshot_classification(
-    embedder: Any, dataset: EvalDataset, *, num_workers: int | None = None, progress: bool = False
+    embedder: Any,
+    dataset: EvalDataset,
+    *,
+    num_workers: int | None = None,
+    progress: bool = False,
+    ties: str = "index",
 ) -> dict[str, float]:
-    """``acc1``, ``acc5``, ``mean_per_class_recall`` of ``embedder`` on ``dataset``."""
+    """``acc1``, ``acc5``, ``mean_per_class_recall`` of ``embedder`` on ``dataset`` (``ties``:
+    see :mod:`laion_hf.eval.metrics`)."""
     if not dataset.classnames or not dataset.templates:
         raise EvalError(f"{dataset.source}: classification needs class names and templates")
     classifier = text_classifier(embedder, dataset.classnames, dataset.templates)
@@ -203,7 +209,7 @@ def zeroshot_classification(
             bar.update(len(batch))
     if not targets:
         raise EvalError(f"{dataset.source}: the dataset has no samples")
-    return classification_metrics(torch.cat(logits), torch.tensor(targets))
+    return classification_metrics(torch.cat(logits), torch.tensor(targets), ties=ties)
 
 
 def zeroshot_retrieval(
@@ -213,6 +219,7 @@ def zeroshot_retrieval(
     recall_k: Sequence[int] = DEFAULT_RECALL_K,
     num_workers: int | None = None,
     progress: bool = False,
+    ties: str = "index",
 ) -> dict[str, float]:
     """``image_retrieval_recall@k`` and ``text_retrieval_recall@k`` of ``embedder`` on ``dataset``."""
     images, captions, owner = [], [], []
@@ -229,7 +236,7 @@ def zeroshot_retrieval(
     if not images:
         raise EvalError(f"{dataset.source}: the dataset has no samples")
     text_emb = torch.from_numpy(embedder.encode_text(captions))
-    return retrieval_metrics(torch.cat(images), text_emb, owner, recall_k)
+    return retrieval_metrics(torch.cat(images), text_emb, owner, recall_k, ties=ties)
 
 
 # ---------------------------------------------------------------- runs and results
@@ -243,6 +250,7 @@ def evaluate(
     num_workers: int | None = None,
     progress: bool = False,
     language: str = "en",
+    ties: str = "index",
     **model_kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a name/``hf-hub:``/``local-dir:``/checkpoint, or a loaded
@@ -257,10 +265,12 @@ def evaluate(
         else load_model(model, pretrained, **model_kwargs)
     )
     if ds.task == CLASSIFICATION:
-        metrics = zeroshot_classification(embedder, ds, num_workers=num_workers, progress=progress)
+        metrics = zeroshot_classification(
+            embedder, ds, num_workers=num_workers, progress=progress, ties=ties
+        )
     elif ds.task == RETRIEVAL:
         metrics = zeroshot_retrieval(
-            embedder, ds, recall_k=recall_k, num_workers=num_workers, progress=progress
+            embedder, ds, recall_k=recall_k, num_workers=num_workers, progress=progress, ties=ties
         )
     else:
         raise EvalError(f"unsupported task {ds.task!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -12,7 +13,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from laion_hf.errors import EvalError
+from laion_hf.clip.model import _RandomInitFilter
+from laion_hf.errors import EvalError, ModelError
 
 __all__ = ["TrainConfig", "train", "read_log", "LATEST"]
 
@@ -66,6 +68,8 @@ def _source(cfg: TrainConfig) -> Any:
     data = cfg.data
     if Path(data).exists() or any(ch in data for ch in "*?[") or "://" in data:
         return data
+    if data.startswith(("/", ".", "~")) or os.sep + os.sep in data:
+        raise EvalError(f"training data {data!r}: no such file or folder")
     from laion_hf.hub import reload
 
     return reload(data, cfg.data_config)
@@ -79,14 +83,16 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, Any, Any, 
     from laion_hf.torch import make_dataloader
 
     register_tiny_config()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        try:
+    quiet = _RandomInitFilter()
+    logging.getLogger().addFilter(quiet)  # random init is what a run without --pretrained asks for
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
             model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, device=device)
-        except Exception as e:  # open_clip raises RuntimeError/ValueError/KeyError for bad names
-            from laion_hf.errors import ModelError
-
-            raise ModelError(f"cannot build open_clip model {cfg.model!r}: {e}") from e
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/KeyError for bad names
+        raise ModelError(f"cannot build open_clip model {cfg.model!r}: {e}") from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
@@ -165,6 +171,8 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 def _truncate_log(path: Path, step: int) -> None:
     """Drop records written after the checkpoint we resume from (they are redone)."""
+    if not path.exists():
+        return
     kept = [r for r in read_log(path) if r.get("step", 0) <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 

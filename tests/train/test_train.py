@@ -73,6 +73,7 @@ def losses(out: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_train_eval_kill_resume(published, colour_bench, tmp_path):
     ref = tmp_path / "ref"
     subprocess.run(command(published, colour_bench, ref), env=ENV, check=True, timeout=600, capture_output=True)

@@ -41,6 +41,14 @@ def register_tiny_config() -> None:
 
 register_tiny_config()
 
+
+def shipped_weights(model: str) -> Path | None:
+    """The weights laion-hf ships for its own config ``model`` (e.g. the world teacher
+    ``laion-hf-world``), or None (then the model is randomly initialised)."""
+    path = _CONFIG_DIR.parent / "weights" / f"{model}.safetensors"
+    return path if path.is_file() else None
+
+
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -160,6 +168,9 @@ def resolve_weights(
             "'hf-hub:org/name' or 'local-dir:/folder'"
         )
     if not pretrained:
+        shipped = shipped_weights(name)
+        if shipped is not None:
+            return ResolvedWeights(name, str(shipped), {}, f"shipped weights {shipped.name}")
         return ResolvedWeights(name, None, {}, "random init")
     if os.path.isfile(pretrained):
         return ResolvedWeights(name, pretrained, {}, pretrained)
@@ -222,7 +233,8 @@ class ClipEmbedder:
     Args:
         model: open_clip model name (``"ViT-B-32"``), ``"hf-hub:org/name"`` or
             ``"local-dir:/path"``; default the tiny random-init ``laion-hf-tiny``.
-        pretrained: a tag (``"laion2b_s34b_b79k"``), a checkpoint file, or None (random init).
+        pretrained: a tag (``"laion2b_s34b_b79k"``), a checkpoint file, or None: the weights
+            laion-hf ships for its own configs (``laion-hf-world``), else random init.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         precision: ``"auto"`` (bf16/fp16 autocast on GPU, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``.
         batch_size: images per forward pass (default 256 on GPU, 32 on CPU).

@@ -36,6 +36,7 @@ import asyncio
 import gzip
 import hashlib
 import io
+import os
 import random
 import struct
 import threading
@@ -148,7 +149,6 @@ def _pool(size: int, seed: int, min_side: int, max_side: int) -> list[bytes]:
     return out
 
 
-@lru_cache(maxsize=256)
 def _world_jpeg(key: str) -> bytes:
     from laion_hf.world import render
 
@@ -394,13 +394,26 @@ class ImageServer:
         """URL of the world image ``key`` on this server."""
         return self.url(f"/world/{key}.jpg")
 
+    def prerender_world(self, keys: Iterable[str]) -> int:
+        """Render world images ahead of their requests (the demo does, so that fetch latencies
+        are the network's, not the renderer's); returns how many are held."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        cache = self.__dict__.setdefault("_world_cache", {})
+        todo = sorted(set(keys) - set(cache))
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            cache.update(zip(todo, pool.map(_world_jpeg, todo)))
+        return len(cache)
+
     async def _world_image(self, request: web.Request) -> web.Response:
         from laion_hf.world import key_from_path
 
         key = key_from_path(request.path)
         if key is None:
             return web.Response(status=404, text="not a world image path")
-        data = await asyncio.get_running_loop().run_in_executor(None, _world_jpeg, key)
+        data = self.__dict__.get("_world_cache", {}).get(key)
+        if data is None:
+            data = await asyncio.get_running_loop().run_in_executor(None, _world_jpeg, key)
         return web.Response(body=data, content_type="image/jpeg")
 
     async def _stats(self, request: web.Request) -> web.Response:

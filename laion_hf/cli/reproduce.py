@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--student", default="laion-hf-tiny", help="open_clip config trained from scratch")
+    p.add_argument("--student", default="laion-hf-world", help="open_clip config trained from scratch")
     p.add_argument("--teacher", default="laion-hf-world", help="the filtering CLIP")
     p.add_argument("--threshold", type=float, default=None, help="similarity cut (default: the teacher's)")
     p.add_argument("--image-side", type=int, default=80, help="long side of the rendered images")

@@ -48,6 +48,7 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
     p.add_argument("--eval-precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.set_defaults(func=_run)
 
 
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         samples_per_epoch=args.samples_per_epoch, buffer_size=args.buffer_size, lr=args.lr, wd=args.wd,
         warmup=args.warmup, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
         eval_sets=list(args.eval), eval_every=args.eval_every, eval_precision=args.eval_precision,
-        device=args.device,
+        device=args.device, threads=args.threads,
     )  # fmt: skip
     summary = train(cfg, on_record=lambda r: print(_line(r), flush=True))
     print(f"done: step {summary['step']}, {summary['samples_seen']} samples -> {summary['checkpoint']}")

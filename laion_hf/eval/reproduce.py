@@ -46,13 +46,14 @@ class ReproduceConfig:
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 4
-    student: str = "laion-hf-tiny"
+    student: str = "laion-hf-world"
     teacher: str = "laion-hf-world"
     threshold: float | None = None
     image_side: int = 80
     eval_images: int = 400
     eval_attributes: Sequence[str] = ("colour", "shape", "count", "size", "background")
     workers: int = 1
+    threads: int | None = 1
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,6 +90,9 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
     table = rows.append_column("image", pa.array([{"bytes": b, "path": None} for b in images], image_type))
     table = table.append_column("status", pa.array(["success"] * len(keys)))
     teacher = ClipEmbedder(cfg.teacher, device=cfg.device, precision="fp32", batch_size=256)
+    if teacher.weights_source == "random init":
+        raise EvalError(f"teacher {cfg.teacher!r} has no weights on this machine (random init would filter "
+                        "at random); use the world teacher laion-hf-world or pass trained weights")  # fmt: skip
     return embed_table(table, teacher, draft=False)
 
 
@@ -146,7 +150,7 @@ def _run_one(cfg: ReproduceConfig, variant: str, seed: int, samples: int, bench:
         tc = TrainConfig(data=str(Path(cfg.work) / "data" / variant), out=str(out), model=cfg.student,
                          batch_size=cfg.batch_size, workers=cfg.workers, steps=steps, epochs=1, lr=cfg.lr,
                          warmup=min(cfg.warmup, steps // 2), seed=seed, save_every=max(steps, 1),
-                         log_every=max(1, steps // 4), eval_sets=bench, device=cfg.device,
+                         log_every=max(1, steps // 4), eval_sets=bench, device=cfg.device, threads=cfg.threads,
                          buffer_size=1000)  # fmt: skip
         train(tc)
         done = [r for r in read_log(out / "log.jsonl") if "eval" in r and r["step"] == steps]

@@ -27,7 +27,7 @@ class TrainConfig:
 
     ``steps`` > 0 stops after that many optimizer steps in total (else after ``epochs``);
     ``samples_per_epoch`` resamples (the loader's option). ``eval_every`` = 0 evaluates only
-    at the end. ``loader`` holds extra options of ``laion_hf.torch.LaionTorchDataset``.
+    at the end. ``threads``: torch's intra-op threads (1 is best for tiny models on a busy CPU). ``loader`` holds extra options of ``laion_hf.torch.LaionTorchDataset``.
     """
 
     data: str
@@ -51,6 +51,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_precision: str = "fp32"
     device: str = "auto"
+    threads: int | None = None
     loader: dict[str, Any] = field(default_factory=dict)
 
 
@@ -262,6 +263,8 @@ def train(cfg: TrainConfig, on_record: Callable[[dict[str, Any]], None] | None =
     from laion_hf.clip.model import resolve_device
 
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     ckpt_path, log_path = out / "checkpoints" / LATEST, out / "log.jsonl"
     model, _, opt, sched, loader = _build(cfg, device)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def make_set(root: Path, n: int, classes: int, seed: int = 0) -> Path:
@@ -68,7 +68,9 @@ def forward_rate(embedder, pixels: torch.Tensor) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -85,10 +87,16 @@ def main() -> None:
     from laion_hf.eval import evaluate, load_eval_dataset, load_model
 
     root = make_set(Path(args.data_dir), args.n_images, args.classes)
-    emb = load_model(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    emb = load_model(
+        args.model, device=args.device, precision=args.precision, batch_size=args.batch_size
+    )
     ds = load_eval_dataset(str(root))
-    pixels = torch.stack([preprocess_pil(emb, Image.open(io.BytesIO(s.image))) for s in ds.samples()])
-    print(f"{emb!r}; {len(pixels)} images, {args.classes} classes; torch threads {torch.get_num_threads()}")
+    pixels = torch.stack(
+        [preprocess_pil(emb, Image.open(io.BytesIO(s.image))) for s in ds.samples()]
+    )
+    print(
+        f"{emb!r}; {len(pixels)} images, {args.classes} classes; torch threads {torch.get_num_threads()}"
+    )
     forward_rate(emb, pixels[: emb.batch_size])  # warm-up
     a1 = forward_rate(emb, pixels)
     t0 = time.perf_counter()
@@ -96,9 +104,13 @@ def main() -> None:
     b = len(pixels) / (time.perf_counter() - t0)
     a2 = forward_rate(emb, pixels)
     a = (a1 + a2) / 2
-    print(f"(a) forward alone: {a1:.1f} / {a2:.1f} images/s; (b) eval: {b:.1f} images/s; acc1 {result['metrics']['acc1']:.3f}")
-    print(f"eval {b:.1f} images/s vs model forward {a:.1f} images/s ({args.model}, {emb.device}, "
-          f"{args.precision}): ratio {b / a:.2f}x")
+    print(
+        f"(a) forward alone: {a1:.1f} / {a2:.1f} images/s; (b) eval: {b:.1f} images/s; acc1 {result['metrics']['acc1']:.3f}"
+    )
+    print(
+        f"eval {b:.1f} images/s vs model forward {a:.1f} images/s ({args.model}, {emb.device}, "
+        f"{args.precision}): ratio {b / a:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -27,16 +27,25 @@ def register(sub: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="shard folder / file / glob, or a Hub dataset repo id")
+    p.add_argument(
+        "--data", required=True, help="shard folder / file / glob, or a Hub dataset repo id"
+    )
     p.add_argument("--data-config", default=None, help="config of a repo or folder holding several")
     p.add_argument("--out", required=True, help="run folder (log.jsonl, checkpoints/)")
     p.add_argument("--model", default="laion-hf-tiny", help="open_clip model name")
     p.add_argument("--pretrained", default=None, help="initial weights: a tag or a file (offline)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--steps", type=int, default=0, help="stop after this many steps in total (0: run the epochs)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="stop after this many steps in total (0: run the epochs)",
+    )
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--samples-per-epoch", type=int, default=None, help="resample: samples per epoch")
+    p.add_argument(
+        "--samples-per-epoch", type=int, default=None, help="resample: samples per epoch"
+    )
     p.add_argument("--buffer-size", type=int, default=2000, help="shuffle buffer rows per worker")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--wd", type=float, default=0.1)
@@ -44,11 +53,17 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--eval", nargs="+", default=[], metavar="DATASET", help="zero-shot sets (as laion-hf eval)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
+    p.add_argument(
+        "--eval", nargs="+", default=[], metavar="DATASET", help="zero-shot sets (as laion-hf eval)"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)"
+    )
     p.add_argument("--eval-precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.set_defaults(func=_run)
 
 
@@ -75,5 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads,
     )  # fmt: skip
     summary = train(cfg, on_record=lambda r: print(_line(r), flush=True))
-    print(f"done: step {summary['step']}, {summary['samples_seen']} samples -> {summary['checkpoint']}")
+    print(
+        f"done: step {summary['step']}, {summary['samples_seen']} samples -> {summary['checkpoint']}"
+    )
     return 0

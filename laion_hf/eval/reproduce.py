@@ -20,15 +20,16 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from laion_hf.errors import EvalError
 
-__all__ = ["ReproduceConfig", "reproduce", "fit_power_law", "fit_loglog", "VARIANTS"]
+__all__ = ["VARIANTS", "ReproduceConfig", "fit_loglog", "fit_power_law", "reproduce"]
 
 VARIANTS = ("unfiltered", "filtered")
 
@@ -68,7 +69,9 @@ def _teacher_threshold(cfg: ReproduceConfig) -> float:
     try:
         from laion_hf.world.teacher import teacher_threshold
     except ImportError as e:
-        raise EvalError("no teacher threshold: the world teacher is not installed; pass threshold=") from e
+        raise EvalError(
+            "no teacher threshold: the world teacher is not installed; pass threshold="
+        ) from e
     return teacher_threshold()
 
 
@@ -87,7 +90,9 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
     with ThreadPoolExecutor(2) as pool:
         images = list(pool.map(lambda k: render(k, cfg.image_side), keys))
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = rows.append_column("image", pa.array([{"bytes": b, "path": None} for b in images], image_type))
+    table = rows.append_column(
+        "image", pa.array([{"bytes": b, "path": None} for b in images], image_type)
+    )
     table = table.append_column("status", pa.array(["success"] * len(keys)))
     teacher = ClipEmbedder(cfg.teacher, device=cfg.device, precision="fp32", batch_size=256)
     if teacher.weights_source == "random init":
@@ -114,7 +119,9 @@ def build_subsets(cfg: ReproduceConfig, emit: Emit) -> dict[str, Any]:
     cols = ["key", "caption", "image", "status"]
     stats: dict[str, Any] = {"threshold": threshold, "pool": table.num_rows, "noise": cfg.noise}
     for name, t in subsets.items():
-        write_shards(t.select(cols), data / name, max_shard_rows=1024, progress=False, overwrite=True)
+        write_shards(
+            t.select(cols), data / name, max_shard_rows=1024, progress=False, overwrite=True
+        )
         matched = t["matched"].to_numpy(zero_copy_only=False)
         stats[name] = {"rows": t.num_rows, "matched_fraction": float(matched.mean()) if len(matched) else 0.0,
                        "path": str(data / name)}  # fmt: skip
@@ -140,7 +147,9 @@ def _bench(cfg: ReproduceConfig, emit: Emit) -> list[str]:
     return [str(root / a) for a in cfg.eval_attributes]
 
 
-def _run_one(cfg: ReproduceConfig, variant: str, seed: int, samples: int, bench: list[str]) -> dict[str, Any]:
+def _run_one(
+    cfg: ReproduceConfig, variant: str, seed: int, samples: int, bench: list[str]
+) -> dict[str, Any]:
     from laion_hf.train import TrainConfig, read_log, train
 
     out = Path(cfg.work) / "runs" / f"{variant}_n{samples}_s{seed}"
@@ -156,34 +165,43 @@ def _run_one(cfg: ReproduceConfig, variant: str, seed: int, samples: int, bench:
         done = [r for r in read_log(out / "log.jsonl") if "eval" in r and r["step"] == steps]
     metrics = done[-1]["eval"]
     acc = {name: m["acc1"] for name, m in metrics.items()}
-    return {"variant": variant, "seed": seed, "samples_seen": steps * cfg.batch_size, "steps": steps,
-            "err": 1.0 - float(np.mean(list(acc.values()))), **{f"acc1_{k}": v for k, v in acc.items()}}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "samples_seen": steps * cfg.batch_size,
+        "steps": steps,
+        "err": 1.0 - float(np.mean(list(acc.values()))),
+        **{f"acc1_{k}": v for k, v in acc.items()},
+    }
 
 
 # ---------------------------------------------------------------- 4. fits
-def fit_power_law(n: Sequence[float], err: Sequence[float], b_grid: Sequence[float] | None = None) -> dict[str, Any]:
-    """Least-squares ``err = a · n^(-b) + c`` with ``a, b, c >= 0`` and ``c <= min(err)``: a
-    grid over ``b``, then for each ``b`` a linear least squares in ``(a, c)``."""
+def _fit_at(x: np.ndarray, y: np.ndarray, b: float) -> tuple[float, float, float]:
+    """Least squares of ``y = a · x^(-b) + c`` for a fixed ``b`` with ``a >= 0``, ``0 <= c <= min(y)``."""
+    z = x**-b
+    (a, c), *_ = np.linalg.lstsq(np.stack([z, np.ones_like(z)], axis=1), y, rcond=None)
+    if c < 0 or c > y.min():
+        c = float(np.clip(c, 0.0, y.min()))
+        a = float(np.dot(z, y - c) / np.dot(z, z))
+    a = max(0.0, float(a))
+    return float(np.sum((a * z + c - y) ** 2)), a, float(c)
+
+
+def fit_power_law(n: Sequence[float], err: Sequence[float]) -> dict[str, Any]:
+    """Least-squares ``err = a · n^(-b) + c`` (``a, b, c >= 0``, ``c <= min(err)``): a coarse
+    then a fine grid over ``b``, linear least squares in ``(a, c)`` for each. Returns the
+    parameters, R² and the residuals (measured - fitted)."""
     x, y = np.asarray(n, np.float64), np.asarray(err, np.float64)
     if len(np.unique(x)) < 3:
         raise EvalError("a three-parameter power law needs at least 3 distinct scales")
-    best = None
-    for b in np.asarray(b_grid if b_grid is not None else np.linspace(0.01, 2.0, 400)):
-        z = x ** -b
-        A = np.stack([z, np.ones_like(z)], axis=1)
-        (a, c), *_ = np.linalg.lstsq(A, y, rcond=None)
-        if c < 0 or c > y.min():
-            c = float(np.clip(c, 0.0, y.min()))
-            a = float(max(0.0, np.dot(z, y - c) / np.dot(z, z)))
-        a = max(0.0, float(a))
-        sse = float(np.sum((a * z + c - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, a, float(b), float(c))
-    sse, a, b, c = best
-    pred = a * x ** -b + c
+    grid = np.linspace(0.0, 3.0, 301)[1:]
+    best_b = min(grid, key=lambda b: _fit_at(x, y, b)[0])
+    fine = np.linspace(max(1e-4, best_b - 0.01), best_b + 0.01, 201)
+    b = float(min(fine, key=lambda bb: _fit_at(x, y, bb)[0]))
+    sse, a, c = _fit_at(x, y, b)
     sst = float(np.sum((y - y.mean()) ** 2))
     return {"a": a, "b": b, "c": c, "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
-            "residuals": (y - pred).tolist()}  # fmt: skip
+            "residuals": (y - (a * x**-b + c)).tolist()}  # fmt: skip
 
 
 def fit_loglog(n: Sequence[float], err: Sequence[float]) -> dict[str, Any]:
@@ -193,7 +211,12 @@ def fit_loglog(n: Sequence[float], err: Sequence[float]) -> dict[str, Any]:
     pred = icpt + slope * lx
     sst = float(np.sum((ly - ly.mean()) ** 2))
     r2 = 1.0 - float(np.sum((ly - pred) ** 2)) / sst if sst > 0 else float("nan")
-    return {"a": float(np.exp(icpt)), "b": float(-slope), "r2_log": r2, "residuals_log": (ly - pred).tolist()}
+    return {
+        "a": float(np.exp(icpt)),
+        "b": float(-slope),
+        "r2_log": r2,
+        "residuals_log": (ly - pred).tolist(),
+    }
 
 
 def _fits(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,14 +10,14 @@ with another seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from laion_hf.eval.data import EvalSample, write_benchmark
 
-__all__ = ["write_world_benchmark", "HELD_OUT_SEED", "ATTRIBUTES"]
+__all__ = ["ATTRIBUTES", "HELD_OUT_SEED", "write_world_benchmark"]
 
 #: the world seed of the held-out sets (training sets use other seeds)
 HELD_OUT_SEED = 9001
@@ -37,7 +37,9 @@ def _template() -> str:
     return PROMPT.replace("{label}", "{c}")
 
 
-def _class_samples(keys: Sequence[str], images: dict[str, bytes], attribute: str) -> Iterator[EvalSample]:
+def _class_samples(
+    keys: Sequence[str], images: dict[str, bytes], attribute: str
+) -> Iterator[EvalSample]:
     from laion_hf.world.attributes import attributes
 
     values, _ = _classes(attribute)

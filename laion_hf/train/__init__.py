@@ -10,4 +10,4 @@ from the last checkpoint with exactly the batches that would have come next.
 
 from laion_hf.train.loop import TrainConfig, read_log, train
 
-__all__ = ["TrainConfig", "train", "read_log"]
+__all__ = ["TrainConfig", "read_log", "train"]

@@ -44,7 +44,11 @@ def main() -> int:
             ["a picture"], ["blue ball", "a blue circle", "circle"], ["yellow box"]]  # fmt: skip
     imgs = [draw(100 + i) for i in range(12)]
     imgs[5] = imgs[4]
-    write_benchmark(tmp / "r", [EvalSample(f"r{i:02d}", imgs[i], captions=caps[i]) for i in range(12)], shard_size=5)
+    write_benchmark(
+        tmp / "r",
+        [EvalSample(f"r{i:02d}", imgs[i], captions=caps[i]) for i in range(12)],
+        shard_size=5,
+    )
 
     emb = load_model("laion-hf-tiny", device="cpu", precision="fp32", batch_size=8)
     ks = [1, 2, 5, 10]
@@ -56,7 +60,9 @@ def main() -> int:
     ds = build_wds_dataset("c", emb.preprocess, data_dir=str(tmp / "c"))
     dl = torch.utils.data.DataLoader(ds.batched(8), batch_size=None)
     dl.dataset.classes, dl.dataset.templates = ds.classes, ds.templates
-    theirs_c = zc.evaluate(emb.model, dl, emb.tokenizer, ds.classes, ds.templates, device="cpu", amp=False)
+    theirs_c = zc.evaluate(
+        emb.model, dl, emb.tokenizer, ds.classes, ds.templates, device="cpu", amp=False
+    )
     rds = build_wds_dataset("r", emb.preprocess, data_dir=str(tmp / "r"))
     rdl = torch.utils.data.DataLoader(rds, batch_size=8, collate_fn=image_captions_collate_fn)
     theirs_r = zr.evaluate(emb.model, rdl, emb.tokenizer, device="cpu", amp=False, recall_k_list=ks)
@@ -68,7 +74,9 @@ def main() -> int:
             a, b = ours[k], theirs[k]
             same = (a != a and b != b) or abs(a - b) <= 1e-6
             bad += not same
-            print(f"{k:28s} {a:14.10f} {b:14.10f} {index[k]:14.10f}  {'same' if same else 'DIFFERENT'}")
+            print(
+                f"{k:28s} {a:14.10f} {b:14.10f} {index[k]:14.10f}  {'same' if same else 'DIFFERENT'}"
+            )
     print("all metrics equal" if not bad else f"{bad} metric(s) differ")
     return 1 if bad else 0
 

@@ -5,7 +5,6 @@ final metrics equal ``laion-hf eval`` of the checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "dataloader"))
-import dl_shards  # noqa: E402
+import dl_shards
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
@@ -30,8 +29,14 @@ def published(tmp_path_factory):
 
     keys, images, captions, statuses = dl_shards.make_samples(240, size=40)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({"key": keys, "caption": captions, "status": statuses,
-                      "image": pa.array([{"bytes": b, "path": None} for b in images], image_type)})
+    table = pa.table(
+        {
+            "key": keys,
+            "caption": captions,
+            "status": statuses,
+            "image": pa.array([{"bytes": b, "path": None} for b in images], image_type),
+        }
+    )
     out = tmp_path_factory.mktemp("published")
     write_shards(table, out, max_shard_rows=60, progress=False)
     return out
@@ -47,14 +52,45 @@ def colour_bench(tmp_path_factory):
         data, _ = dl_shards.make_jpeg(i, size=40, seed=7)
         samples.append(EvalSample(f"{i:03d}", data, label=i % len(names)))
     out = tmp_path_factory.mktemp("bench") / "colour"
-    write_benchmark(out, samples, classnames=names, templates=["a photo of a {c}", "a {c} picture"], image_ext="jpg")
+    write_benchmark(
+        out,
+        samples,
+        classnames=names,
+        templates=["a photo of a {c}", "a {c} picture"],
+        image_ext="jpg",
+    )
     return out
 
 
 def command(published, bench, out) -> list[str]:
-    return [sys.executable, "-c", "import sys; from laion_hf.cli import main; sys.exit(main())", "train", "--data", str(published), "--out", str(out),
-            "--batch-size", "24", "--workers", "2", "--lr", "2e-3", "--steps", "12", "--save-every", "4",
-            "--eval", str(bench), "--eval-every", "6", "--buffer-size", "100", "--device", "cpu"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from laion_hf.cli import main; sys.exit(main())",
+        "train",
+        "--data",
+        str(published),
+        "--out",
+        str(out),
+        "--batch-size",
+        "24",
+        "--workers",
+        "2",
+        "--lr",
+        "2e-3",
+        "--steps",
+        "12",
+        "--save-every",
+        "4",
+        "--eval",
+        str(bench),
+        "--eval-every",
+        "6",
+        "--buffer-size",
+        "100",
+        "--device",
+        "cpu",
+    ]
 
 
 def records(out: Path) -> list[dict]:
@@ -76,7 +112,9 @@ def losses(out: Path) -> dict[int, float]:
 @pytest.mark.timeout(1500)
 def test_train_eval_kill_resume(published, colour_bench, tmp_path):
     ref = tmp_path / "ref"
-    subprocess.run(command(published, colour_bench, ref), env=ENV, check=True, timeout=600, capture_output=True)
+    subprocess.run(
+        command(published, colour_bench, ref), env=ENV, check=True, timeout=600, capture_output=True
+    )
     ref_losses = losses(ref)
     assert sorted(ref_losses) == list(range(1, 13))
     evals = [r for r in records(ref) if "eval" in r]
@@ -84,8 +122,12 @@ def test_train_eval_kill_resume(published, colour_bench, tmp_path):
     assert set(evals[-1]["eval"]["colour"]) == {"acc1", "acc5", "mean_per_class_recall"}
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(command(published, colour_bench, run), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(published, colour_bench, run),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 500
     while time.time() < deadline and not (run / "checkpoints" / "latest.pt").exists():
         time.sleep(0.05)
@@ -93,8 +135,14 @@ def test_train_eval_kill_resume(published, colour_bench, tmp_path):
     proc.wait()
     killed_at = max(losses(run), default=0)
     assert 4 <= killed_at < 12, killed_at
-    out = subprocess.run(command(published, colour_bench, run), env=ENV, check=True, timeout=600,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        command(published, colour_bench, run),
+        env=ENV,
+        check=True,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "resumed at step 4, epoch" in out or "resumed at step 8, epoch" in out, out
     got = losses(run)
     assert sorted(got) == list(range(1, 13))

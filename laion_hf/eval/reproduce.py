@@ -223,8 +223,7 @@ def _fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for v in VARIANTS:
         pts = [(r["samples_seen"], r["err"]) for r in rows if r["variant"] == v]
-        n, e = zip(*pts)
-        scales = sorted(set(n))
+        scales = sorted({nn for nn, _ in pts})
         means = [float(np.mean([ee for nn, ee in pts if nn == s])) for s in scales]
         out[v] = {"power_law": fit_power_law(scales, means), "loglog": fit_loglog(scales, means),
                   "scales": scales, "mean_err": means}  # fmt: skip

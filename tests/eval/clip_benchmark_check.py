@@ -16,6 +16,7 @@ exactly (duplicate captions or images), where torch.topk's order is unspecified.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def main() -> int:
     for ours, theirs, index in ((ours_c, theirs_c, index_c), (ours_r, theirs_r, index_r)):
         for k in theirs:
             a, b = ours[k], theirs[k]
-            same = (a != a and b != b) or abs(a - b) <= 1e-6
+            same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6
             bad += not same
             print(
                 f"{k:28s} {a:14.10f} {b:14.10f} {index[k]:14.10f}  {'same' if same else 'DIFFERENT'}"

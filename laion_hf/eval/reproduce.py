@@ -81,8 +81,8 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
 
     import pyarrow as pa
 
-    from laion_hf.clip.model import ClipEmbedder
     from laion_hf.clip.stream import embed_table
+    from laion_hf.eval.zeroshot import load_model
     from laion_hf.world import render, world_rows
 
     rows = world_rows(cfg.pool, seed=cfg.world_seed, noise=cfg.noise)
@@ -94,7 +94,7 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
         "image", pa.array([{"bytes": b, "path": None} for b in images], image_type)
     )
     table = table.append_column("status", pa.array(["success"] * len(keys)))
-    teacher = ClipEmbedder(cfg.teacher, device=cfg.device, precision="fp32", batch_size=256)
+    teacher = load_model(cfg.teacher, device=cfg.device, precision="fp32", batch_size=256)
     if teacher.weights_source == "random init":
         raise EvalError(f"teacher {cfg.teacher!r} has no weights on this machine (random init would filter "
                         "at random); use the world teacher laion-hf-world or pass trained weights")  # fmt: skip

@@ -48,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = ReproduceConfig(
         work=args.work, pool=args.pool, noise=args.noise, scales=tuple(args.scales), seeds=tuple(args.seeds),
         batch_size=args.batch_size, lr=args.lr, student=args.student, teacher=args.teacher,
+        teacher_pretrained=args.teacher_pretrained,
         threshold=args.threshold, image_side=args.image_side, eval_images=args.eval_images,
         workers=args.workers, device=args.device,
     )  # fmt: skip

@@ -49,6 +49,7 @@ class ReproduceConfig:
     warmup: int = 4
     student: str = "laion-hf-world"
     teacher: str = "laion-hf-world"
+    teacher_pretrained: str | None = None
     threshold: float | None = None
     image_side: int = 80
     eval_images: int = 400
@@ -94,7 +95,7 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
         "image", pa.array([{"bytes": b, "path": None} for b in images], image_type)
     )
     table = table.append_column("status", pa.array(["success"] * len(keys)))
-    teacher = load_model(cfg.teacher, device=cfg.device, precision="fp32", batch_size=256)
+    teacher = load_model(cfg.teacher, cfg.teacher_pretrained, device=cfg.device, precision="fp32", batch_size=256)
     if teacher.weights_source == "random init":
         raise EvalError(f"teacher {cfg.teacher!r} has no weights on this machine (random init would filter "
                         "at random); use the world teacher laion-hf-world or pass trained weights")  # fmt: skip

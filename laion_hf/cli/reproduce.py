@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--student", default="laion-hf-world", help="open_clip config trained from scratch"
     )
-    p.add_argument("--teacher", default="laion-hf-world", help="the filtering CLIP: a model with weights, or a laion-hf train checkpoint")
+    p.add_argument("--teacher", default="laion-hf-world",
+                   help="the filtering CLIP: a model with weights, or a laion-hf train checkpoint")  # fmt: skip
+    p.add_argument("--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)")
     p.add_argument(
         "--threshold", type=float, default=None, help="similarity cut (default: the teacher's)"
     )

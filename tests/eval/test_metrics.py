@@ -137,3 +137,24 @@ def test_zeroshot_retrieval_equals_hand_computation(tiny, retrieval_dir, retriev
             txt_hits / len(retrieval_samples), abs=1e-6
         ), k
     assert got["image_retrieval_recall@1"] < got["image_retrieval_recall@10"]
+
+
+def test_tie_modes_agree_without_ties_and_topk_follows_torch():
+    from laion_hf.errors import EvalError
+    from laion_hf.eval import classification_metrics, retrieval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(40, 7, generator=g), torch.randint(0, 7, (40,), generator=g)
+    assert classification_metrics(logits, target, ties="topk") == classification_metrics(logits, target)
+    img, txt = torch.randn(9, 8, generator=g), torch.randn(20, 8, generator=g)
+    owner = torch.randint(0, 9, (20,), generator=g)
+    by_index = retrieval_metrics(img, txt, owner, (1, 3))
+    assert retrieval_metrics(img, txt, owner, (1, 3), ties="topk") == by_index
+    # with ties, "topk" is whatever torch.topk picks: recompute it directly
+    tied = torch.zeros(3, 4)
+    tied[:, 0] = 1.0
+    tgt = torch.tensor([0, 1, 2])
+    pick = tied.topk(1, 1, True, True).indices[:, 0]
+    assert classification_metrics(tied, tgt, ties="topk")["acc1"] == int((pick == tgt).sum()) / 3
+    with pytest.raises(EvalError, match="ties='first'"):
+        classification_metrics(logits, target, ties="first")

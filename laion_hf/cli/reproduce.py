@@ -20,25 +20,27 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--work", default="laion-hf-reproduce", help="work folder (data, bench, runs, results)"
     )
-    p.add_argument("--pool", type=int, default=4096, help="world pairs scored by the teacher")
+    p.add_argument("--pool", type=int, default=2048, help="world pairs scored by the teacher")
     p.add_argument("--noise", type=float, default=0.5, help="fraction of noisy pairs in the world")
     p.add_argument(
-        "--scales", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096], help="samples seen"
+        "--scales", type=int, nargs="+", default=[128, 256, 512, 1024, 2048], help="samples seen"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
         "--student", default="laion-hf-world", help="open_clip config trained from scratch"
     )
     p.add_argument("--teacher", default="laion-hf-world",
                    help="the filtering CLIP: a model with weights, or a laion-hf train checkpoint")  # fmt: skip
-    p.add_argument("--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)")
+    p.add_argument(
+        "--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)"
+    )
     p.add_argument(
         "--threshold", type=float, default=None, help="similarity cut (default: the teacher's)"
     )
     p.add_argument("--image-side", type=int, default=80, help="long side of the rendered images")
-    p.add_argument("--eval-images", type=int, default=400, help="held-out images per benchmark set")
+    p.add_argument("--eval-images", type=int, default=200, help="held-out images per benchmark set")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run)

@@ -59,3 +59,8 @@ class OutputError(LaionHFError):
 
 class KnnIndexError(LaionHFError):
     """A kNN index cannot be built, loaded or searched, or a metadata folder does not match it."""
+
+
+class EvalError(LaionHFError):
+    """A zero-shot evaluation or training run cannot go on: a dataset without class names or
+    labels, a bad template, ``k`` larger than the set, a checkpoint that does not fit."""

@@ -25,6 +25,9 @@ _REGISTRARS = [
     "laion_hf.cli.hub:register",
     "laion_hf.cli.images:register",
     "laion_hf.cli.index:register",
+    "laion_hf.cli.eval:register",
+    "laion_hf.cli.train:register",
+    "laion_hf.cli.reproduce:register",
 ]
 
 

@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from laion_hf.eval.reproduce import ReproduceConfig, reproduce
+    from laion_hf.reproduce import ReproduceConfig, reproduce
 
     cfg = ReproduceConfig(
         work=args.work, pool=args.pool, noise=args.noise, scales=tuple(args.scales), seeds=tuple(args.seeds),

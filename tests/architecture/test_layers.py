@@ -14,7 +14,7 @@ LAYERS = {
     "cli": 4,
     "demo": 3, "engines": 3, "engine_ray": 3, "testing": 3,
     "metadata": 2, "images": 2, "clip": 2, "shards": 2, "hub": 2, "loader": 2, "torch": 2,
-    "index": 2, "serve": 2, "eval": 2, "world": 2, "train": 2,
+    "index": 2, "serve": 2, "eval": 2, "world": 2, "train": 2, "reproduce": 3,
     "builder": 2, "filters": 2, "schema": 2, "sources": 2, "blocklist": 2, "sampling": 2,
     "stats": 2, "synth": 2, "provenance": 2, "export": 2,
     "io": 1, "_util": 1, "errors": 1, "_lazy": 1, "__init__": 5,  # the package re-exports
@@ -32,8 +32,8 @@ UPSTREAM = {
     "index": METADATA | {"images", "clip", "shards", "hub"},
     "serve": METADATA | {"images", "clip", "shards", "hub", "index"},
     "world": METADATA | {"images", "clip", "shards"},
-    "eval": METADATA | {"images", "clip", "shards", "hub", "loader", "torch", "world", "train"},
-    "train": METADATA | {"images", "clip", "shards", "hub", "loader", "torch", "world"},
+    "eval": METADATA | {"images", "clip", "shards", "hub", "loader", "torch", "world"},
+    "train": METADATA | {"images", "clip", "shards", "hub", "loader", "torch", "world", "eval"},
 }
 for _m in METADATA:
     UPSTREAM[_m] = METADATA - {_m}

@@ -11,7 +11,7 @@ from laion_hf.errors import EvalError
 
 
 def test_power_law_fit_recovers_parameters():
-    from laion_hf.eval.reproduce import fit_power_law
+    from laion_hf.reproduce import fit_power_law
 
     n = np.array([256, 512, 1024, 2048, 4096, 8192], float)
     fit = fit_power_law(n, 2.5 * n**-0.45 + 0.12)
@@ -28,7 +28,7 @@ def test_power_law_fit_recovers_parameters():
 
 
 def test_loglog_fit_and_too_few_scales():
-    from laion_hf.eval.reproduce import fit_loglog, fit_power_law
+    from laion_hf.reproduce import fit_loglog, fit_power_law
 
     n = np.array([100, 200, 400, 800], float)
     fit = fit_loglog(n, 3.0 * n**-0.3)
@@ -42,7 +42,7 @@ def test_loglog_fit_and_too_few_scales():
 
 
 def test_table_needs_a_gap_beyond_the_spread():
-    from laion_hf.eval.reproduce import _table
+    from laion_hf.reproduce import _table
 
     rows = [
         {"variant": v, "seed": s, "samples_seen": n, "err": e}

@@ -45,7 +45,9 @@ def make_shard(path: Path, n: int, seed: int = 0) -> Path:
     sizes = rng.integers(512, 769, size=(n, 2))
 
     def one(i: int) -> bytes:
-        return make_image.__wrapped__(int(sizes[i, 0]), int(sizes[i, 1]), "jpg", seed * 1_000_003 + i, "RGB", 88, None, 6.0)
+        return make_image.__wrapped__(
+            int(sizes[i, 0]), int(sizes[i, 1]), "jpg", seed * 1_000_003 + i, "RGB", 88, None, 6.0
+        )
 
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         images = list(pool.map(one, range(n)))
@@ -53,8 +55,9 @@ def make_shard(path: Path, n: int, seed: int = 0) -> Path:
         {
             "key": pa.array([f"{i:09d}" for i in range(n)], pa.string()),
             "caption": pa.array([f"a photo of a colourful landscape number {i}" for i in range(n)], pa.string()),
-            "image": pa.array([{"bytes": b, "path": None} for b in images],
-                              pa.struct([("bytes", pa.binary()), ("path", pa.string())])),  # fmt: skip
+            "image": pa.array(
+                [{"bytes": b, "path": None} for b in images], pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+            ),  # fmt: skip
             "status": pa.array(["success"] * n, pa.string()),
         }
     )
@@ -116,8 +119,9 @@ def stream_segment(embedder, shard: Path, start: int, count: int, num_workers: i
     return n, time.perf_counter() - t, time.process_time() - c
 
 
-def interleaved(embedder, fwd: "Forward", shard: Path, n_images: int, forward_every: int,
-                num_workers: int | None) -> tuple[list[float], list[float]]:
+def interleaved(
+    embedder, fwd: "Forward", shard: Path, n_images: int, forward_every: int, num_workers: int | None
+) -> tuple[list[float], list[float]]:
     """One with_clip stream over the whole shard; after every ``forward_every``-th stream batch,
     one (a) step, so both see the same load from other processes. Returns the totals
     [rows, wall s, CPU s] of (b) (time spent inside the stream's ``next``) and of (a)."""
@@ -204,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     shard = make_shard(Path(args.data_dir) / f"clip_jpegs_{args.n_images}.parquet", args.n_images)
     print(f"data: {shard} ({args.n_images} JPEGs 512-768 px, {shard.stat().st_size / 1e6:.0f} MB) "
           f"ready in {time.perf_counter() - t0:.1f}s")  # fmt: skip
-    emb = ClipEmbedder(args.model, args.pretrained, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    emb = ClipEmbedder(
+        args.model, args.pretrained, device=args.device, precision=args.precision, batch_size=args.batch_size
+    )
     gpu = torch.cuda.get_device_name(emb.device) if emb.device.type == "cuda" else "-"
     print(f"model: {emb!r}; torch threads {torch.get_num_threads()}; cpu cores {os.cpu_count()}; gpu {gpu}")
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")

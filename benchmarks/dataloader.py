@@ -61,8 +61,11 @@ def prepare(workdir: Path, samples: int, shards: int) -> tuple[Path, Path]:
     gen.write_wds_shards(wds_dir, samples, shards, samples=data)
     done.touch()
     mb = sum(len(b) for b in data[1]) / 1e6
-    print(f"wrote {samples} JPEGs ({mb:.0f} MB) as {shards} parquet shards and {shards} tars "
-          f"in {time.perf_counter() - t:.0f}s", flush=True)
+    print(
+        f"wrote {samples} JPEGs ({mb:.0f} MB) as {shards} parquet shards and {shards} tars "
+        f"in {time.perf_counter() - t:.0f}s",
+        flush=True,
+    )
     return parquet, wds_dir
 
 
@@ -97,8 +100,12 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--workdir", default=None, help="where shards are written (reused across runs)")
     p.add_argument("--only", default="abcd", help="which pipelines to run, e.g. 'ab'")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="run a, b, c this many times, alternating, and keep the best of each (shared machines)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="run a, b, c this many times, alternating, and keep the best of each (shared machines)",
+    )
     args = p.parse_args(argv)
 
     import warnings
@@ -134,8 +141,13 @@ def main(argv=None) -> int:
     try:
         for _ in range(args.repeats):
             if "a" in args.only:
-                pipe = (wds.WebDataset(tars, shardshuffle=False, empty_check=False).decode("pil")
-                        .to_tuple("jpg", "txt").map_tuple(preprocess, lambda s: s).batched(B, partial=True))
+                pipe = (
+                    wds.WebDataset(tars, shardshuffle=False, empty_check=False)
+                    .decode("pil")
+                    .to_tuple("jpg", "txt")
+                    .map_tuple(preprocess, lambda s: s)
+                    .batched(B, partial=True)
+                )
                 keep(rates, "a", timed("a) raw webdataset", DataLoader(pipe, batch_size=None, num_workers=W), N))
             if "b" in args.only:
                 loader = make_dataloader(parquet, batch_size=B, num_workers=W, tokenizer=None)
@@ -149,6 +161,7 @@ def main(argv=None) -> int:
             hub.stop()
 
     if "d" in args.only:
+
         def transform(batch):
             return {"pixel_values": [preprocess(im) for im in batch["image"]]}
 

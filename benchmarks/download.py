@@ -84,9 +84,22 @@ def ensure_img2dataset(work: Path) -> tuple[Path | None, str]:
 def start_server(latency: tuple[float, float], pool: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     p = subprocess.Popen(
-        [sys.executable, "-m", "laion_hf.testing.image_server", "--catch-all", "image", "--pool-size", str(pool),
-         "--latency", str(latency[0]), str(latency[1])],
-        stdout=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "laion_hf.testing.image_server",
+            "--catch-all",
+            "image",
+            "--pool-size",
+            str(pool),
+            "--latency",
+            str(latency[0]),
+            str(latency[1]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     base = p.stdout.readline().strip()  # type: ignore[union-attr]
     if not base.startswith("http://127.0.0.1:"):
         p.kill()
@@ -118,8 +131,11 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=200, help="distinct generated JPEGs behind the URLs")
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs of each tool; the best counts")
-    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "laion_hf_bench_download"),
-                    help="working folder (the img2dataset venv is kept there between runs)")
+    ap.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "laion_hf_bench_download"),
+        help="working folder (the img2dataset venv is kept there between runs)",
+    )
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -131,31 +147,104 @@ def main() -> None:
 
     t0 = time.perf_counter()
     server, base = start_server(tuple(a.latency), a.pool)
-    print(f"loopback server {base}: pool of {a.pool} JPEGs generated, started in {time.perf_counter() - t0:.1f} s; "
-          f"latency {a.latency[0] * 1000:.0f}-{a.latency[1] * 1000:.0f} ms", flush=True)
+    print(
+        f"loopback server {base}: pool of {a.pool} JPEGs generated, started in {time.perf_counter() - t0:.1f} s; "
+        f"latency {a.latency[0] * 1000:.0f}-{a.latency[1] * 1000:.0f} ms",
+        flush=True,
+    )
     try:
         inp = work / "input.parquet"
-        pq.write_table(pa.table({"url": [f"{base}/pool/{i:07d}.jpg" for i in range(a.n)],
-                                 "caption": [f"a generated photo number {i}" for i in range(a.n)]}), inp)
+        pq.write_table(
+            pa.table(
+                {
+                    "url": [f"{base}/pool/{i:07d}.jpg" for i in range(a.n)],
+                    "caption": [f"a generated photo number {i}" for i in range(a.n)],
+                }
+            ),
+            inp,
+        )
         load = os.getloadavg()
-        print(f"input: {a.n} URLs, processes={a.processes}, concurrency/thread_count={a.concurrency}, "
-              f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+        print(
+            f"input: {a.n} URLs, processes={a.processes}, concurrency/thread_count={a.concurrency}, "
+            f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+            flush=True,
+        )
 
         env_i2d = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
         env_i2d.pop("PYTHONPATH", None)
-        i2d_cmd = [str(exe), "--url_list", str(inp), "--input_format", "parquet", "--url_col", "url",
-                   "--caption_col", "caption", "--output_folder", str(work / "out_i2d"),
-                   "--output_format", "webdataset", "--processes_count", str(a.processes),
-                   "--thread_count", str(a.concurrency), "--image_size", "256", "--resize_mode", "center_crop",
-                   "--encode_format", "jpg", "--encode_quality", "95", "--number_sample_per_shard",
-                   str(a.shard_size), "--timeout", "10", "--retries", "0", "--enable_wandb", "False",
-                   "--distributor", "multiprocessing"] if exe is not None else None
+        i2d_cmd = (
+            [
+                str(exe),
+                "--url_list",
+                str(inp),
+                "--input_format",
+                "parquet",
+                "--url_col",
+                "url",
+                "--caption_col",
+                "caption",
+                "--output_folder",
+                str(work / "out_i2d"),
+                "--output_format",
+                "webdataset",
+                "--processes_count",
+                str(a.processes),
+                "--thread_count",
+                str(a.concurrency),
+                "--image_size",
+                "256",
+                "--resize_mode",
+                "center_crop",
+                "--encode_format",
+                "jpg",
+                "--encode_quality",
+                "95",
+                "--number_sample_per_shard",
+                str(a.shard_size),
+                "--timeout",
+                "10",
+                "--retries",
+                "0",
+                "--enable_wandb",
+                "False",
+                "--distributor",
+                "multiprocessing",
+            ]
+            if exe is not None
+            else None
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        lh = [sys.executable, "-m", "laion_hf.cli", "download", str(inp), "--processes", str(a.processes),
-              "--concurrency", str(a.concurrency), "--per-host", "0", "--image-size", "256",
-              "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-              "--shard-size", str(a.shard_size), "--timeout", "10", "--retries", "0",
-              "--allow-private-networks", "--cache-dir", str(work / "cache"), "--no-progress"]
+        lh = [
+            sys.executable,
+            "-m",
+            "laion_hf.cli",
+            "download",
+            str(inp),
+            "--processes",
+            str(a.processes),
+            "--concurrency",
+            str(a.concurrency),
+            "--per-host",
+            "0",
+            "--image-size",
+            "256",
+            "--resize-mode",
+            "center_crop",
+            "--encode-format",
+            "jpg",
+            "--encode-quality",
+            "95",
+            "--shard-size",
+            str(a.shard_size),
+            "--timeout",
+            "10",
+            "--retries",
+            "0",
+            "--allow-private-networks",
+            "--cache-dir",
+            str(work / "cache"),
+            "--no-progress",
+        ]
         i2d_rate = i2d_ok = None
         lh_rate = lh_ok = 0.0
         dt = math.inf
@@ -172,9 +261,12 @@ def main() -> None:
                     i2d_cmd, i2d_rate = None, None
                     why = f"img2dataset {I2D_VERSION} failed to run (rc {rc}); see {work / 'img2dataset.log'}"
                 else:
-                    print(f"[run {rep + 1}] img2dataset: {dti:.2f} s, {a.n / dti:.1f} samples/s, successes "
-                          f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests, "
-                          f"CPU {LAST_CPU[0] / a.n * 1000:.2f} ms/sample", flush=True)
+                    print(
+                        f"[run {rep + 1}] img2dataset: {dti:.2f} s, {a.n / dti:.1f} samples/s, successes "
+                        f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests, "
+                        f"CPU {LAST_CPU[0] / a.n * 1000:.2f} ms/sample",
+                        flush=True,
+                    )
                     i2d_cpu = min(i2d_cpu, LAST_CPU[0] / a.n * 1000)
                     if i2d_rate is None or a.n / dti > i2d_rate:
                         i2d_rate, i2d_ok = a.n / dti, s["successes"]
@@ -185,9 +277,12 @@ def main() -> None:
             if rc != 0:
                 raise SystemExit(f"laion-hf download failed (rc {rc}):\n{out[-3000:]}")
             s = shard_stats(work / "out_lh")
-            print(f"[run {rep + 1}] laion-hf (cold cache): {dtl:.2f} s, {a.n / dtl:.1f} samples/s, successes "
-                  f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests, "
-                  f"CPU {LAST_CPU[0] / a.n * 1000:.2f} ms/sample", flush=True)
+            print(
+                f"[run {rep + 1}] laion-hf (cold cache): {dtl:.2f} s, {a.n / dtl:.1f} samples/s, successes "
+                f"{s['successes']}/{s['count']}, {server_requests(base) - n0} requests, "
+                f"CPU {LAST_CPU[0] / a.n * 1000:.2f} ms/sample",
+                flush=True,
+            )
             lh_cpu = min(lh_cpu, LAST_CPU[0] / a.n * 1000)
             if a.n / dtl > lh_rate:
                 lh_rate, lh_ok, dt = a.n / dtl, s["successes"], dtl
@@ -197,21 +292,28 @@ def main() -> None:
         if rc != 0:
             raise SystemExit(f"laion-hf warm rerun failed (rc {rc}):\n{out[-3000:]}")
         sw = shard_stats(work / "out_lh_warm")
-        print(f"laion-hf (warm cache rerun): {dtw:.2f} s, {a.n / dtw:.1f} samples/s, successes "
-              f"{sw['successes']}/{sw['count']}, {server_requests(base) - n0} requests; "
-              f"warm-cache speed-up {dt / dtw:.2f}x", flush=True)
+        print(
+            f"laion-hf (warm cache rerun): {dtw:.2f} s, {a.n / dtw:.1f} samples/s, successes "
+            f"{sw['successes']}/{sw['count']}, {server_requests(base) - n0} requests; "
+            f"warm-cache speed-up {dt / dtw:.2f}x",
+            flush=True,
+        )
         load = os.getloadavg()
         print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        print(f"best of {a.repeat}: laion-hf {lh_rate:.1f} samples/s, img2dataset "
-              f"{'n/a' if i2d_rate is None else f'{i2d_rate:.1f}'} samples/s; CPU per sample laion-hf "
-              f"{lh_cpu:.2f} ms, img2dataset {i2d_cpu:.2f} ms (load-independent: img2dataset/laion-hf "
-              f"{i2d_cpu / lh_cpu:.2f}x)")
+        print(
+            f"best of {a.repeat}: laion-hf {lh_rate:.1f} samples/s, img2dataset "
+            f"{'n/a' if i2d_rate is None else f'{i2d_rate:.1f}'} samples/s; CPU per sample laion-hf "
+            f"{lh_cpu:.2f} ms, img2dataset {i2d_cpu:.2f} ms (load-independent: img2dataset/laion-hf "
+            f"{i2d_cpu / lh_cpu:.2f}x)"
+        )
         if i2d_rate is None:
             print(f"ratio laion-hf/img2dataset: unavailable ({why}); laion-hf {lh_rate:.1f} samples/s")
         else:
-            print(f"ratio laion-hf/img2dataset samples/s: {lh_rate / i2d_rate:.2f} "
-                  f"(laion-hf {lh_rate:.1f}/s {lh_ok} ok, img2dataset {i2d_rate:.1f}/s {i2d_ok} ok, "
-                  f"{a.n} URLs, {a.processes} processes)")
+            print(
+                f"ratio laion-hf/img2dataset samples/s: {lh_rate / i2d_rate:.2f} "
+                f"(laion-hf {lh_rate:.1f}/s {lh_ok} ok, img2dataset {i2d_rate:.1f}/s {i2d_ok} ok, "
+                f"{a.n} URLs, {a.processes} processes)"
+            )
     finally:
         server.terminate()
         server.wait(10)

@@ -68,9 +68,7 @@ def forward_rate(embedder, pixels: torch.Tensor) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -87,16 +85,10 @@ def main() -> None:
     from laion_hf.eval import evaluate, load_eval_dataset, load_model
 
     root = make_set(Path(args.data_dir), args.n_images, args.classes)
-    emb = load_model(
-        args.model, device=args.device, precision=args.precision, batch_size=args.batch_size
-    )
+    emb = load_model(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
     ds = load_eval_dataset(str(root))
-    pixels = torch.stack(
-        [preprocess_pil(emb, Image.open(io.BytesIO(s.image))) for s in ds.samples()]
-    )
-    print(
-        f"{emb!r}; {len(pixels)} images, {args.classes} classes; torch threads {torch.get_num_threads()}"
-    )
+    pixels = torch.stack([preprocess_pil(emb, Image.open(io.BytesIO(s.image))) for s in ds.samples()])
+    print(f"{emb!r}; {len(pixels)} images, {args.classes} classes; torch threads {torch.get_num_threads()}")
     forward_rate(emb, pixels[: emb.batch_size])  # warm-up
     a1 = forward_rate(emb, pixels)
     t0 = time.perf_counter()

@@ -176,9 +176,7 @@ def clip_back_metadata_ms(src: Path, ids: np.ndarray) -> float:
     """clip back 2.45's ParquetMetadataProvider.get over ``ids`` (its code, pandas)."""
     import pandas as pd
 
-    files = sorted(
-        (src / "metadata").glob("*.parquet"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
-    )
+    files = sorted((src / "metadata").glob("*.parquet"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     df = pd.concat(pd.read_parquet(f) for f in files)  # as its __init__ (sorted files, concat)
     cols = ["url", "caption"]
     t0 = time.perf_counter()
@@ -187,15 +185,11 @@ def clip_back_metadata_ms(src: Path, ids: np.ndarray) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument(
-        "--spread", type=float, default=0.045, help="noise per dimension around a centre"
-    )
+    ap.add_argument("--spread", type=float, default=0.045, help="noise per dimension around a centre")
     ap.add_argument("--part-rows", type=int, default=100_000)
     ap.add_argument("--data-dir", default=str(ROOT / "bench_out" / "index"))
     ap.add_argument("--recall-queries", type=int, default=200)
@@ -204,16 +198,12 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--qps-queries", type=int, default=800)
     ap.add_argument("--drift-queries", type=int, default=1000)
-    ap.add_argument(
-        "--index-args", default="", help="extra `laion-hf index` flags, e.g. '--index-key HNSW32'"
-    )
+    ap.add_argument("--index-args", default="", help="extra `laion-hf index` flags, e.g. '--index-key HNSW32'")
     args = ap.parse_args()
     import faiss
 
     data = Path(args.data_dir)
-    src = make_data(
-        data / f"embed_{args.n}", args.n, args.dim, args.clusters, args.part_rows, args.spread
-    )
+    src = make_data(data / f"embed_{args.n}", args.n, args.dim, args.clusters, args.part_rows, args.spread)
     out = data / f"index_{args.n}"
     if out.exists():
         import shutil
@@ -244,11 +234,7 @@ def main() -> int:
         index.search(x[None], 10)
     ours_ms = (time.perf_counter() - t0) * 1000 / len(q)
     flat = faiss.IndexFlatIP(args.dim)
-    flat.add(
-        index.reconstruct(np.arange(index.ntotal))
-        if index.family != "ivf"
-        else np.zeros((0, args.dim), "f4")
-    )
+    flat.add(index.reconstruct(np.arange(index.ntotal)) if index.family != "ivf" else np.zeros((0, args.dim), "f4"))
     t0 = time.perf_counter()
     for x in q[:50]:
         flat.search(x[None], 10)
@@ -282,9 +268,7 @@ def main() -> int:
     folder.rows_of(ids, ["url", "caption"])
     ours_meta = (time.perf_counter() - t0) * 1000
     theirs_meta = clip_back_metadata_ms(src, ids)
-    print(
-        f"metadata for 10,000 ids: ours {ours_meta:.0f} ms, clip back's ParquetMetadataProvider {theirs_meta:.0f} ms"
-    )
+    print(f"metadata for 10,000 ids: ours {ours_meta:.0f} ms, clip back's ParquetMetadataProvider {theirs_meta:.0f} ms")
     print(f"index n={args.n:,} {info['index_key']}: recall@10 {recall:.3f}, one query {exact_ms / ours_ms:.1f}x faster "
           f"than exact; p99 40 results {pct(lat40, 99):.1f} ms, 10k results {pct(lat10k, 99):.0f} ms; "
           f"{rate:.0f} QPS; drift {last / first:.2f}; metadata of 10k ids {theirs_meta / ours_meta:.0f}x faster than "

@@ -31,8 +31,11 @@ WHERE = "similarity >= 0.28 and punsafe < 0.1 and min(width, height) >= 256"
 def raw_expression():
     import pyarrow.compute as pc
 
-    return ((pc.field("similarity") >= 0.28) & (pc.field("punsafe") < 0.1)
-            & (pc.min_element_wise(pc.field("WIDTH"), pc.field("HEIGHT")) >= 256))
+    return (
+        (pc.field("similarity") >= 0.28)
+        & (pc.field("punsafe") < 0.1)
+        & (pc.min_element_wise(pc.field("WIDTH"), pc.field("HEIGHT")) >= 256)
+    )
 
 
 def run_raw(folder: str) -> tuple[int, float]:
@@ -62,7 +65,8 @@ def run_naive(folder: str, limit: int) -> tuple[int, float]:
     t = time.perf_counter()
     ds = load_dataset("parquet", data_files=files, split="train", streaming=True)
     ds = ds.take(limit).filter(
-        lambda r: r["similarity"] >= 0.28 and r["punsafe"] < 0.1 and min(r["WIDTH"], r["HEIGHT"]) >= 256)
+        lambda r: r["similarity"] >= 0.28 and r["punsafe"] < 0.1 and min(r["WIDTH"], r["HEIGHT"]) >= 256
+    )
     sum(1 for _ in ds)
     return limit, time.perf_counter() - t
 
@@ -103,8 +107,11 @@ def synth(rows: int, files: int, folder: str, row_group_size: int = 100_000) -> 
 
     t = time.perf_counter()
     synthesize(rows, folder, files=files, seed=0, row_group_size=row_group_size)
-    print(f"synthesized {rows:,} rows in {files} files ({row_group_size:,}-row row groups) "
-          f"in {time.perf_counter() - t:.1f}s", flush=True)
+    print(
+        f"synthesized {rows:,} rows in {files} files ({row_group_size:,}-row row groups) "
+        f"in {time.perf_counter() - t:.1f}s",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -115,8 +122,12 @@ def main() -> None:
     p.add_argument("--rss-rows", default="5000000,20000000", help="comma-separated sizes for the RSS check")
     p.add_argument("--repeat", type=int, default=2, help="best of N runs for (a) and (b)")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--no-big-row-groups", dest="big_row_groups", action="store_false",
-                   help="skip the RSS check on files of one row group each (Spark-like)")
+    p.add_argument(
+        "--no-big-row-groups",
+        dest="big_row_groups",
+        action="store_false",
+        help="skip the RSS check on files of one row group each (Spark-like)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = os.path.join(tmp, f"rows_{args.rows}")
@@ -138,8 +149,11 @@ def main() -> None:
             if f2 != folder:
                 synth(size, max(args.files, size // 1_000_000), f2)
             rss[size], base = peak_rss(f2)
-            print(f"peak RSS of (b) at {size:,} rows: {rss[size]:,.0f} MiB "
-                  f"({base:,.0f} MiB of it before the first row: importing datasets/torch)", flush=True)
+            print(
+                f"peak RSS of (b) at {size:,} rows: {rss[size]:,.0f} MiB "
+                f"({base:,.0f} MiB of it before the first row: importing datasets/torch)",
+                flush=True,
+            )
             if f2 != folder:
                 import shutil
 
@@ -151,10 +165,21 @@ def main() -> None:
             f3 = os.path.join(tmp, "one_row_group_per_file")
             synth(args.rows, args.files, f3, row_group_size=-(-args.rows // args.files))
             big = {"ours": peak_rss(f3)[0], "raw": peak_rss(f3, "run_raw")[0]}
-            print(f"one row group per file ({-(-args.rows // args.files):,} rows each): peak RSS (b) "
-                  f"{big['ours']:,.0f} MiB, (a) {big['raw']:,.0f} MiB", flush=True)
-        print(json.dumps({"rows_per_s": {"raw": ra, "ours": rb, "naive": rc}, "peak_rss_mib": rss,
-                          "peak_rss_raw_mib": raw_rss, "one_row_group_per_file_rss_mib": big}))
+            print(
+                f"one row group per file ({-(-args.rows // args.files):,} rows each): peak RSS (b) "
+                f"{big['ours']:,.0f} MiB, (a) {big['raw']:,.0f} MiB",
+                flush=True,
+            )
+        print(
+            json.dumps(
+                {
+                    "rows_per_s": {"raw": ra, "ours": rb, "naive": rc},
+                    "peak_rss_mib": rss,
+                    "peak_rss_raw_mib": raw_rss,
+                    "one_row_group_per_file_rss_mib": big,
+                }
+            )
+        )
         rss_txt = " ".join(f"rss@{k // 1_000_000}M={v:.0f}MiB" for k, v in rss.items())
         if big:
             rss_txt += f" rss@{args.rows // 1_000_000}M,1rg/file={big['ours']:.0f}MiB (raw scan {raw_rss:.0f}/{big['raw']:.0f}MiB)"

@@ -51,12 +51,7 @@ def reference(blobs: list[bytes], size: int) -> torch.Tensor:
 
 def embedder_pixels(emb: ClipEmbedder, blobs: list[bytes], draft: bool) -> torch.Tensor:
     host = torch.stack(
-        [
-            torch.from_numpy(
-                np.asarray(prepare_pil(emb, Image.open(io.BytesIO(b)), draft=draft)).copy()
-            )
-            for b in blobs
-        ]
+        [torch.from_numpy(np.asarray(prepare_pil(emb, Image.open(io.BytesIO(b)), draft=draft)).copy()) for b in blobs]
     )
     return emb.to_model_input(host).cpu()
 
@@ -85,9 +80,7 @@ def main() -> None:
     data = images(args.n)
     emb = ClipEmbedder("laion-hf-tiny", device="cpu", precision="fp32")
     esize = emb.image_size[0]
-    print(
-        f"error vs open_clip.image_transform(S, is_train=False), normalised units, {args.n} images per kind"
-    )
+    print(f"error vs open_clip.image_transform(S, is_train=False), normalised units, {args.n} images per kind")
     for kind, blobs in data.items():
         want = reference(blobs, args.size)
         for draft in (False, True):

@@ -84,8 +84,11 @@ def main() -> None:
     work.mkdir(parents=True)
     t0 = time.perf_counter()
     server, base = start_server(tuple(a.latency), a.pool)
-    print(f"loopback server {base}: pool of {a.pool} JPEGs, started in {time.perf_counter() - t0:.1f} s; "
-          f"latency {a.latency[0] * 1000:.0f}-{a.latency[1] * 1000:.0f} ms", flush=True)
+    print(
+        f"loopback server {base}: pool of {a.pool} JPEGs, started in {time.perf_counter() - t0:.1f} s; "
+        f"latency {a.latency[0] * 1000:.0f}-{a.latency[1] * 1000:.0f} ms",
+        flush=True,
+    )
     opts = dict(shard_size=a.shard_size, concurrency=a.concurrency, per_host=0, image_size=256,
                 resize_mode="center_crop", encode_format="jpg", encode_quality=95, timeout=10, retries=0,
                 allow_private_networks=True, progress=False)  # fmt: skip
@@ -137,8 +140,12 @@ def main() -> None:
                       f"{s['successes']}/{s['count']}  CPU {cpu_ms:.2f} ms/sample{extra}", flush=True)  # fmt: skip
                 best = results.get(name)
                 if best is None or rate > best["samples_per_s"]:
-                    results[name] = {"samples_per_s": rate, "seconds": wall, "successes": s["successes"],
-                                     "cpu_ms_per_sample": min(cpu_ms, best["cpu_ms_per_sample"]) if best else cpu_ms}
+                    results[name] = {
+                        "samples_per_s": rate,
+                        "seconds": wall,
+                        "successes": s["successes"],
+                        "cpu_ms_per_sample": min(cpu_ms, best["cpu_ms_per_sample"]) if best else cpu_ms,
+                    }
                 else:
                     best["cpu_ms_per_sample"] = min(best["cpu_ms_per_sample"], cpu_ms)
         load = os.getloadavg()
@@ -157,7 +164,9 @@ def main() -> None:
                 print(f"{name}: the run is mostly fixed cost ({overhead[k]:.2f} s); use a larger --n for a steady rate")
                 continue
             results[name]["steady_samples_per_s"] = a.n / busy
-            print(f"{name}: {a.n / busy:.1f} samples/s once running (wall time minus the {overhead[k]:.2f} s fixed cost)")
+            print(
+                f"{name}: {a.n / busy:.1f} samples/s once running (wall time minus the {overhead[k]:.2f} s fixed cost)"
+            )
         summary["ray_fixed_cost_s"] = overhead
         (work / "scaling.json").write_text(json.dumps(summary, indent=2))
         r1, r2 = results["ray, 1 worker"]["samples_per_s"], results["ray, 2 workers"]["samples_per_s"]

@@ -49,35 +49,44 @@ def batches(rows: int, batch: int, pool: list[bytes], dim: int, seed: int = 0):
         imgs = [pool[(start + i) % len(pool)] if ok[i] else None for i in range(n)]
         emb = rng.normal(size=(n, dim)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        yield pa.table({
-            "key": keys,
-            "url": [f"https://img.example.com/{k}.jpg" for k in keys],
-            "caption": [f"caption of image {start + i}" for i in range(n)],
-            "similarity": rng.uniform(0.28, 0.45, n),
-            "image": pa.StructArray.from_arrays(
-                [pa.array(imgs, pa.binary()), pa.nulls(n, pa.string())], names=["bytes", "path"],
-                mask=pa.array(~ok)),
-            "status": np.where(ok, "success", "http_404").tolist(),
-            "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim).cast(emb_type),
-        })
+        yield pa.table(
+            {
+                "key": keys,
+                "url": [f"https://img.example.com/{k}.jpg" for k in keys],
+                "caption": [f"caption of image {start + i}" for i in range(n)],
+                "similarity": rng.uniform(0.28, 0.45, n),
+                "image": pa.StructArray.from_arrays(
+                    [pa.array(imgs, pa.binary()), pa.nulls(n, pa.string())], names=["bytes", "path"], mask=pa.array(~ok)
+                ),
+                "status": np.where(ok, "success", "http_404").tolist(),
+                "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim).cast(emb_type),
+            }
+        )
 
 
 def features(dim: int):
     import datasets
 
-    return datasets.Features({
-        "key": datasets.Value("string"), "url": datasets.Value("string"), "caption": datasets.Value("string"),
-        "similarity": datasets.Value("float64"), "image": datasets.Image(), "status": datasets.Value("string"),
-        "image_embedding": datasets.List(datasets.Value("float32"), length=dim),
-    })
+    return datasets.Features(
+        {
+            "key": datasets.Value("string"),
+            "url": datasets.Value("string"),
+            "caption": datasets.Value("string"),
+            "similarity": datasets.Value("float64"),
+            "image": datasets.Image(),
+            "status": datasets.Value("string"),
+            "image_embedding": datasets.List(datasets.Value("float32"), length=dim),
+        }
+    )
 
 
 def run_ours(args, pool, out: Path) -> tuple[float, int]:
     from laion_hf.shards import write_shards
 
     t = time.perf_counter()
-    stats = write_shards(batches(args.rows, args.batch, pool, args.dim), out, max_shard_rows=args.shard_rows,
-                         progress=False)
+    stats = write_shards(
+        batches(args.rows, args.batch, pool, args.dim), out, max_shard_rows=args.shard_rows, progress=False
+    )
     return time.perf_counter() - t, stats["rows"]
 
 
@@ -152,22 +161,43 @@ def main() -> None:
 
     results = {}
     for variant in ("ours", "generator", "memory"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--rows", str(args.rows), "--batch", str(args.batch),
-               "--shard-rows", str(args.shard_rows), "--dim", str(args.dim), "--image-side", str(args.image_side)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--rows",
+            str(args.rows),
+            "--batch",
+            str(args.batch),
+            "--shard-rows",
+            str(args.shard_rows),
+            "--dim",
+            str(args.dim),
+            "--image-side",
+            str(args.image_side),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
         sec, n, rss, size = float(out[-4]), int(out[-3]), int(out[-2]), int(out[-1])
         assert n == args.rows, (variant, n)
         results[variant] = (sec, rss, size)
-    print(f"rows={args.rows:,} dim={args.dim} images {args.image_side}px JPEG, shards of {args.shard_rows:,} rows, "
-          f"output {results['ours'][2] / 1e6:.1f} MB (ours) / {results['memory'][2] / 1e6:.1f} MB (datasets)")
-    names = {"ours": "laion_hf.write_shards (stream)", "generator": "datasets from_generator + shard.to_parquet",
-             "memory": "datasets in-memory Dataset + shard.to_parquet"}
+    print(
+        f"rows={args.rows:,} dim={args.dim} images {args.image_side}px JPEG, shards of {args.shard_rows:,} rows, "
+        f"output {results['ours'][2] / 1e6:.1f} MB (ours) / {results['memory'][2] / 1e6:.1f} MB (datasets)"
+    )
+    names = {
+        "ours": "laion_hf.write_shards (stream)",
+        "generator": "datasets from_generator + shard.to_parquet",
+        "memory": "datasets in-memory Dataset + shard.to_parquet",
+    }
     for v, (sec, rss, _) in results.items():
         print(f"{names[v]:46s} {sec:7.2f} s {args.rows / sec:9,.0f} rows/s  peak RSS {rss / 1e6:7.0f} MB")
     best = min(("generator", "memory"), key=lambda v: results[v][0])
     ours_s, ours_rss, _ = results["ours"]
-    print(f"write_shards vs fastest datasets baseline ({best}): {results[best][0] / ours_s:.2f}x speed, "
-          f"{results[best][1] / ours_rss:.2f}x less peak memory")
+    print(
+        f"write_shards vs fastest datasets baseline ({best}): {results[best][0] / ours_s:.2f}x speed, "
+        f"{results[best][1] / ours_rss:.2f}x less peak memory"
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--noise", type=float, default=0.5)
-    ap.add_argument(
-        "--max-side", type=int, default=None, help="render smaller copies (default: full size)"
-    )
+    ap.add_argument("--max-side", type=int, default=None, help="render smaller copies (default: full size)")
     args = ap.parse_args()
     import torch
 

@@ -46,7 +46,9 @@ def _hex_to_bytes(lines: pa.Array, path: str, line_offset: int) -> dict[int, np.
         sel = sel.combine_chunks() if isinstance(sel, pa.ChunkedArray) else sel
         sel = pc.cast(sel, pa.string())
         offsets = np.frombuffer(sel.buffers()[1], dtype=np.int32, count=len(sel) + 1, offset=sel.offset * 4)
-        raw = np.frombuffer(sel.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
+        raw = np.frombuffer(
+            sel.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0])
+        )
         nib = _HEX[raw].reshape(len(sel), int(length))
         if (nib == 255).any():
             row = int(np.nonzero((nib == 255).any(axis=1))[0][0])

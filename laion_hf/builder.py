@@ -88,10 +88,16 @@ class ScanStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "files": self.files, "files_read": self.files_read, "files_skipped": list(self.files_skipped),
-            "rows_in": self.rows_in, "rows_kept": self.rows_kept, "removed_by_filter": self.removed_by_filter,
-            "removed_by_blocklist": self.removed_by_blocklist, "removed_by_sample": self.removed_by_sample,
-            "row_groups_pruned": self.row_groups_pruned, "rows_lost": self.rows_lost,
+            "files": self.files,
+            "files_read": self.files_read,
+            "files_skipped": list(self.files_skipped),
+            "rows_in": self.rows_in,
+            "rows_kept": self.rows_kept,
+            "removed_by_filter": self.removed_by_filter,
+            "removed_by_blocklist": self.removed_by_blocklist,
+            "removed_by_sample": self.removed_by_sample,
+            "row_groups_pruned": self.row_groups_pruned,
+            "rows_lost": self.rows_lost,
         }
 
     @classmethod
@@ -219,6 +225,7 @@ def _ordered_streams(units: Iterable, stream, threads: int, depth: int = 2) -> I
     units = iter(units)
     active: deque = deque()
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="laion-hf-read") as pool:
+
         def fill() -> None:
             while len(active) < max(1, threads):
                 unit = next(units, end)
@@ -280,8 +287,9 @@ class _AllShardsArrowIterable(ArrowExamplesIterable):
         return self._state_dict
 
     def _wrap(self, other: ArrowExamplesIterable) -> "_AllShardsArrowIterable":
-        return _AllShardsArrowIterable(other.generate_tables_fn, other.kwargs, other.generate_more_kwargs_fn,
-                                       other.sleep_on_threads_shutdown)
+        return _AllShardsArrowIterable(
+            other.generate_tables_fn, other.kwargs, other.generate_more_kwargs_fn, other.sleep_on_threads_shutdown
+        )
 
     def shuffle_data_sources(self, generator):
         return self._wrap(super().shuffle_data_sources(generator))
@@ -329,9 +337,12 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         )
 
     def _get_examples_iterable_for_split(self, split_generator):
-        return _AllShardsArrowIterable(self._generate_tables, split_generator.gen_kwargs,
-                                       getattr(self, "_generate_more_gen_kwargs", None),
-                                       self.SLEEP_ON_THREADS_SHUTDOWNS)
+        return _AllShardsArrowIterable(
+            self._generate_tables,
+            split_generator.gen_kwargs,
+            getattr(self, "_generate_more_gen_kwargs", None),
+            self.SLEEP_ON_THREADS_SHUTDOWNS,
+        )
 
     # -- planning ----------------------------------------------------------------------
     def _plan(self, first_schema: pa.Schema, first_file: str) -> None:
@@ -410,7 +421,9 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
                     continue
             shards_files.append(f"{file_idx}\t{file}")
             shards_rgs.append(None)
-        return [datasets.SplitGenerator(name="train", gen_kwargs={"files": shards_files, "row_groups_list": shards_rgs})]
+        return [
+            datasets.SplitGenerator(name="train", gen_kwargs={"files": shards_files, "row_groups_list": shards_rgs})
+        ]
 
     def _generate_shards(self, files, row_groups_list):
         for file, rgs in zip(files, row_groups_list):
@@ -463,7 +476,9 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         finally:  # stop the reader threads now, also when raising (a traceback keeps frames alive)
             outputs.close()
 
-    def _shard_items(self, shard: tuple[int, tuple[str, Any]], decode_threads: bool = True) -> Iterator[tuple[str, Any]]:
+    def _shard_items(
+        self, shard: tuple[int, tuple[str, Any]], decode_threads: bool = True
+    ) -> Iterator[tuple[str, Any]]:
         """One shard (a file, or one row group of it), streamed: ``("table", table)`` items,
         then ``("end", stats)``, or ``("error", (file, exception, stats))`` when the file
         breaks (rows yielded before stay yielded, and are counted)."""
@@ -523,8 +538,13 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         available = set(pf.schema_arrow.names)
         key_prefix = None if mapping.get("key") else f"{file_idx:05d}"
         return _ShardPlan(
-            file=file, parquet=pf, mapping=mapping, kept=kept, starts=starts,
-            read=[c for c in self.read_columns if c in available], key_prefix=key_prefix,
+            file=file,
+            parquet=pf,
+            mapping=mapping,
+            kept=kept,
+            starts=starts,
+            read=[c for c in self.read_columns if c in available],
+            key_prefix=key_prefix,
             # keys made from row numbers are built after the filter, for the kept rows only
             late_keys=key_prefix is not None and "key" not in self.filter_spec.columns,
         )
@@ -533,14 +553,20 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         """Normalize, filter, blocklist and sample one batch whose first row is ``offset``."""
         table = pa.Table.from_batches([batch])
         n = table.num_rows
-        table = normalize_table(table, mapping=plan.mapping, where=plan.file,
-                                key_prefix=None if plan.late_keys else plan.key_prefix, row_offset=offset)
+        table = normalize_table(
+            table,
+            mapping=plan.mapping,
+            where=plan.file,
+            key_prefix=None if plan.late_keys else plan.key_prefix,
+            row_offset=offset,
+        )
         if plan.late_keys:
             table = table.append_column(_ROW, pa.array(np.arange(offset, offset + n, dtype=np.int64)))
         return self._select(table, stats, plan.file, plan.key_prefix if plan.late_keys else None)
 
-    def _scan_file(self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None,
-                   stats: ScanStats, decode_threads: bool = True) -> Iterator[pa.Table]:
+    def _scan_file(
+        self, f, file: str, file_idx: int, rgs: tuple[int, ...] | None, stats: ScanStats, decode_threads: bool = True
+    ) -> Iterator[pa.Table]:
         plan = self._plan_shard(f, file, file_idx, rgs, stats)
         for batch, offset in self._stream(plan, decode_threads):
             yield self._process_batch(plan, batch, offset, stats)
@@ -553,8 +579,9 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         on pyarrow's thread pool (worth it when shards are not already read in parallel)."""
         for rg in plan.kept:
             offset = plan.starts[rg]
-            for batch in plan.parquet.iter_batches(batch_size=self.config.batch_size, row_groups=[rg],
-                                                   columns=plan.read, use_threads=decode_threads):
+            for batch in plan.parquet.iter_batches(
+                batch_size=self.config.batch_size, row_groups=[rg], columns=plan.read, use_threads=decode_threads
+            ):
                 yield batch, offset
                 offset += batch.num_rows
 
@@ -593,7 +620,9 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
                     try:
                         col = col.cast(fld.type)
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                        raise SchemaError(f"{file}: column {fld.name!r} is {col.type}, expected {fld.type}: {e}") from None
+                        raise SchemaError(
+                            f"{file}: column {fld.name!r} is {col.type}, expected {fld.type}: {e}"
+                        ) from None
                 arrays.append(col)
             else:
                 arrays.append(pa.nulls(table.num_rows, fld.type))
@@ -607,8 +636,9 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
         kwargs = self._split_generators(None)[0].gen_kwargs
         return list(zip(kwargs["files"], kwargs["row_groups_list"]))
 
-    def read_shard(self, shard: tuple[str, tuple[int, ...] | None], stats: ScanStats | None = None,
-                   decode_threads: bool = True) -> Iterator[pa.Table]:
+    def read_shard(
+        self, shard: tuple[str, tuple[int, ...] | None], stats: ScanStats | None = None, decode_threads: bool = True
+    ) -> Iterator[pa.Table]:
         """The kept rows of one shard from :meth:`shards`, read on this thread, counted in
         ``stats`` (default :attr:`stats`; pass a fresh one to read shards on several threads).
         A bad file raises a :class:`SourceError` naming it, or is skipped."""
@@ -661,9 +691,21 @@ def load_laion(
     when ``streaming`` (the default), else a ``Dataset``.
     """
     builder = make_builder(
-        source, release=release, where=where, preset=preset, columns=columns, blocklist=blocklist,
-        blocklist_column=blocklist_column, sample=sample, sample_seed=sample_seed, batch_size=batch_size,
-        threads=threads, on_error=on_error, storage_options=storage_options, cache_dir=cache_dir, **filters,
+        source,
+        release=release,
+        where=where,
+        preset=preset,
+        columns=columns,
+        blocklist=blocklist,
+        blocklist_column=blocklist_column,
+        sample=sample,
+        sample_seed=sample_seed,
+        batch_size=batch_size,
+        threads=threads,
+        on_error=on_error,
+        storage_options=storage_options,
+        cache_dir=cache_dir,
+        **filters,
     )
     if streaming:
         return builder.as_streaming_dataset(split="train")
@@ -703,5 +745,7 @@ def make_builder(
 def _config_hash(files: list[str], config: dict, filters: dict) -> str:
     import hashlib
 
-    text = repr((files, sorted((k, repr(v)) for k, v in config.items()), sorted((k, repr(v)) for k, v in filters.items())))
+    text = repr(
+        (files, sorted((k, repr(v)) for k, v in config.items()), sorted((k, repr(v)) for k, v in filters.items()))
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

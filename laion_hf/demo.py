@@ -22,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 
-
 DEMO_MARKER = ".laion-hf-demo"
 
 
@@ -91,13 +90,17 @@ def run_demo(
     prepare_demo_dir(out_dir, keep=keep)
     summary: dict[str, Any] = {}
 
-    t = _step(f"1. synthesize {rows:,} rows of LAION metadata from the embedded image world "
-              f"(captions describe the images; {WORLD_NOISE:.0%} carry LAION-like noise)")
+    t = _step(
+        f"1. synthesize {rows:,} rows of LAION metadata from the embedded image world "
+        f"(captions describe the images; {WORLD_NOISE:.0%} carry LAION-like noise)"
+    )
     meta_dir = os.path.join(out_dir, "metadata")
     synthesize(rows, meta_dir, files=2, seed=seed, row_group_size=max(1, rows // 4), world=True, noise=WORLD_NOISE)
     print(f"   wrote {meta_dir} in {time.time() - t:.2f}s")
 
-    t = _step("2. stream (LaionBuilder, as load_laion): preset laion2b-en + 'punsafe < 0.5 and min(width, height) >= 256' + blocklist")
+    t = _step(
+        "2. stream (LaionBuilder, as load_laion): preset laion2b-en + 'punsafe < 0.5 and min(width, height) >= 256' + blocklist"
+    )
     first_urls = make_builder(meta_dir, columns=["url"]).iter_tables()
     urls = next(first_urls).column("url").to_pylist()[:5]
     import hashlib
@@ -107,7 +110,9 @@ def run_demo(
         f.write("# demo blocklist: MD5 of 5 URLs\n")
         f.writelines(hashlib.md5(u.encode()).hexdigest() + "\n" for u in urls)
     builder = make_builder(
-        meta_dir, preset="laion2b-en", where="punsafe < 0.5 and min(width, height) >= 256",
+        meta_dir,
+        preset="laion2b-en",
+        where="punsafe < 0.5 and min(width, height) >= 256",
         blocklist=Blocklist.from_files(blocklist_path),
     )
     acc = StatsAccumulator()
@@ -117,10 +122,14 @@ def run_demo(
         tables.append(table)
     scan = builder.stats.as_dict()
     print(f"   release detected: {builder.release}; filters: {builder.filter_spec.descriptions}")
-    print(f"   rows in {scan['rows_in']:,} -> kept {scan['rows_kept']:,} (filter -{scan['removed_by_filter']:,}, "
-          f"blocklist -{scan['removed_by_blocklist']:,}) in {time.time() - t:.2f}s")
-    assert scan["rows_in"] == scan["rows_kept"] + scan["removed_by_filter"] + scan["removed_by_blocklist"] \
-        + scan["removed_by_sample"], "stats must sum to the input count"
+    print(
+        f"   rows in {scan['rows_in']:,} -> kept {scan['rows_kept']:,} (filter -{scan['removed_by_filter']:,}, "
+        f"blocklist -{scan['removed_by_blocklist']:,}) in {time.time() - t:.2f}s"
+    )
+    assert (
+        scan["rows_in"]
+        == scan["rows_kept"] + scan["removed_by_filter"] + scan["removed_by_blocklist"] + scan["removed_by_sample"]
+    ), "stats must sum to the input count"
     summary["scan"] = scan
 
     _step("3. stats of the filtered stream")
@@ -146,12 +155,22 @@ def run_demo(
         pq.write_table(subset, os.path.join(subset_dir, "part-00000.parquet"))
         cache = os.path.join(out_dir, "image_cache")
         resize = ResizeConfig(image_size=256, resize_mode="center_crop")
-        dl = download(subset_dir, os.path.join(out_dir, "images_webdataset"), output_format="webdataset",
-                      processes=1, shard_size=500, cache_dir=cache, resize=resize, progress=False,
-                      allow_private_networks=["127.0.0.0/8"])
-        print(f"   img2dataset-compatible shards in {os.path.join(out_dir, 'images_webdataset')}: "
-              f"{dl['count']:,} rows, {dl['successes']:,} successes, errors by class: "
-              f"{ {k: v for k, v in dl['status_dict'].items() if k != 'success'} } in {time.time() - t:.2f}s")
+        dl = download(
+            subset_dir,
+            os.path.join(out_dir, "images_webdataset"),
+            output_format="webdataset",
+            processes=1,
+            shard_size=500,
+            cache_dir=cache,
+            resize=resize,
+            progress=False,
+            allow_private_networks=["127.0.0.0/8"],
+        )
+        print(
+            f"   img2dataset-compatible shards in {os.path.join(out_dir, 'images_webdataset')}: "
+            f"{dl['count']:,} rows, {dl['successes']:,} successes, errors by class: "
+            f"{ {k: v for k, v in dl['status_dict'].items() if k != 'success'} } in {time.time() - t:.2f}s"
+        )
         assert dl["count"] == subset.num_rows, "download stats must sum to the input count"
         summary["download"] = {k: dl[k] for k in ("count", "successes", "status_dict")}
         if stages_through == "images":
@@ -162,8 +181,9 @@ def run_demo(
         from laion_hf.clip import clip_stage
         from laion_hf.clip.stream import SimilarityStats, format_similarity_summary
 
-        stream = with_images(load_laion(subset_dir), cache_dir=cache, resize=resize,
-                             allow_private_networks=["127.0.0.0/8"])
+        stream = with_images(
+            load_laion(subset_dir), cache_dir=cache, resize=resize, allow_private_networks=["127.0.0.0/8"]
+        )
         stream, embedder = clip_stage(stream, clip_model, clip_pretrained, device=clip_device)
         print(f"   {_heads_note(embedder)}")
         sim = SimilarityStats()
@@ -192,15 +212,22 @@ def run_demo(
             "sources": ["synthetic LAION metadata (laion-hf synth --world: the embedded image world)"],
             "preset": "laion2b-en",
             "filters": builder.filter_spec.descriptions,
-            "blocklists": [{"name": "blocklist_md5.txt", "entries": 5, "column": "url",
-                            "removed": scan["removed_by_blocklist"]}],
+            "blocklists": [
+                {"name": "blocklist_md5.txt", "entries": 5, "column": "url", "removed": scan["removed_by_blocklist"]}
+            ],
             "scan": scan,
             "clip": {"model": clip_model, "pretrained": clip_pretrained, "embedding_dim": embedder.embed_dim},
             "robots": {"disallowed_header_directives": ["noai", "noimageai", "noindex", "noimageindex"]},
             "pretty_name": "laion-hf demo subset",
         }
-        pub = publish_local(observed(stream), os.path.join(out_dir, "published"), "laion-hf/demo-subset",
-                            provenance=provenance, hub_root=os.path.join(out_dir, "hub"), show=3)
+        pub = publish_local(
+            observed(stream),
+            os.path.join(out_dir, "published"),
+            "laion-hf/demo-subset",
+            provenance=provenance,
+            hub_root=os.path.join(out_dir, "hub"),
+            show=3,
+        )
         print(format_similarity_summary(sim.result()))
         _print_report(summary["clip_filter"])
         summary["publish"] = {k: pub[k] for k in ("repo_id", "rows", "rows_written", "num_shards", "reloaded_rows")}
@@ -245,8 +272,10 @@ CONTACT_SHEET = "contact_sheet.png"
 def _heads_note(embedder: Any) -> str:
     if embedder.embed_dim in (512, 768):
         return "score heads: LAION aesthetic V1 for this embedding size (column aesthetic_score_v1)"
-    return (f"score heads: none. LAION's aesthetic (V1/V2) and NSFW heads were trained on ViT-B/32 and "
-            f"ViT-L/14 embeddings; on this {embedder.embed_dim}-d space their scores would mean nothing")
+    return (
+        f"score heads: none. LAION's aesthetic (V1/V2) and NSFW heads were trained on ViT-B/32 and "
+        f"ViT-L/14 embeddings; on this {embedder.embed_dim}-d space their scores would mean nothing"
+    )
 
 
 def _filter_report(clip_model: str, clip_pretrained: str | None) -> Any:
@@ -262,9 +291,11 @@ def _filter_report(clip_model: str, clip_pretrained: str | None) -> Any:
 def _write_report(report: Any, clip_model: str, folders: list[str]) -> dict[str, Any]:
     """Score the filter and write the contact sheet into ``folders``; returns the summary."""
     result = report.result()
-    png = report.sheet(f"{clip_model}: clip_similarity >= {result['threshold']:.3f} keeps "
-                       f"{result['kept']:,} of {result['scored']:,} pairs; precision {result['precision']:.1%}, "
-                       f"recall {result['recall']:.1%} (green: caption matches the image, red: noisy)")
+    png = report.sheet(
+        f"{clip_model}: clip_similarity >= {result['threshold']:.3f} keeps "
+        f"{result['kept']:,} of {result['scored']:,} pairs; precision {result['precision']:.1%}, "
+        f"recall {result['recall']:.1%} (green: caption matches the image, red: noisy)"
+    )
     result["contact_sheet"] = []
     for folder in folders:
         os.makedirs(folder, exist_ok=True)
@@ -279,8 +310,9 @@ def _print_report(result: dict[str, Any]) -> None:
     from laion_hf.world.report import format_report
 
     print(format_report(result))
-    print(f"   contact sheet (kept and removed pairs with captions and similarity): "
-          f"{', '.join(result['contact_sheet'])}")
+    print(
+        f"   contact sheet (kept and removed pairs with captions and similarity): {', '.join(result['contact_sheet'])}"
+    )
 
 
 def _rewrite_urls(table: "pa.Table", srv: Any, fault_every: int = 0) -> "pa.Table":

@@ -14,8 +14,7 @@ from laion_hf.engines.ray import download_ray, embed_shards_ray, filter_to_parqu
 __all__ = ["init_ray", "filter_to_parquet_ray", "download_ray", "embed_shards_ray"]
 
 warnings.warn(
-    "laion_hf.engine_ray is deprecated: import from laion_hf.engines.ray "
-    "(or use laion_hf.engines.run_stage)",
+    "laion_hf.engine_ray is deprecated: import from laion_hf.engines.ray (or use laion_hf.engines.run_stage)",
     DeprecationWarning,
     stacklevel=2,
 )

@@ -105,9 +105,7 @@ class FilterPlan:
         self.out.__exit__(None, None, None)
 
 
-def plan(
-    source: Any, out_dir: str, *, rows_per_file: int = 1_000_000, **load_kwargs: Any
-) -> FilterPlan:
+def plan(source: Any, out_dir: str, *, rows_per_file: int = 1_000_000, **load_kwargs: Any) -> FilterPlan:
     """Plan filtering ``source`` into ``out_dir`` (see :func:`filter_to_parquet`)."""
     if rows_per_file < 1:
         raise FilterError(f"rows_per_file must be at least 1, got {rows_per_file}")
@@ -123,9 +121,7 @@ def plan(
         builder_path = os.path.join(staging, _BUILDER_FILE)
         with open(builder_path, "wb") as f:
             pickle.dump(builder, f, protocol=pickle.HIGHEST_PROTOCOL)
-        decode_threads = (
-            len(shards) < builder._threads()
-        )  # a few shards: decode their columns in parallel
+        decode_threads = len(shards) < builder._threads()  # a few shards: decode their columns in parallel
         orders = [
             FilterOrder(
                 i,
@@ -159,9 +155,7 @@ def _builder(path: str) -> Any:
         return pickle.load(f)
 
 
-def run_one(
-    order: FilterOrder, progress: Optional[Callable[[int, int], None]] = None
-) -> dict[str, Any]:
+def run_one(order: FilterOrder, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
     """Read + normalize + filter one shard; stage its kept rows (Arrow IPC); return
     ``{"shard", "rows", "stats"}`` (the shard's :class:`ScanStats` as a dict)."""
     builder = _builder(order.builder_path)
@@ -173,9 +167,7 @@ def run_one(
             pa.OSFile(tmp, "wb") as sink,
             pa.ipc.new_file(sink, builder.out_schema, options=options) as w,
         ):
-            for table in builder.read_shard(
-                (order.file, order.row_groups), stats, order.decode_threads
-            ):
+            for table in builder.read_shard((order.file, order.row_groups), stats, order.decode_threads):
                 w.write_table(table)
         os.replace(tmp, order.staged_path)  # a retried order overwrites, never appends
     finally:
@@ -221,9 +213,7 @@ def _slices(path: str, start: int, length: int) -> Iterable[pa.RecordBatch]:
         pos += batch.num_rows
 
 
-def write_part(
-    part: PartOrder, orders: Sequence[FilterOrder], out_path: str, schema: pa.Schema
-) -> str:
+def write_part(part: PartOrder, orders: Sequence[FilterOrder], out_path: str, schema: pa.Schema) -> str:
     """Write one part from its slices of the staged shards (through a temporary file)."""
     import pyarrow.parquet as pq
 
@@ -269,9 +259,7 @@ def finish(
     raise_failures(results, NAME)
     total = total_stats(p, results)
     parts = cut_parts([r["rows"] for r in results], p.rows_per_file)
-    write = functools.partial(
-        _write_staged_part, orders=p.orders, staging=os.fspath(p.out.staging), schema=p.schema
-    )
+    write = functools.partial(_write_staged_part, orders=p.orders, staging=os.fspath(p.out.staging), schema=p.schema)
     names = list((map_parts or map)(write, parts))
     result = total.as_dict()
     result.update(
@@ -285,9 +273,7 @@ def finish(
     return result
 
 
-def _write_staged_part(
-    part: PartOrder, orders: Sequence[FilterOrder], staging: str, schema: pa.Schema
-) -> str:
+def _write_staged_part(part: PartOrder, orders: Sequence[FilterOrder], staging: str, schema: pa.Schema) -> str:
     return write_part(part, orders, os.path.join(staging, part.name), schema)
 
 
@@ -322,9 +308,7 @@ def filter_to_parquet(
 
         try:
             threads = _builder(p.orders[0].builder_path)._threads() if p.orders else 1
-            results = map_orders(
-                run_one, p.orders, workers=threads, mode=LOCAL_MODE, progress=on_progress
-            )
+            results = map_orders(run_one, p.orders, workers=threads, mode=LOCAL_MODE, progress=on_progress)
         finally:
             bar.close()
         return finish(p, results)

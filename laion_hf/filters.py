@@ -39,34 +39,58 @@ _AESTHETICS = "laion.ai/blog/laion-aesthetics (LAION-Aesthetics V2 subsets, pred
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("laion2b-en", "similarity >= 0.28",
-               "laion2B-en: English pairs with OpenAI ViT-B/32 image-text cosine similarity >= 0.28", _LAION5B),
-        Preset("laion-multi", "similarity >= 0.26",
-               "laion2B-multi: non-English pairs with MCLIP similarity >= 0.26", _LAION5B),
-        Preset("laion400m", "similarity >= 0.3",
-               "LAION-400M: ViT-B/32 similarity >= 0.3",
-               "LAION-400M release notes (laion.ai/blog/laion-400-open-dataset)"),
-        Preset("high-resolution", "width >= 1024 and height >= 1024",
-               "LAION-High-Resolution: both sides >= 1024 px",
-               "laion.ai/blog/laion-5b (LAION-High-Resolution subset, 170M pairs)"),
+        Preset(
+            "laion2b-en",
+            "similarity >= 0.28",
+            "laion2B-en: English pairs with OpenAI ViT-B/32 image-text cosine similarity >= 0.28",
+            _LAION5B,
+        ),
+        Preset(
+            "laion-multi",
+            "similarity >= 0.26",
+            "laion2B-multi: non-English pairs with MCLIP similarity >= 0.26",
+            _LAION5B,
+        ),
+        Preset(
+            "laion400m",
+            "similarity >= 0.3",
+            "LAION-400M: ViT-B/32 similarity >= 0.3",
+            "LAION-400M release notes (laion.ai/blog/laion-400-open-dataset)",
+        ),
+        Preset(
+            "high-resolution",
+            "width >= 1024 and height >= 1024",
+            "LAION-High-Resolution: both sides >= 1024 px",
+            "laion.ai/blog/laion-5b (LAION-High-Resolution subset, 170M pairs)",
+        ),
         Preset("aesthetics-v2-4.5plus", "aesthetic >= 4.5", "LAION-Aesthetics V2 4.5+", _AESTHETICS),
         Preset("aesthetics-v2-4.75plus", "aesthetic >= 4.75", "LAION-Aesthetics V2 4.75+", _AESTHETICS),
         Preset("aesthetics-v2-5plus", "aesthetic >= 5", "LAION-Aesthetics V2 5+", _AESTHETICS),
         Preset("aesthetics-v2-6plus", "aesthetic >= 6", "LAION-Aesthetics V2 6+", _AESTHETICS),
         Preset("aesthetics-v2-6.25plus", "aesthetic >= 6.25", "LAION-Aesthetics V2 6.25+", _AESTHETICS),
         Preset("aesthetics-v2-6.5plus", "aesthetic >= 6.5", "LAION-Aesthetics V2 6.5+", _AESTHETICS),
-        Preset("laion-aesthetic", "aesthetic > 7 and punsafe < 0.5 and pwatermark < 0.8",
-               "LAION-Aesthetics V1 'laion-aesthetic': V1 score > 7 after punsafe < 0.5 and pwatermark < 0.8",
-               "laion.ai/blog/laion-aesthetics (V1, linear head on ViT-B/32 / ViT-L/14)"),
-        Preset("laion-art", "aesthetic > 8 and punsafe < 0.5 and pwatermark < 0.8",
-               "LAION-Aesthetics V1 'laion-art': V1 score > 8 after punsafe < 0.5 and pwatermark < 0.8",
-               "laion.ai/blog/laion-aesthetics (V1)"),
-        Preset("research-safe", "punsafe <= 0.45",
-               "Re-LAION-5B research-safe: drops pairs with punsafe > 0.45 (rows with unknown punsafe are dropped too)",
-               "laion.ai/blog/relaion-5b (Re-LAION-5B, Aug 2024)"),
+        Preset(
+            "laion-aesthetic",
+            "aesthetic > 7 and punsafe < 0.5 and pwatermark < 0.8",
+            "LAION-Aesthetics V1 'laion-aesthetic': V1 score > 7 after punsafe < 0.5 and pwatermark < 0.8",
+            "laion.ai/blog/laion-aesthetics (V1, linear head on ViT-B/32 / ViT-L/14)",
+        ),
+        Preset(
+            "laion-art",
+            "aesthetic > 8 and punsafe < 0.5 and pwatermark < 0.8",
+            "LAION-Aesthetics V1 'laion-art': V1 score > 8 after punsafe < 0.5 and pwatermark < 0.8",
+            "laion.ai/blog/laion-aesthetics (V1)",
+        ),
+        Preset(
+            "research-safe",
+            "punsafe <= 0.45",
+            "Re-LAION-5B research-safe: drops pairs with punsafe > 0.45 (rows with unknown punsafe are dropped too)",
+            "laion.ai/blog/relaion-5b (Re-LAION-5B, Aug 2024)",
+        ),
         Preset("safe", "punsafe < 0.5", "LAION's NSFW cut: punsafe > 0.5 counted unsafe", _LAION5B),
-        Preset("no-watermark", "pwatermark < 0.8", "LAION's watermark cut: pwatermark > 0.8 counted watermarked",
-               _LAION5B),
+        Preset(
+            "no-watermark", "pwatermark < 0.8", "LAION's watermark cut: pwatermark > 0.8 counted watermarked", _LAION5B
+        ),
     )
 }
 
@@ -107,7 +131,7 @@ def _tokenize(text: str) -> list[_Tok]:
             break
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise FilterError(f"cannot parse filter at position {pos}: {text[pos:pos + 20]!r} in {text!r}")
+            raise FilterError(f"cannot parse filter at position {pos}: {text[pos : pos + 20]!r} in {text!r}")
         kind = m.lastgroup
         value = m.group(kind)
         start = m.start(kind)
@@ -124,8 +148,16 @@ def _tokenize(text: str) -> list[_Tok]:
 # ("neg", a)
 
 _FUNCTIONS = {
-    "min": (2, None), "max": (2, None), "abs": (1, 1), "len": (1, 1), "length": (1, 1),
-    "lower": (1, 1), "upper": (1, 1), "contains": (2, 2), "startswith": (2, 2), "endswith": (2, 2),
+    "min": (2, None),
+    "max": (2, None),
+    "abs": (1, 1),
+    "len": (1, 1),
+    "length": (1, 1),
+    "lower": (1, 1),
+    "upper": (1, 1),
+    "contains": (2, 2),
+    "startswith": (2, 2),
+    "endswith": (2, 2),
 }
 
 
@@ -327,11 +359,15 @@ def _columns_of(node) -> set[str]:
     return out
 
 
-_CMP = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal, "==": pc.equal,
-        "!=": pc.not_equal}
+_CMP = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal, "==": pc.equal, "!=": pc.not_equal}
 _ARITH = {"+": pc.add, "-": pc.subtract, "*": pc.multiply, "/": pc.divide}
-_UNARY = {"abs": pc.abs, "len": pc.utf8_length, "length": pc.utf8_length, "lower": pc.utf8_lower,
-          "upper": pc.utf8_upper}
+_UNARY = {
+    "abs": pc.abs,
+    "len": pc.utf8_length,
+    "length": pc.utf8_length,
+    "lower": pc.utf8_lower,
+    "upper": pc.utf8_upper,
+}
 _MATCH = {"contains": pc.match_substring, "startswith": pc.starts_with, "endswith": pc.ends_with}
 
 
@@ -504,8 +540,9 @@ class FilterSpec:
                 mask = pa.array([mask.as_py()] * table.num_rows, pa.bool_())
             return table.filter(mask, null_selection_behavior="drop")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError) as e:
-            raise FilterError(f"filter {self.descriptions} cannot be applied to columns "
-                              f"{table.column_names}: {e}") from None
+            raise FilterError(
+                f"filter {self.descriptions} cannot be applied to columns {table.column_names}: {e}"
+            ) from None
 
     def pushdown(self, rename: dict[str, str]) -> Any | None:
         """The parsed part of the filter over source columns (None when nothing can be pushed)."""

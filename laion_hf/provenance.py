@@ -73,12 +73,8 @@ def _record_dir(path: str) -> Path | None:
     folder = p if p.is_dir() else p.parent
     if (folder / FILENAME).is_file():
         return folder
-    if (folder.parent / FILENAME).is_file() and (
-        folder.parent / "embed_config.json"
-    ).is_file():
-        return (
-            folder.parent
-        )  # clip-retrieval layout: OUT/metadata/*.parquet, the record in OUT
+    if (folder.parent / FILENAME).is_file() and (folder.parent / "embed_config.json").is_file():
+        return folder.parent  # clip-retrieval layout: OUT/metadata/*.parquet, the record in OUT
     return None
 
 
@@ -89,11 +85,7 @@ def read_provenance(source: Any) -> dict[str, Any]:
     items = source if isinstance(source, (list, tuple)) else [source]
     if not items or not all(isinstance(s, (str, os.PathLike)) for s in items):
         return {}
-    folders = {
-        d
-        for s in items
-        if "://" not in os.fspath(s) and (d := _record_dir(os.fspath(s))) is not None
-    }
+    folders = {d for s in items if "://" not in os.fspath(s) and (d := _record_dir(os.fspath(s))) is not None}
     records = []
     for folder in sorted(folders):
         try:
@@ -172,14 +164,8 @@ def combine(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _source_entry(source: Any, files: Sequence[str] | None) -> list[Any]:
-    names = [
-        local_name(os.fspath(s))
-        for s in _as_list(source)
-        if isinstance(s, (str, os.PathLike))
-    ]
-    if not files or [os.path.basename(f) for f in files] == [
-        os.path.basename(n) for n in names
-    ]:
+    names = [local_name(os.fspath(s)) for s in _as_list(source) if isinstance(s, (str, os.PathLike))]
+    if not files or [os.path.basename(f) for f in files] == [os.path.basename(n) for n in names]:
         return names
     shown = [local_name(f) for f in files[:_MAX_FILES]]
     return [
@@ -191,14 +177,8 @@ def _source_entry(source: Any, files: Sequence[str] | None) -> list[Any]:
     ]
 
 
-def _release(
-    builder: Any, scan: Mapping[str, Any] | None, load_kwargs: Mapping[str, Any]
-) -> str | None:
-    name = (
-        getattr(builder, "release", None)
-        or (scan or {}).get("release")
-        or load_kwargs.get("release")
-    )
+def _release(builder: Any, scan: Mapping[str, Any] | None, load_kwargs: Mapping[str, Any]) -> str | None:
+    name = getattr(builder, "release", None) or (scan or {}).get("release") or load_kwargs.get("release")
     return None if name in _GENERIC_RELEASES else name
 
 
@@ -216,19 +196,13 @@ def selection_record(
     from laion_hf.filters import combine_filters
 
     spec = getattr(builder, "filter_spec", None)
-    texts = list(
-        (scan or {}).get("filters") or (spec.descriptions if spec is not None else [])
-    )
+    texts = list((scan or {}).get("filters") or (spec.descriptions if spec is not None else []))
     if not texts:
-        texts = combine_filters(
-            load_kwargs.get("where"), load_kwargs.get("preset")
-        ).descriptions
+        texts = combine_filters(load_kwargs.get("where"), load_kwargs.get("preset")).descriptions
     files = None
     if builder is not None:
         data_files = getattr(builder.config, "data_files", None)
-        files = list(
-            data_files["train"] if isinstance(data_files, dict) else data_files or []
-        )
+        files = list(data_files["train"] if isinstance(data_files, dict) else data_files or [])
     rec: dict[str, Any] = {
         "sources": _source_entry(source, files),
         "release": _release(builder, scan, load_kwargs),
@@ -240,12 +214,8 @@ def selection_record(
         rec["sample"] = [float(load_kwargs["sample"])]
     bl = load_kwargs.get("blocklist")
     if bl:
-        loaded = getattr(builder, "config", None) and getattr(
-            builder.config, "blocklist", None
-        )
-        names = getattr(loaded, "sources", None) or [
-            local_name(os.fspath(p)) for p in _as_list(bl)
-        ]
+        loaded = getattr(builder, "config", None) and getattr(builder.config, "blocklist", None)
+        names = getattr(loaded, "sources", None) or [local_name(os.fspath(p)) for p in _as_list(bl)]
         rec["blocklists"] = [
             {
                 "name": ", ".join(names),
@@ -259,9 +229,7 @@ def selection_record(
     return {k: v for k, v in rec.items() if v not in (None, [])}
 
 
-def fetch_record(
-    stats: Mapping[str, Any], directives: Sequence[str], user_agent: str
-) -> dict[str, Any]:
+def fetch_record(stats: Mapping[str, Any], directives: Sequence[str], user_agent: str) -> dict[str, Any]:
     """What ``laion-hf download`` did: its run ``stats`` (``count, successes, status_dict``) and
     its robots policy (the ``X-Robots-Tag`` directives honoured, the User-Agent sent)."""
     status = dict(stats.get("status_dict") or {})
@@ -296,24 +264,16 @@ def write_download_provenance(
     (rows chosen from the metadata in this run, see :func:`selection_record`), then the fetch
     counts and robots policy of ``fetch`` (a :class:`laion_hf.images.fetch.FetchConfig`)."""
     rec = read_provenance(source) if source is not None else {}
-    if (
-        not rec
-        and not selection
-        and isinstance(source, (str, os.PathLike, list, tuple))
-    ):
+    if not rec and not selection and isinstance(source, (str, os.PathLike, list, tuple)):
         rec = {"sources": _source_entry(source, None)}
     if selection:
         rec = merge(rec, selection)
-    rec = merge(
-        rec, fetch_record(stats, fetch.disallowed_header_directives, fetch.user_agent)
-    )
+    rec = merge(rec, fetch_record(stats, fetch.disallowed_header_directives, fetch.user_agent))
     write_provenance(out_dir, rec)
     return rec
 
 
-def write_embed_provenance(
-    out_dir: str | os.PathLike, sources: Any, totals: Mapping[str, Any]
-) -> dict[str, Any]:
+def write_embed_provenance(out_dir: str | os.PathLike, sources: Any, totals: Mapping[str, Any]) -> dict[str, Any]:
     """Write an ``embed`` folder's record: its inputs' record plus the CLIP model of
     ``out_dir/embed_config.json`` and the embed counts in ``totals``."""
     cfg = json.loads((Path(out_dir) / "embed_config.json").read_text())
@@ -339,8 +299,6 @@ def write_embed_provenance(
         "embedding_dim": cfg.get("embed_dim"),
         "scores": list(cfg.get("heads") or []),
     }
-    rec = merge(
-        read_provenance(sources), {"clip": clip, "embed": counts, "stages": ["embed"]}
-    )
+    rec = merge(read_provenance(sources), {"clip": clip, "embed": counts, "stages": ["embed"]})
     write_provenance(out_dir, rec)
     return rec

@@ -70,9 +70,7 @@ def _teacher_threshold(cfg: ReproduceConfig) -> float:
     try:
         from laion_hf.world.teacher import teacher_threshold
     except ImportError as e:
-        raise EvalError(
-            "no teacher threshold: the world teacher is not installed; pass threshold="
-        ) from e
+        raise EvalError("no teacher threshold: the world teacher is not installed; pass threshold=") from e
     return teacher_threshold()
 
 
@@ -91,13 +89,9 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
     with ThreadPoolExecutor(2) as pool:
         images = list(pool.map(lambda k: render(k, cfg.image_side), keys))
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = rows.append_column(
-        "image", pa.array([{"bytes": b, "path": None} for b in images], image_type)
-    )
+    table = rows.append_column("image", pa.array([{"bytes": b, "path": None} for b in images], image_type))
     table = table.append_column("status", pa.array(["success"] * len(keys)))
-    teacher = load_model(
-        cfg.teacher, cfg.teacher_pretrained, device=cfg.device, precision="fp32", batch_size=256
-    )
+    teacher = load_model(cfg.teacher, cfg.teacher_pretrained, device=cfg.device, precision="fp32", batch_size=256)
     if teacher.weights_source == "random init":
         raise EvalError(f"teacher {cfg.teacher!r} has no weights on this machine (random init would filter "
                         "at random); use the world teacher laion-hf-world or pass trained weights")  # fmt: skip
@@ -122,9 +116,7 @@ def build_subsets(cfg: ReproduceConfig, emit: Emit) -> dict[str, Any]:
     cols = ["key", "caption", "image", "status"]
     stats: dict[str, Any] = {"threshold": threshold, "pool": table.num_rows, "noise": cfg.noise}
     for name, t in subsets.items():
-        write_shards(
-            t.select(cols), data / name, max_shard_rows=1024, progress=False, overwrite=True
-        )
+        write_shards(t.select(cols), data / name, max_shard_rows=1024, progress=False, overwrite=True)
         matched = t["matched"].to_numpy(zero_copy_only=False)
         stats[name] = {"rows": t.num_rows, "matched_fraction": float(matched.mean()) if len(matched) else 0.0,
                        "path": str(data / name)}  # fmt: skip
@@ -150,9 +142,7 @@ def _bench(cfg: ReproduceConfig, emit: Emit) -> list[str]:
     return [str(root / a) for a in cfg.eval_attributes]
 
 
-def _run_one(
-    cfg: ReproduceConfig, variant: str, seed: int, samples: int, bench: list[str]
-) -> dict[str, Any]:
+def _run_one(cfg: ReproduceConfig, variant: str, seed: int, samples: int, bench: list[str]) -> dict[str, Any]:
     from laion_hf.train import TrainConfig, read_log, train
 
     out = Path(cfg.work) / "runs" / f"{variant}_n{samples}_s{seed}"
@@ -279,9 +269,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], fits: dict[str, Any]) -> None:
     ax.set_xticks(scales, [str(s) for s in scales])
     ax.xaxis.set_minor_formatter(NullFormatter())
     errs = [r["err"] for r in rows]
-    ax.set_yticks(
-        ticks := np.round(np.geomspace(min(errs), max(errs), 5), 3), [f"{t:.3f}" for t in ticks]
-    )
+    ax.set_yticks(ticks := np.round(np.geomspace(min(errs), max(errs), 5), 3), [f"{t:.3f}" for t in ticks])
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("samples seen N")
     ax.set_ylabel("zero-shot error (1 - mean acc1)")

@@ -54,8 +54,11 @@ def stable_hash64(values: pa.Array | pa.ChunkedArray, chunk_rows: int = 1 << 16)
     values = pc.fill_null(values, "")
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=n + 1, offset=values.offset * 4)
     start, end = int(offsets[0]), int(offsets[-1])
-    raw = np.frombuffer(values.buffers()[2], dtype=np.uint8, count=end - start, offset=start) if end > start \
+    raw = (
+        np.frombuffer(values.buffers()[2], dtype=np.uint8, count=end - start, offset=start)
+        if end > start
         else np.zeros(0, np.uint8)
+    )
     lengths = np.diff(offsets).astype(np.int64)
     # position of each byte inside its own string -> weight P**pos (table as long as the longest string)
     pos = np.arange(len(raw), dtype=np.int64) - np.repeat(offsets[:-1].astype(np.int64) - start, lengths)

@@ -86,8 +86,10 @@ def pick_column(
         if name in names:
             return name
     if required:
-        raise error(f"{where}: no {what} column (looked for {', '.join(candidates)}); columns are "
-                    f"{list(names)}; pass {what}_column= (--{what}-col) to name it")
+        raise error(
+            f"{where}: no {what} column (looked for {', '.join(candidates)}); columns are "
+            f"{list(names)}; pass {what}_column= (--{what}-col) to name it"
+        )
     return None
 
 
@@ -103,20 +105,37 @@ class Release:
 #: Known releases, most specific first. Detection picks the first whose signature columns
 #: are all present.
 RELEASES: tuple[Release, ...] = (
-    Release("datacomp", frozenset({"uid", "text", "clip_b32_similarity_score"}),
-            "DataComp pools (uid, url, text, original_width/height, clip_*_similarity_score)"),
-    Release("laion-aesthetics", frozenset({"URL", "TEXT", "aesthetic"}),
-            "LAION-Aesthetics: laion2B-en-joined columns + aesthetic"),
-    Release("laion2b-multi-joined", frozenset({"URL", "TEXT", "punsafe", "pwatermark", "LANGUAGE"}),
-            "laion2B-multi-joined: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark, LANGUAGE"),
-    Release("laion-joined", frozenset({"URL", "TEXT", "punsafe", "pwatermark"}),
-            "laion2B-en-joined / laion1B-nolang-joined: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark"),
-    Release("laion2b-multi", frozenset({"SAMPLE_ID", "URL", "TEXT", "LANGUAGE"}),
-            "laion2B-multi original parts (LAION-400M columns + LANGUAGE)"),
-    Release("laion-original", frozenset({"SAMPLE_ID", "URL", "TEXT", "NSFW"}),
-            "LAION-400M / laion2B-en / laion1B-nolang originals: SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW, similarity"),
-    Release("relaion", frozenset({"url", "caption"}),
-            "Re-LAION-5B and other lower-case copies (url, caption, ...)"),
+    Release(
+        "datacomp",
+        frozenset({"uid", "text", "clip_b32_similarity_score"}),
+        "DataComp pools (uid, url, text, original_width/height, clip_*_similarity_score)",
+    ),
+    Release(
+        "laion-aesthetics",
+        frozenset({"URL", "TEXT", "aesthetic"}),
+        "LAION-Aesthetics: laion2B-en-joined columns + aesthetic",
+    ),
+    Release(
+        "laion2b-multi-joined",
+        frozenset({"URL", "TEXT", "punsafe", "pwatermark", "LANGUAGE"}),
+        "laion2B-multi-joined: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark, LANGUAGE",
+    ),
+    Release(
+        "laion-joined",
+        frozenset({"URL", "TEXT", "punsafe", "pwatermark"}),
+        "laion2B-en-joined / laion1B-nolang-joined: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark",
+    ),
+    Release(
+        "laion2b-multi",
+        frozenset({"SAMPLE_ID", "URL", "TEXT", "LANGUAGE"}),
+        "laion2B-multi original parts (LAION-400M columns + LANGUAGE)",
+    ),
+    Release(
+        "laion-original",
+        frozenset({"SAMPLE_ID", "URL", "TEXT", "NSFW"}),
+        "LAION-400M / laion2B-en / laion1B-nolang originals: SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW, similarity",
+    ),
+    Release("relaion", frozenset({"url", "caption"}), "Re-LAION-5B and other lower-case copies (url, caption, ...)"),
     Release("url-text", frozenset({"URL", "TEXT"}), "any URL/TEXT table (img2dataset input)"),
 )
 _RELEASES_BY_NAME = {r.name: r for r in RELEASES}
@@ -189,9 +208,7 @@ def _to_number(col: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str, 
             col = pc.round(col)
         return pc.cast(col, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise SchemaError(
-            f"{where}: column {name!r} of type {col.type} cannot be cast to {target}: {e}"
-        ) from None
+        raise SchemaError(f"{where}: column {name!r} of type {col.type} cannot be cast to {target}: {e}") from None
 
 
 def generated_keys(prefix: str, start: int, n: int) -> pa.Array:
@@ -215,7 +232,7 @@ def keys_for_rows(prefix: str, rows: pa.Array | pa.ChunkedArray) -> pa.Array:
         return pc.binary_join_element_wise(prefix, pc.utf8_lpad(numbers, width=9, padding="0"), "")
     n, width = values.size, len(head) + 9
     text = np.empty((n, width), dtype=np.uint8)
-    text[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+    text[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
     rest = values.copy()
     for col in range(width - 1, len(head) - 1, -1):
         rest, digit = np.divmod(rest, 10)

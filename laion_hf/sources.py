@@ -122,8 +122,9 @@ def _resolve_url(source: str, storage_options: dict | None) -> list[str]:
     raise SourceError(f"metadata source not found: {source}")
 
 
-def resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike],
-                   storage_options: dict | None = None) -> list[str]:
+def resolve_source(
+    source: str | os.PathLike | Sequence[str | os.PathLike], storage_options: dict | None = None
+) -> list[str]:
     """Expand ``source`` into a sorted list of parquet files (local paths or URLs).
 
     Accepts a file, a folder (searched recursively), a glob, an fsspec URL (``hf://``,

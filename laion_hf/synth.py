@@ -49,8 +49,15 @@ def _paths(urls: list[str]) -> list[str]:
     return out
 
 
-def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetics", start: int = 0,
-                     world: bool = False, noise: float = 0.3) -> pa.Table:
+def synthesize_table(
+    rows: int,
+    *,
+    seed: int = 0,
+    layout: str = "laion-aesthetics",
+    start: int = 0,
+    world: bool = False,
+    noise: float = 0.3,
+) -> pa.Table:
     """One table of ``rows`` synthetic rows in the column layout of ``layout``.
 
     ``world``: captions, URL paths (``/world/<key>.jpg``) and sizes come from the embedded
@@ -68,7 +75,9 @@ def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetic
     hosts = pa.array(_HOSTS).take(pa.array(rng.integers(0, len(_HOSTS), rows)))
     path_col = paths.take(pa.array(pick))
     sep = pc.if_else(pc.match_substring(path_col, "?"), "&", "?")
-    url = pc.binary_join_element_wise("https://", hosts, path_col, sep, "laion_id=", pc.cast(pa.array(ids), pa.string()), "")
+    url = pc.binary_join_element_wise(
+        "https://", hosts, path_col, sep, "laion_id=", pc.cast(pa.array(ids), pa.string()), ""
+    )
     caption = captions.take(pa.array(pick))
     truth = _world_truth(rows, seed, start, noise) if world else None
     if truth is not None:
@@ -87,33 +96,85 @@ def synthesize_table(rows: int, *, seed: int = 0, layout: str = "laion-aesthetic
     language = _LANGUAGES[rng.choice(len(_LANGUAGES), rows, p=_LANG_P)]
     hash_ = stable_hash64(pc.binary_join_element_wise(url, caption, "")).view(np.int64)
     if layout == "laion-aesthetics":
-        cols = {"URL": url, "TEXT": caption, "WIDTH": width.astype(np.float64), "HEIGHT": height.astype(np.float64),
-                "similarity": similarity, "hash": hash_, "punsafe": punsafe, "pwatermark": pwatermark,
-                "LANGUAGE": language, "aesthetic": aesthetic}
+        cols = {
+            "URL": url,
+            "TEXT": caption,
+            "WIDTH": width.astype(np.float64),
+            "HEIGHT": height.astype(np.float64),
+            "similarity": similarity,
+            "hash": hash_,
+            "punsafe": punsafe,
+            "pwatermark": pwatermark,
+            "LANGUAGE": language,
+            "aesthetic": aesthetic,
+        }
     elif layout == "laion-original":
         nsfw = np.where(punsafe > 0.5, "NSFW", np.where(punsafe > 0.3, "UNSURE", "UNLIKELY"))
-        cols = {"SAMPLE_ID": ids, "URL": url, "TEXT": caption, "HEIGHT": height, "WIDTH": width,
-                "LICENSE": _LICENSES[rng.integers(0, len(_LICENSES), rows)], "NSFW": nsfw, "similarity": similarity}
+        cols = {
+            "SAMPLE_ID": ids,
+            "URL": url,
+            "TEXT": caption,
+            "HEIGHT": height,
+            "WIDTH": width,
+            "LICENSE": _LICENSES[rng.integers(0, len(_LICENSES), rows)],
+            "NSFW": nsfw,
+            "similarity": similarity,
+        }
     elif layout == "laion2b-multi-joined":
-        cols = {"URL": url, "TEXT": caption, "WIDTH": width, "HEIGHT": height, "similarity": similarity,
-                "hash": hash_, "punsafe": punsafe, "pwatermark": pwatermark, "LANGUAGE": language}
+        cols = {
+            "URL": url,
+            "TEXT": caption,
+            "WIDTH": width,
+            "HEIGHT": height,
+            "similarity": similarity,
+            "hash": hash_,
+            "punsafe": punsafe,
+            "pwatermark": pwatermark,
+            "LANGUAGE": language,
+        }
     elif layout == "relaion":
-        cols = {"url": url, "caption": caption, "width": width, "height": height, "similarity": similarity,
-                "hash": hash_, "punsafe": punsafe, "pwatermark": pwatermark}
+        cols = {
+            "url": url,
+            "caption": caption,
+            "width": width,
+            "height": height,
+            "similarity": similarity,
+            "hash": hash_,
+            "punsafe": punsafe,
+            "pwatermark": pwatermark,
+        }
     else:  # datacomp
         uid = pc.utf8_lpad(pc.cast(pa.array(ids), pa.string()), 32, "0")
-        cols = {"uid": uid, "url": url, "text": caption, "original_width": width, "original_height": height,
-                "clip_b32_similarity_score": similarity.astype(np.float32),
-                "clip_l14_similarity_score": np.clip(similarity - 0.02 + rng.normal(0, 0.01, rows), 0, 1).astype(np.float32)}
+        cols = {
+            "uid": uid,
+            "url": url,
+            "text": caption,
+            "original_width": width,
+            "original_height": height,
+            "clip_b32_similarity_score": similarity.astype(np.float32),
+            "clip_l14_similarity_score": np.clip(similarity - 0.02 + rng.normal(0, 0.01, rows), 0, 1).astype(
+                np.float32
+            ),
+        }
     if truth is not None:
         cols.update({name: truth.column(src) for name, src in WORLD_COLUMNS.items()})
     return pa.table(cols)
 
 
 #: Passthrough columns of ``--world`` rows (name -> column of :func:`laion_hf.world.world_rows`).
-WORLD_COLUMNS = {"world_key": "key", "matched": "matched", "noise_kind": "noise_kind",
-                 "caption_style": "caption_style", "shape": "shape", "colour": "colour", "count": "count",
-                 "size": "size", "position": "position", "background": "background", "word": "word"}
+WORLD_COLUMNS = {
+    "world_key": "key",
+    "matched": "matched",
+    "noise_kind": "noise_kind",
+    "caption_style": "caption_style",
+    "shape": "shape",
+    "colour": "colour",
+    "count": "count",
+    "size": "size",
+    "position": "position",
+    "background": "background",
+    "word": "word",
+}
 
 
 def _world_truth(rows: int, seed: int, start: int, noise: float) -> pa.Table:
@@ -138,8 +199,10 @@ def synthesize(
     Memory stays bounded: each file is generated in row-group-sized chunks.
     """
     if rows < 0 or files < 1 or row_group_size < 1:
-        raise LaionHFError(f"rows must be >= 0, files >= 1 and row_group_size >= 1 "
-                           f"(got rows={rows}, files={files}, row_group_size={row_group_size})")
+        raise LaionHFError(
+            f"rows must be >= 0, files >= 1 and row_group_size >= 1 "
+            f"(got rows={rows}, files={files}, row_group_size={row_group_size})"
+        )
     from laion_hf._util.outdir import OutputDir
 
     per_file = [rows // files + (1 if i < rows % files else 0) for i in range(files)]
@@ -147,15 +210,32 @@ def synthesize(
     with OutputDir(out_dir, kind="synth") as out:  # staged, swapped in whole: never mixes runs
         start = 0
         for name, n in zip(names, per_file):
-            _write_part(out.path(name), n, start, seed=seed, layout=layout, row_group_size=row_group_size,
-                        world=world, noise=noise)
+            _write_part(
+                out.path(name),
+                n,
+                start,
+                seed=seed,
+                layout=layout,
+                row_group_size=row_group_size,
+                world=world,
+                noise=noise,
+            )
             start += n
         out.commit(names)
     return [os.path.join(os.fspath(out_dir), name) for name in names]
 
 
-def _write_part(path: str, n: int, start: int, *, seed: int, layout: str, row_group_size: int,
-                world: bool = False, noise: float = 0.3) -> None:
+def _write_part(
+    path: str,
+    n: int,
+    start: int,
+    *,
+    seed: int,
+    layout: str,
+    row_group_size: int,
+    world: bool = False,
+    noise: float = 0.3,
+) -> None:
     """Write rows ``start .. start + n`` as one parquet file, one row group at a time."""
     writer = None
     try:

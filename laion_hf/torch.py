@@ -299,7 +299,8 @@ class _ParquetSource:
                 yield from self._read_row_group(pf, unit, lo, hi)
         except (OSError, pa.ArrowException) as exc:
             raise ShardError(
-                f"cannot read row group {unit.row_group} of parquet shard {self.files[unit.file]}: {exc}") from exc
+                f"cannot read row group {unit.row_group} of parquet shard {self.files[unit.file]}: {exc}"
+            ) from exc
 
     def _read_row_group(self, pf: pq.ParquetFile, unit: _Unit, lo: int, hi: int) -> Iterator[pa.Table]:
         pos = 0  # row within the row group
@@ -332,7 +333,8 @@ class _TarSource:
         self.cols = _Columns("image", "caption", "key", self.extra)
         if key_column not in (None, "key", "__key__"):
             raise LoaderError(
-                f"webdataset tars carry their key in the member names; key_column={key_column!r} is not supported")
+                f"webdataset tars carry their key in the member names; key_column={key_column!r} is not supported"
+            )
 
     def units(self) -> list[_Unit]:
         return [_Unit(f) for f in range(len(self.files))]
@@ -514,7 +516,11 @@ def _unit_rows(source, unit: _Unit) -> int:
 
 
 def _balanced_plan(
-    units: Sequence[_Unit], rows: Sequence[int], order: Sequence[int], gid: int, readers: int,
+    units: Sequence[_Unit],
+    rows: Sequence[int],
+    order: Sequence[int],
+    gid: int,
+    readers: int,
     pad: bool,
 ) -> list[_Unit]:
     """Reader ``gid``'s share of an epoch: the units in ``order`` (``rows[k]`` rows in
@@ -634,7 +640,8 @@ class LaionTorchDataset(IterableDataset):
         self.balance = balance
         self.epoch = 0
         self._source = self._make_source(
-            source, image_column, caption_column, key_column, tuple(columns), config, split)
+            source, image_column, caption_column, key_column, tuple(columns), config, split
+        )
         self._base_units = self._source.units()  # computed once, shipped to the workers
         if not self._base_units:
             raise LoaderError(f"{source!r} holds no rows")
@@ -762,7 +769,8 @@ class LaionTorchDataset(IterableDataset):
                 except ImportError as exc:
                     raise LoaderError(
                         "tokenizer='clip' needs open_clip: pip install 'laion-hf[clip]', or pass tokenizer=None "
-                        f"(captions as strings) or your own callable ({exc})") from exc
+                        f"(captions as strings) or your own callable ({exc})"
+                    ) from exc
                 self._tok = SimpleTokenizer()
             elif callable(self.tokenizer):
                 self._tok = self.tokenizer
@@ -770,9 +778,7 @@ class LaionTorchDataset(IterableDataset):
                 raise LoaderError(f"tokenizer must be 'clip', a callable or None, got {self.tokenizer!r}")
         return self._tok(captions)
 
-    def _decode(
-        self, table: pa.Table, carry_skipped: int, keep_empty: bool = False
-    ) -> dict[str, Any] | None:
+    def _decode(self, table: pa.Table, carry_skipped: int, keep_empty: bool = False) -> dict[str, Any] | None:
         images = table.column("image").to_pylist()
         if self.preprocess is None:
             pixels, ok, errors = fast_clip_preprocess(images, self.image_size, self.mean, self.std, self.draft)
@@ -857,8 +863,9 @@ class _ReaderStream:
     """The iterator of one reader (rank x worker) for one epoch; its state is exact at every
     yielded batch."""
 
-    def __init__(self, ds: LaionTorchDataset, gid: int, readers: int, worker: int, workers: int, epoch: int,
-                 resume: dict | None):
+    def __init__(
+        self, ds: LaionTorchDataset, gid: int, readers: int, worker: int, workers: int, epoch: int, resume: dict | None
+    ):
         self.ds, self.gid, self.readers, self.epoch = ds, gid, readers, epoch
         self.units = ds.units_for(readers)
         self.S, self.B = ds.buffer_size, ds.batch_size
@@ -877,8 +884,9 @@ class _ReaderStream:
                 order = np.random.default_rng([ds.seed, epoch, 0x5A4D]).permutation(len(self.units))
             if self.balanced:
                 rows = ds._unit_rows()
-                self.seq = _balanced_plan(self.units, [rows[i] for i in order], order, gid, readers,
-                                          pad=not ds.drop_last)
+                self.seq = _balanced_plan(
+                    self.units, [rows[i] for i in order], order, gid, readers, pad=not ds.drop_last
+                )
             else:
                 self.seq = [self.units[i] for i in order[gid::readers]]
         self.pos = 0  # position in this reader's unit sequence of the next row to ingest
@@ -904,14 +912,18 @@ class _ReaderStream:
         if self.seq is not None:
             return self.seq[p] if p < len(self.seq) else None
         block = np.random.default_rng([self.ds.seed, self.epoch, self.gid, p // 1024, 0x5E0]).integers(
-            0, len(self.units), 1024)
+            0, len(self.units), 1024
+        )
         return self.units[int(block[p % 1024])]
 
     def _draw(self, tid: int) -> int:
         b = tid // _BLOCK
         if b != self._draw_block:
-            self._draws = np.random.default_rng([self.ds.seed, self.epoch, self.gid, b, 0xB0F]).integers(
-                0, 2**62, _BLOCK).tolist()
+            self._draws = (
+                np.random.default_rng([self.ds.seed, self.epoch, self.gid, b, 0xB0F])
+                .integers(0, 2**62, _BLOCK)
+                .tolist()
+            )
             self._draw_block = b
         return self._draws[tid % _BLOCK] % self.S
 
@@ -958,7 +970,7 @@ class _ReaderStream:
         return pos.tolist(), row.tolist()
 
     def _buffered(self) -> list[int]:
-        return self.slots[self.flush_i:] if self.flushing else self.slots
+        return self.slots[self.flush_i :] if self.flushing else self.slots
 
     def _compact(self) -> None:
         """Copy the rows still buffered into one segment so old tables can be freed."""
@@ -1113,9 +1125,14 @@ class _ReaderStream:
         if self.S and sum(len(s.ids) for s in self.segments) > 2 * self.S + _COMPACT_SLACK:
             self._compact()
         t0 = self.t
-        self.segments.append(_Segment(
-            table, np.arange(t0, t0 + n, dtype=np.int64),
-            np.full(n, self.pos, dtype=np.int64), np.arange(self.row, self.row + n, dtype=np.int64)))
+        self.segments.append(
+            _Segment(
+                table,
+                np.arange(t0, t0 + n, dtype=np.int64),
+                np.full(n, self.pos, dtype=np.int64),
+                np.arange(self.row, self.row + n, dtype=np.int64),
+            )
+        )
         for tid in range(t0, t0 + n):
             self.t += 1
             self.row += 1
@@ -1159,7 +1176,7 @@ class _ReaderStream:
         B = self.B
         while self.flush_i < len(self.slots):
             take = min(B - len(self.pending), len(self.slots) - self.flush_i)
-            self.pending += self.slots[self.flush_i:self.flush_i + take]
+            self.pending += self.slots[self.flush_i : self.flush_i + take]
             self.flush_i += take
             if len(self.pending) == B or self.flush_i == len(self.slots):
                 if len(self.pending) < B and self.ds.drop_last:
@@ -1200,8 +1217,11 @@ def make_dataloader(
     """
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    dataset = source if isinstance(source, LaionTorchDataset) else LaionTorchDataset(
-        source, batch_size=batch_size, **dataset_kwargs)
+    dataset = (
+        source
+        if isinstance(source, LaionTorchDataset)
+        else LaionTorchDataset(source, batch_size=batch_size, **dataset_kwargs)
+    )
     with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch.set_vital on construction
         warnings.filterwarnings("ignore", message=".*set_vital.*")
         return StatefulDataLoader(

@@ -17,8 +17,14 @@ import tempfile
 from laion_hf.export import filter_to_parquet
 from laion_hf.synth import synthesize
 
-THRESHOLDS = {"4.5": "aesthetics-v2-4.5plus", "4.75": "aesthetics-v2-4.75plus", "5": "aesthetics-v2-5plus",
-              "6": "aesthetics-v2-6plus", "6.25": "aesthetics-v2-6.25plus", "6.5": "aesthetics-v2-6.5plus"}
+THRESHOLDS = {
+    "4.5": "aesthetics-v2-4.5plus",
+    "4.75": "aesthetics-v2-4.75plus",
+    "5": "aesthetics-v2-5plus",
+    "6": "aesthetics-v2-6plus",
+    "6.25": "aesthetics-v2-6.25plus",
+    "6.5": "aesthetics-v2-6.5plus",
+}
 
 
 def main(argv=None) -> int:

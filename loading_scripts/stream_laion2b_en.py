@@ -40,8 +40,10 @@ def main(argv=None) -> int:
         for i, batch in enumerate(itertools.islice(batches, args.batches or None)):
             total += batch.num_rows
             low = min(batch.column("similarity").to_pylist())
-            print(f"batch {i}: {batch.num_rows} rows, min similarity {low:.4f}, first caption: "
-                  f"{batch.column('caption')[0].as_py()!r}")
+            print(
+                f"batch {i}: {batch.num_rows} rows, min similarity {low:.4f}, first caption: "
+                f"{batch.column('caption')[0].as_py()!r}"
+            )
         print(f"streamed {total} rows with similarity >= 0.28")
     return 0
 

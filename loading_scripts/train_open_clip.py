@@ -114,17 +114,25 @@ class Trainer:
         std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         tokenizer = open_clip.get_tokenizer(self.model_name)
         self.ddp_model = torch.nn.parallel.DistributedDataParallel(model) if ranks.distributed else model
-        self.loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=ranks.distributed, rank=ranks.rank,
-                                          world_size=ranks.world)
+        self.loss_fn = open_clip.ClipLoss(
+            local_loss=False, gather_with_grad=ranks.distributed, rank=ranks.rank, world_size=ranks.world
+        )
         self.opt = self._optimizer()
         self.loader = make_dataloader(
             build_source(args.data, args.config, args.endpoint),
-            batch_size=self.batch_size, num_workers=args.workers, pin_memory=on_gpu, image_size=self.image_size,
-            mean=mean, std=std, tokenizer=tokenizer, buffer_size=args.buffer_size, seed=args.seed,
-            samples_per_epoch=args.samples_per_epoch, config=args.config,
+            batch_size=self.batch_size,
+            num_workers=args.workers,
+            pin_memory=on_gpu,
+            image_size=self.image_size,
+            mean=mean,
+            std=std,
+            tokenizer=tokenizer,
+            buffer_size=args.buffer_size,
+            seed=args.seed,
+            samples_per_epoch=args.samples_per_epoch,
+            config=args.config,
         )
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu
-                         else torch.autocast("cpu", enabled=False))
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
         self.step, self.epoch = 0, 0
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -132,8 +140,10 @@ class Trainer:
         params = list(self.model.named_parameters())
         decay = [q for n, q in params if q.ndim >= 2 and "logit_scale" not in n]
         no_decay = [q for n, q in params if q.ndim < 2 or "logit_scale" in n]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.args.wd},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.args.lr)
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.args.lr,
+        )
 
     def resume(self, p: argparse.ArgumentParser) -> None:
         """Load model, optimizer, position and this rank's loader state from ``--checkpoint``."""
@@ -159,8 +169,16 @@ class Trainer:
             states = [self.loader.state_dict()]
         if self.ranks.rank == 0:
             tmp = f"{self.args.checkpoint}.tmp"
-            torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-                        "epoch": self.epoch, "loader": states}, tmp)
+            torch.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "loader": states,
+                },
+                tmp,
+            )
             os.replace(tmp, self.args.checkpoint)
 
     def train_step(self, batch: dict) -> torch.Tensor:
@@ -194,8 +212,11 @@ class Trainer:
                 samples += len(batch["key"]) * world
                 if self.ranks.rank == 0 and self.step % args.log_every == 0:
                     rate = samples / (time.perf_counter() - t0)
-                    print(f"step {self.step} epoch {self.epoch} loss {loss.item():.4f} samples/s {rate:.1f} "
-                          f"skipped {batch['num_skipped']}", flush=True)
+                    print(
+                        f"step {self.step} epoch {self.epoch} loss {loss.item():.4f} samples/s {rate:.1f} "
+                        f"skipped {batch['num_skipped']}",
+                        flush=True,
+                    )
                 if args.checkpoint and self.step % args.save_every == 0:
                     self.save()
                 if args.steps and self.step >= args.steps:
@@ -215,8 +236,11 @@ def main(argv=None) -> int:
     ranks = Ranks.start(p, args)
     trainer = Trainer(args, ranks)
     if ranks.rank == 0:
-        print(f"model {trainer.model_name} on {ranks.device}, batch {trainer.batch_size} x {ranks.world} rank(s), "
-              f"image {trainer.image_size}", flush=True)
+        print(
+            f"model {trainer.model_name} on {ranks.device}, batch {trainer.batch_size} x {ranks.world} rank(s), "
+            f"image {trainer.image_size}",
+            flush=True,
+        )
     if args.resume:
         trainer.resume(p)
     trainer.run()

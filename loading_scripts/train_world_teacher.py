@@ -70,12 +70,8 @@ def write_training_shards(work: Path, rows: int = TRAIN_ROWS, per_file: int = 40
     out.mkdir(parents=True, exist_ok=True)
     for start in range(0, rows, per_file):
         table = world_rows(min(per_file, rows - start), seed=TRAIN_SEED, noise=0.0, start=start)
-        jpg = pa.array(
-            [render(k, RENDER_SIDE) for k in table.column("key").to_pylist()], pa.binary()
-        )
-        shard = pa.table(
-            {"key": table.column("key"), "jpg": jpg, "caption": table.column("caption")}
-        )
+        jpg = pa.array([render(k, RENDER_SIDE) for k in table.column("key").to_pylist()], pa.binary())
+        shard = pa.table({"key": table.column("key"), "jpg": jpg, "caption": table.column("caption")})
         pq.write_table(shard, out / f"train-{start // per_file:05d}.parquet", row_group_size=1000)
     (out / "_done").write_text("ok")
     return out
@@ -98,10 +94,7 @@ def prompt_targets(keys: list[str]) -> dict[str, torch.Tensor]:
     targets = {}
     for attr, labels in ZERO_SHOT_LABELS.items():
         values = list(labels)
-        idx = [
-            values.index(v) if v != "" else -100
-            for v in (getattr(attributes(k), attr) for k in keys)
-        ]
+        idx = [values.index(v) if v != "" else -100 for v in (getattr(attributes(k), attr) for k in keys)]
         targets[attr] = torch.tensor(idx)
     return targets
 
@@ -110,12 +103,8 @@ def losses(model, batch, step: int, tokenizer) -> tuple[torch.Tensor, dict[str, 
     """Contrastive loss with hard negatives + the attribute-prompt loss for one batch."""
     img = F.normalize(model.encode_image(batch["image"]), dim=-1)
     negs = tokenizer(hard_negatives(batch["key"], step))
-    prompts = [
-        PROMPT.format(label=lab) for labels in ZERO_SHOT_LABELS.values() for lab in labels.values()
-    ]
-    txt_all = F.normalize(
-        model.encode_text(torch.cat([batch["text"], negs, tokenizer(prompts)])), dim=-1
-    )
+    prompts = [PROMPT.format(label=lab) for labels in ZERO_SHOT_LABELS.values() for lab in labels.values()]
+    txt_all = F.normalize(model.encode_text(torch.cat([batch["text"], negs, tokenizer(prompts)])), dim=-1)
     n = img.shape[0]
     txt, neg, prm = txt_all[:n], txt_all[n : 2 * n], txt_all[2 * n :]
     scale = model.logit_scale.exp().clamp(max=100)
@@ -125,9 +114,7 @@ def losses(model, batch, step: int, tokenizer) -> tuple[torch.Tensor, dict[str, 
     aux, offset = [], 0
     for attr, want in prompt_targets(batch["key"]).items():
         k = len(ZERO_SHOT_LABELS[attr])
-        aux.append(
-            F.cross_entropy(scale * img @ prm[offset : offset + k].T, want, ignore_index=-100)
-        )
+        aux.append(F.cross_entropy(scale * img @ prm[offset : offset + k].T, want, ignore_index=-100))
         offset += k
     aux_loss = torch.stack(aux).mean()
     total = (i2t + t2i) / 2 + AUX_WEIGHT * aux_loss
@@ -145,16 +132,12 @@ def make_optimizer(model) -> torch.optim.Optimizer:
     )
 
 
-def train(
-    work: Path, steps: int, save_every: int = 100, log_every: int = 20
-) -> tuple[torch.nn.Module, float]:
+def train(work: Path, steps: int, save_every: int = 100, log_every: int = 20) -> tuple[torch.nn.Module, float]:
     """Train from random init; returns the model and the training wall time in seconds."""
     import open_clip
 
     torch.manual_seed(SEED)
-    model = open_clip.create_model(
-        TEACHER_MODEL
-    ).train()  # random init (config registered by laion_hf.clip)
+    model = open_clip.create_model(TEACHER_MODEL).train()  # random init (config registered by laion_hf.clip)
     tokenizer = open_clip.get_tokenizer(TEACHER_MODEL)
     data = LaionTorchDataset(
         str(write_training_shards(work)),
@@ -205,8 +188,7 @@ def pick_threshold(sim: np.ndarray, matched: np.ndarray) -> float:
     best = max(
         cuts,
         key=lambda c: (
-            ((sim >= c) & matched).mean() / matched.mean()
-            + ((sim < c) & ~matched).mean() / (~matched).mean()
+            ((sim >= c) & matched).mean() / matched.mean() + ((sim < c) & ~matched).mean() / (~matched).mean()
         ),
     )
     below = sim[sim < best]
@@ -236,13 +218,9 @@ def validate(weights: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--work", default="/tmp/world-teacher", help="scratch folder for the training shards"
-    )
+    ap.add_argument("--work", default="/tmp/world-teacher", help="scratch folder for the training shards")
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument(
-        "--out", default=str(WEIGHTS_DIR), help="where to write the weights and metadata"
-    )
+    ap.add_argument("--out", default=str(WEIGHTS_DIR), help="where to write the weights and metadata")
     args = ap.parse_args()
     torch.manual_seed(SEED)
     torch.set_num_threads(1)

@@ -78,12 +78,8 @@ def map_orders(
                 value = Failure(order, e)
             done(i, value)
     elif mode == "threads":
-        with ThreadPoolExecutor(
-            min(workers, len(orders)), thread_name_prefix="laion-hf-order"
-        ) as pool:
-            _collect(
-                {pool.submit(run_one, o, progress): i for i, o in enumerate(orders)}, orders, done
-            )
+        with ThreadPoolExecutor(min(workers, len(orders)), thread_name_prefix="laion-hf-order") as pool:
+            _collect({pool.submit(run_one, o, progress): i for i, o in enumerate(orders)}, orders, done)
     elif mode == "processes":
         _process_map(run_one, orders, workers, progress, done)
     else:
@@ -215,11 +211,7 @@ def raise_failures(results: Sequence[Any], what: str) -> None:
     first = failed[0]
     more = ""
     if len(failed) > 1:
-        more = (
-            f" (and {len(failed) - 1} more failure(s): "
-            + "; ".join(f.describe() for f in failed[1:4])
-            + ")"
-        )
+        more = f" (and {len(failed) - 1} more failure(s): " + "; ".join(f.describe() for f in failed[1:4]) + ")"
     if isinstance(first.error, LaionHFError):
         raise type(first.error)(f"{first.error}{more}") from first.error
     tries = f" after {first.tries} tries" if first.tries > 1 else ""
@@ -239,11 +231,7 @@ def with_retries(
 
     results = list(mapper(run_one, orders))
     for _ in range(max(0, retries)):
-        redo = [
-            i
-            for i, r in enumerate(results)
-            if isinstance(r, Failure) and not isinstance(r.error, LaionHFError)
-        ]
+        redo = [i for i, r in enumerate(results) if isinstance(r, Failure) and not isinstance(r.error, LaionHFError)]
         if not redo:
             break
         again = list(mapper(run_one, [orders[i] for i in redo]))

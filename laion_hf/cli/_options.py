@@ -16,26 +16,43 @@ from laion_hf.filters import PRESETS
 
 def add_load_arguments(p) -> None:
     """The metadata-selection options shared by every command that reads LAION metadata."""
-    p.add_argument("--where", action="append", metavar="EXPR",
-                   help="filter expression, e.g. \"similarity >= 0.28 and punsafe < 0.1\" (repeatable, ANDed)")
-    p.add_argument("--preset", action="append", metavar="NAME",
-                   help=f"LAION subset preset (repeatable): {', '.join(PRESETS)}")
-    p.add_argument("--blocklist", action="append", metavar="FILE",
-                   help="text file of MD5/SHA-256 hex digests to remove (repeatable)")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="EXPR",
+        help='filter expression, e.g. "similarity >= 0.28 and punsafe < 0.1" (repeatable, ANDed)',
+    )
+    p.add_argument(
+        "--preset", action="append", metavar="NAME", help=f"LAION subset preset (repeatable): {', '.join(PRESETS)}"
+    )
+    p.add_argument(
+        "--blocklist",
+        action="append",
+        metavar="FILE",
+        help="text file of MD5/SHA-256 hex digests to remove (repeatable)",
+    )
     p.add_argument("--blocklist-column", default="url", help="column whose digest is matched (default url)")
     p.add_argument("--sample", type=A.fraction, help="keep this fraction of rows, chosen by a hash of the key")
     p.add_argument("--columns", help="comma-separated output columns (default: all)")
     p.add_argument("--release", help="release name (default: detected from the columns)")
-    p.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise",
-                   help="what to do with an unreadable file (default raise)")
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip", "warn"],
+        default="raise",
+        help="what to do with an unreadable file (default raise)",
+    )
 
 
 def load_kwargs_from_args(args) -> dict[str, Any]:
     """Turn :func:`add_load_arguments` options into :func:`laion_hf.load_laion` keyword arguments."""
     return {
-        "where": args.where, "preset": args.preset, "blocklist": args.blocklist,
-        "blocklist_column": args.blocklist_column, "sample": args.sample,
-        "columns": args.columns.split(",") if args.columns else None, "release": args.release,
+        "where": args.where,
+        "preset": args.preset,
+        "blocklist": args.blocklist,
+        "blocklist_column": args.blocklist_column,
+        "sample": args.sample,
+        "columns": args.columns.split(",") if args.columns else None,
+        "release": args.release,
         "on_error": args.on_error,
     }
 
@@ -43,13 +60,21 @@ def load_kwargs_from_args(args) -> dict[str, Any]:
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """``--engine local|ray``, ``--address`` and ``--ray-workers`` for a verb."""
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="run on this machine (local, default) or on Ray Data (ray; pip install 'laion-hf[ray]')")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="run on this machine (local, default) or on Ray Data (ray; pip install 'laion-hf[ray]')",
+    )
     g.add_argument("--address", default=None,
                    help="with --engine ray: the Ray cluster (auto, ray://head:10001, host:6379); "
                    "default: the connected one, else a new local instance")  # fmt: skip
-    g.add_argument("--ray-workers", type=A.positive_int, default=None,
-                   help="with --engine ray: worker actors/tasks (default: one per CPU; embed: one per GPU)")
+    g.add_argument(
+        "--ray-workers",
+        type=A.positive_int,
+        default=None,
+        help="with --engine ray: worker actors/tasks (default: one per CPU; embed: one per GPU)",
+    )
 
 
 def engine_call(args: argparse.Namespace, local: Callable[..., Any], verb: str) -> Callable[..., Any]:
@@ -60,8 +85,13 @@ def engine_call(args: argparse.Namespace, local: Callable[..., Any], verb: str) 
         return local
     from laion_hf.engines import run_stage
 
-    return functools.partial(run_stage, verb, engine="ray", address=getattr(args, "address", None),
-                             workers=getattr(args, "ray_workers", None))
+    return functools.partial(
+        run_stage,
+        verb,
+        engine="ray",
+        address=getattr(args, "address", None),
+        workers=getattr(args, "ray_workers", None),
+    )
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser, default_model: str = "laion-hf-tiny") -> None:
@@ -81,24 +111,14 @@ def add_near_arguments(parser: Any) -> None:
     """``--near TEXT`` / ``--near-image PATH`` / ``--near-embedding FILE.npy`` with ``--k`` or
     ``--min-similarity`` and ``--modality``: the ``filter`` verb's subsets by query (SOURCE is
     then an index folder made by ``laion-hf index``)."""
-    g = parser.add_argument_group(
-        "subset by query (SOURCE is an index folder from `laion-hf index`)"
-    )
-    g.add_argument(
-        "--near", default=None, metavar="TEXT", help="keep the rows nearest this caption"
-    )
-    g.add_argument(
-        "--near-image", default=None, metavar="PATH", help="keep the rows nearest this image"
-    )
-    g.add_argument(
-        "--near-embedding", default=None, metavar="NPY", help="... nearest this vector (.npy)"
-    )
+    g = parser.add_argument_group("subset by query (SOURCE is an index folder from `laion-hf index`)")
+    g.add_argument("--near", default=None, metavar="TEXT", help="keep the rows nearest this caption")
+    g.add_argument("--near-image", default=None, metavar="PATH", help="keep the rows nearest this image")
+    g.add_argument("--near-embedding", default=None, metavar="NPY", help="... nearest this vector (.npy)")
     g.add_argument(
         "--k", type=A.positive_int, default=None, help="how many rows to keep (100 without --min-similarity)"
     )
-    g.add_argument(
-        "--min-similarity", type=A.finite_float, default=None, help="keep rows at least this similar"
-    )
+    g.add_argument("--min-similarity", type=A.finite_float, default=None, help="keep rows at least this similar")
     g.add_argument("--modality", choices=["image", "text"], default="image",
                    help="search the image index (default) or the text index")  # fmt: skip
 

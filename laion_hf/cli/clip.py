@@ -31,10 +31,14 @@ def register(sub: Any) -> None:
                    help="weights: a tag (e.g. laion2b_s34b_b79k, openai) found in the HF cache, or a checkpoint file")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=A.positive_int, default=None, help="images per forward pass (256 on GPU, 32 on CPU)")
+    p.add_argument(
+        "--batch-size", type=A.positive_int, default=None, help="images per forward pass (256 on GPU, 32 on CPU)"
+    )
     p.add_argument("--head", action="append", default=[], metavar="SPEC",
                    help="score head: aesthetic_v1[:vit_b_32|vit_b_16|vit_l_14], aesthetic_v2:PATH, nsfw:PATH (repeatable)")  # fmt: skip
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="embedding dtype in the .npy files")
+    p.add_argument(
+        "--dtype", default="float16", choices=["float16", "float32"], help="embedding dtype in the .npy files"
+    )
     p.add_argument("--num-workers", type=A.positive_int, default=None, help="image decoding threads")
     p.add_argument("--allow-download", action="store_true", help="let open_clip download missing weights")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder to find weights in")

@@ -28,18 +28,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--model", nargs="+", default=None,
                    help="open_clip model name(s), hf-hub:org/name, local-dir:/folder, or a laion-hf train checkpoint")  # fmt: skip
-    p.add_argument(
-        "--pretrained", default=None, help="a pretrained tag or a weights file (one model)"
-    )
+    p.add_argument("--pretrained", default=None, help="a pretrained tag or a weights file (one model)")
     p.add_argument(
         "--dataset",
         nargs="+",
         default=None,
         help="dataset folder(s), hf:// paths, wds/NAME, repo ids",
     )
-    p.add_argument(
-        "--task", default="auto", choices=["auto", "zeroshot_classification", "zeroshot_retrieval"]
-    )
+    p.add_argument("--task", default="auto", choices=["auto", "zeroshot_classification", "zeroshot_retrieval"])
     p.add_argument("--split", default="test")
     p.add_argument("--image-column", default=None)
     p.add_argument("--label-column", default=None)
@@ -54,9 +50,7 @@ def register(sub: Any) -> None:
                    help="equal scores: lower index first (same on every device), or torch.topk as CLIP_benchmark")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
-    p.add_argument(
-        "--allow-download", action="store_true", help="let open_clip download missing weights"
-    )
+    p.add_argument("--allow-download", action="store_true", help="let open_clip download missing weights")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder to find weights in")
     p.add_argument("--out", default=".", help="folder for the result JSON files")
     p.add_argument("--output", default="{dataset}_{pretrained}_{model}_{language}_{task}.json",
@@ -88,9 +82,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from laion_hf.eval import evaluate, load_eval_dataset, load_model, write_result
 
     if not args.model or not args.dataset:
-        raise EvalError(
-            "give --model and --dataset (or `laion-hf eval build FILES --out table.csv`)"
-        )
+        raise EvalError("give --model and --dataset (or `laion-hf eval build FILES --out table.csv`)")
     if args.pretrained and len(args.model) > 1:
         raise EvalError("--pretrained goes with one --model; pass checkpoints as --model FILE")
     datasets = [load_eval_dataset(d, task=args.task, split=args.split, classnames=args.classnames,

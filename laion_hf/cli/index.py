@@ -25,13 +25,9 @@ def _register_index(sub: Any) -> None:
         "A re-run resumes a killed build.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
-    p.add_argument(
-        "source", help="embed output folder or parquet shards (file, folder, glob, hf:// URL)"
-    )
+    p.add_argument("source", help="embed output folder or parquet shards (file, folder, glob, hf:// URL)")
     p.add_argument("--out", required=True, help="index folder to write")
-    p.add_argument(
-        "--max-index-memory", default="8GB", help="memory budget of one index (e.g. 4GB)"
-    )
+    p.add_argument("--max-index-memory", default="8GB", help="memory budget of one index (e.g. 4GB)")
     p.add_argument("--memory-mappable", action="store_true", help="IVF with on-disk inverted lists")
     p.add_argument(
         "--index-key",
@@ -40,9 +36,7 @@ def _register_index(sub: Any) -> None:
     )
     p.add_argument("--kind", action="append", choices=["image", "text"], default=None,
                    help="index only this kind (repeatable; default: every kind the source has)")  # fmt: skip
-    p.add_argument(
-        "--recall", type=float, default=0.95, help="recall@10 target of the tuned search parameter"
-    )
+    p.add_argument("--recall", type=float, default=0.95, help="recall@10 target of the tuned search parameter")
     p.add_argument(
         "--latency-budget-ms",
         type=float,
@@ -103,24 +97,16 @@ def _register_serve(sub: Any) -> None:
         "otherwise. Metadata is checked against the index's fingerprint at start.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
-    p.add_argument(
-        "dirs", nargs="+", metavar="[NAME=]DIR", help="index folders (named after the folder)"
-    )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)"
-    )
+    p.add_argument("dirs", nargs="+", metavar="[NAME=]DIR", help="index folders (named after the folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=1234, help="port (0: any free port)")
     p.add_argument("--metadata", default=None, help="another copy of the metadata (one index only)")
     p.add_argument("--device", default="cpu", help="device of the CLIP model embedding queries")
-    p.add_argument(
-        "--aesthetic-embeddings", default=None, help="folder of rating{0..9}.npy for this model"
-    )
+    p.add_argument("--aesthetic-embeddings", default=None, help="folder of rating{0..9}.npy for this model")
     p.add_argument("--allow-private-image-urls", nargs="?", const="all", default=None, metavar="CIDR",
                    help="let image_url reach private/loopback addresses (all, or comma-separated networks)")  # fmt: skip
     p.add_argument("--max-body-bytes", type=int, default=16 * 2**20)
-    p.add_argument(
-        "--threads", type=int, default=4, help="worker threads for inference and searches"
-    )
+    p.add_argument("--threads", type=int, default=4, help="worker threads for inference and searches")
     p.set_defaults(func=_run_serve)
 
 
@@ -132,9 +118,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         allow = True
     elif args.allow_private_image_urls:
         allow = tuple(n.strip() for n in args.allow_private_image_urls.split(",") if n.strip())
-    return ServeConfig(
-        max_body_bytes=args.max_body_bytes, allow_private_image_urls=allow, threads=args.threads
-    )
+    return ServeConfig(max_body_bytes=args.max_body_bytes, allow_private_image_urls=allow, threads=args.threads)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

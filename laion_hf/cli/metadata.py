@@ -29,35 +29,53 @@ def register(sub: Any) -> None:
 
 def _register_synth(sub) -> None:
     """``laion-hf synth``: write synthetic LAION metadata."""
-    p = sub.add_parser("synth", help="write realistic synthetic LAION metadata parquet",
-                       description=synthesize.__doc__)
+    p = sub.add_parser("synth", help="write realistic synthetic LAION metadata parquet", description=synthesize.__doc__)
     p.add_argument("--rows", type=A.non_negative_int, default=10_000, help="number of rows (default 10,000)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--files", type=A.positive_int, default=1, help="number of parquet files (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=LAYOUTS, default="laion-aesthetics",
-                   help="which release's column names and types to imitate")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="laion-aesthetics",
+        help="which release's column names and types to imitate",
+    )
     p.add_argument("--row-group-size", type=A.positive_int, default=100_000)
-    p.add_argument("--world", action="store_true",
-                   help="captions and /world/<key>.jpg URLs from the embedded image world (the loopback image "
-                        "server renders them), ground truth in passthrough columns")
-    p.add_argument("--noise", type=A.unit_interval, default=0.3,
-                   help="with --world: fraction of noisy captions (default 0.3)")
+    p.add_argument(
+        "--world",
+        action="store_true",
+        help="captions and /world/<key>.jpg URLs from the embedded image world (the loopback image "
+        "server renders them), ground truth in passthrough columns",
+    )
+    p.add_argument(
+        "--noise", type=A.unit_interval, default=0.3, help="with --world: fraction of noisy captions (default 0.3)"
+    )
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
-    paths = synthesize(args.rows, args.out, files=args.files, seed=args.seed, layout=args.layout,
-                       row_group_size=args.row_group_size, world=args.world, noise=args.noise)
+    paths = synthesize(
+        args.rows,
+        args.out,
+        files=args.files,
+        seed=args.seed,
+        layout=args.layout,
+        row_group_size=args.row_group_size,
+        world=args.world,
+        noise=args.noise,
+    )
     print(f"wrote {args.rows:,} rows in {len(paths)} file(s) to {args.out}")
     return 0
 
 
 def _register_stats(sub) -> None:
     """``laion-hf stats``."""
-    p = sub.add_parser("stats", help="row count, quantiles and histograms of LAION metadata",
-                       description="Scan SOURCE (file, folder, glob or URL) and print counts, quantiles of "
-                       "similarity, sizes, punsafe, pwatermark, aesthetic, and language counts.")
+    p = sub.add_parser(
+        "stats",
+        help="row count, quantiles and histograms of LAION metadata",
+        description="Scan SOURCE (file, folder, glob or URL) and print counts, quantiles of "
+        "similarity, sizes, punsafe, pwatermark, aesthetic, and language counts.",
+    )
     p.add_argument("source", help="parquet file, folder, glob or fsspec URL")
     p.add_argument("--where", action="append", help="filter expression (repeatable, ANDed)")
     p.add_argument("--preset", action="append", help="preset name (repeatable)")
@@ -91,9 +109,12 @@ def _run_stats(args) -> int:
 
 def _register_filter(sub) -> None:
     """``laion-hf filter`` and ``laion-hf presets``."""
-    p = sub.add_parser("filter", help="filter LAION metadata into parquet shards",
-                       description="Read SOURCE in the canonical schema, keep rows matching --where/--preset, "
-                       "drop blocklisted rows, and write parquet parts + stats.json to --out.")
+    p = sub.add_parser(
+        "filter",
+        help="filter LAION metadata into parquet shards",
+        description="Read SOURCE in the canonical schema, keep rows matching --where/--preset, "
+        "drop blocklisted rows, and write parquet parts + stats.json to --out.",
+    )
     p.add_argument("source", help="parquet file, folder, glob or fsspec URL")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rows-per-file", type=A.positive_int, default=1_000_000)

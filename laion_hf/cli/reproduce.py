@@ -17,28 +17,18 @@ def register(sub: Any) -> None:
         "per variant, and write WORK/results.csv, runs.csv, fits.json and scaling.png. Rerunning resumes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--work", default="laion-hf-reproduce", help="work folder (data, bench, runs, results)"
-    )
+    p.add_argument("--work", default="laion-hf-reproduce", help="work folder (data, bench, runs, results)")
     p.add_argument("--pool", type=int, default=2048, help="world pairs scored by the teacher")
     p.add_argument("--noise", type=float, default=0.5, help="fraction of noisy pairs in the world")
-    p.add_argument(
-        "--scales", type=int, nargs="+", default=[128, 256, 512, 1024, 2048], help="samples seen"
-    )
+    p.add_argument("--scales", type=int, nargs="+", default=[128, 256, 512, 1024, 2048], help="samples seen")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument(
-        "--student", default="laion-hf-world", help="open_clip config trained from scratch"
-    )
+    p.add_argument("--student", default="laion-hf-world", help="open_clip config trained from scratch")
     p.add_argument("--teacher", default="laion-hf-world",
                    help="the filtering CLIP: a model with weights, or a laion-hf train checkpoint")  # fmt: skip
-    p.add_argument(
-        "--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)"
-    )
-    p.add_argument(
-        "--threshold", type=float, default=None, help="similarity cut (default: the teacher's)"
-    )
+    p.add_argument("--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)")
+    p.add_argument("--threshold", type=float, default=None, help="similarity cut (default: the teacher's)")
     p.add_argument("--image-side", type=int, default=80, help="long side of the rendered images")
     p.add_argument("--eval-images", type=int, default=200, help="held-out images per benchmark set")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
@@ -57,9 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device,
     )  # fmt: skip
     s = reproduce(cfg, emit=lambda m: print(m, flush=True))
-    print(
-        "\nsamples_seen  unfiltered_err (spread)  filtered_err (spread)  gap  filtered beats spread"
-    )
+    print("\nsamples_seen  unfiltered_err (spread)  filtered_err (spread)  gap  filtered beats spread")
     for r in s["table"]:
         print(f"{r['samples_seen']:>12}  {r['unfiltered_err']:.4f} ({r['unfiltered_spread']:.4f})"
               f"        {r['filtered_err']:.4f} ({r['filtered_spread']:.4f})      "

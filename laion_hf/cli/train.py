@@ -27,9 +27,7 @@ def register(sub: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--data", required=True, help="shard folder / file / glob, or a Hub dataset repo id"
-    )
+    p.add_argument("--data", required=True, help="shard folder / file / glob, or a Hub dataset repo id")
     p.add_argument("--data-config", default=None, help="config of a repo or folder holding several")
     p.add_argument("--out", required=True, help="run folder (log.jsonl, checkpoints/)")
     p.add_argument("--model", default="laion-hf-tiny", help="open_clip model name")
@@ -43,9 +41,7 @@ def register(sub: Any) -> None:
         help="stop after this many steps in total (0: run the epochs)",
     )
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument(
-        "--samples-per-epoch", type=int, default=None, help="resample: samples per epoch"
-    )
+    p.add_argument("--samples-per-epoch", type=int, default=None, help="resample: samples per epoch")
     p.add_argument("--buffer-size", type=int, default=2000, help="shuffle buffer rows per worker")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--wd", type=float, default=0.1)
@@ -53,17 +49,11 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=1)
-    p.add_argument(
-        "--eval", nargs="+", default=[], metavar="DATASET", help="zero-shot sets (as laion-hf eval)"
-    )
-    p.add_argument(
-        "--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)"
-    )
+    p.add_argument("--eval", nargs="+", default=[], metavar="DATASET", help="zero-shot sets (as laion-hf eval)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
     p.add_argument("--eval-precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
-    )
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.set_defaults(func=_run)
 
 
@@ -90,7 +80,5 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads,
     )  # fmt: skip
     summary = train(cfg, on_record=lambda r: print(_line(r), flush=True))
-    print(
-        f"done: step {summary['step']}, {summary['samples_seen']} samples -> {summary['checkpoint']}"
-    )
+    print(f"done: step {summary['step']}, {summary['samples_seen']} samples -> {summary['checkpoint']}")
     return 0

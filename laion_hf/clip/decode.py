@@ -60,7 +60,12 @@ def preprocess_pil(embedder: "ClipEmbedder", img: Image.Image, draft: bool = Fal
 
 
 def decode_into(
-    out: torch.Tensor, slot: int, data: bytes | memoryview | None, path: str | None, embedder: "ClipEmbedder", draft: bool = False
+    out: torch.Tensor,
+    slot: int,
+    data: bytes | memoryview | None,
+    path: str | None,
+    embedder: "ClipEmbedder",
+    draft: bool = False,
 ) -> str | None:
     """Decode one image into ``out[slot]``. Returns None on success, else ``"ErrorClass: message"``."""
     try:

@@ -36,8 +36,18 @@ from laion_hf.sources import open_parquet
 if TYPE_CHECKING:  # pragma: no cover
     from laion_hf.clip.model import ClipEmbedder
 
-__all__ = ["embed_shards", "read_shards", "resolve_inputs", "EmbedOrder", "EmbedPlan", "EmbedSpec", "plan", "run_one",
-           "finish", "make_pipeline"]
+__all__ = [
+    "embed_shards",
+    "read_shards",
+    "resolve_inputs",
+    "EmbedOrder",
+    "EmbedPlan",
+    "EmbedSpec",
+    "plan",
+    "run_one",
+    "finish",
+    "make_pipeline",
+]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -203,8 +213,9 @@ class PartAccumulator:
             txt[has] = txt_col.filter(txt_col.is_valid()).flatten().to_numpy().reshape(-1, d)
         self._img.append(img.astype(self.np_dtype))
         self._txt.append(txt.astype(self.np_dtype))
-        self._meta.append(good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING)
-                                             if c in good.column_names]))
+        self._meta.append(
+            good.drop_columns([c for c in ("image", IMAGE_EMBEDDING, TEXT_EMBEDDING) if c in good.column_names])
+        )
 
     def finish(self) -> tuple[Any, Any, pa.Table]:
         """``(image matrix, text matrix, metadata table)``, row-aligned (empty when no row)."""
@@ -218,8 +229,13 @@ class PartAccumulator:
         if self._meta:
             meta = pa.concat_tables(self._meta, promote_options="permissive")
         else:
-            meta = pa.table({"key": pa.array([], pa.string()), "caption": pa.array([], pa.string()),
-                             CLIP_SIMILARITY: pa.array([], pa.float64())})
+            meta = pa.table(
+                {
+                    "key": pa.array([], pa.string()),
+                    "caption": pa.array([], pa.string()),
+                    CLIP_SIMILARITY: pa.array([], pa.float64()),
+                }
+            )
         return img, txt, meta
 
     def write(self, out: Path, n: int, input_path: str, model: str, pretrained: Any) -> dict[str, Any]:
@@ -230,9 +246,16 @@ class PartAccumulator:
 
         img_all, txt_all, meta = self.finish()
         embedded = int(img_all.shape[0])
-        stats = {"input": input_path, "part": n, "count": self.count, "embedded": embedded,
-                 "failed": self.count - embedded, "status_dict": self.status_dict, "model": model,
-                 "pretrained": pretrained}
+        stats = {
+            "input": input_path,
+            "part": n,
+            "count": self.count,
+            "embedded": embedded,
+            "failed": self.count - embedded,
+            "status_dict": self.status_dict,
+            "model": model,
+            "pretrained": pretrained,
+        }
         out = Path(out)
         atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
         atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
@@ -319,8 +342,13 @@ class EmbedPlan:
         """Nothing to clean up: each part is written atomically, metadata last."""
 
 
-def make_pipeline(spec: EmbedSpec, *, device: Optional[str] = None, precision: Optional[str] = None,
-                  heads: Optional[Sequence[str]] = None) -> Any:
+def make_pipeline(
+    spec: EmbedSpec,
+    *,
+    device: Optional[str] = None,
+    precision: Optional[str] = None,
+    heads: Optional[Sequence[str]] = None,
+) -> Any:
     """The :class:`~laion_hf.clip.stream.ClipPipeline` of ``spec`` (``device``, ``precision``
     and ``heads`` may be overridden: the Ray engine decodes on CPU actors without heads)."""
     from laion_hf.clip.model import ClipEmbedder

@@ -142,7 +142,9 @@ def aesthetic_v2(path: str | os.PathLike, *, column: str = "aesthetic_score_v2")
     sd = _load_state_dict(path, "aesthetic V2")
     w0 = sd.get("layers.0.weight")
     if w0 is None:
-        raise ModelError(f"aesthetic V2: {path} has no 'layers.0.weight'; expected the improved-aesthetic-predictor MLP")
+        raise ModelError(
+            f"aesthetic V2: {path} has no 'layers.0.weight'; expected the improved-aesthetic-predictor MLP"
+        )
     net = AestheticV2MLP(int(w0.shape[1]))
     _load_into(net, sd, path, "aesthetic V2")
     return ScoreHead(net, int(w0.shape[1]), column, "aesthetic_v2").eval()
@@ -219,7 +221,9 @@ class NSFWDetectorH14(nn.Module):
 _NSFW_ARCHS = {"b32": (NSFWDetectorB32, 512), "l14": (NSFWDetectorL14, 768), "h14": (NSFWDetectorH14, 1024)}
 
 
-def nsfw_detector(path: str | os.PathLike, variant: str | None = None, *, column: str = "punsafe_recomputed") -> ScoreHead:
+def nsfw_detector(
+    path: str | os.PathLike, variant: str | None = None, *, column: str = "punsafe_recomputed"
+) -> ScoreHead:
     """LAION's CLIP-based NSFW detector (``punsafe`` in [0, 1]) from a user-supplied state dict.
 
     ``variant`` (``"b32"``, ``"l14"``, ``"h14"``) is inferred from the file when omitted.
@@ -261,7 +265,9 @@ def load_head(spec: str | ScoreHead, embed_dim: int | None = None, model_name: s
         return aesthetic_v1(embed_dim)
     if kind in ("aesthetic_v2", "aesthetic-v2"):
         if not arg:
-            raise ModelError("aesthetic_v2 needs its weight file: 'aesthetic_v2:/path/sac+logos+ava1-l14-linearMSE.pth'")
+            raise ModelError(
+                "aesthetic_v2 needs its weight file: 'aesthetic_v2:/path/sac+logos+ava1-l14-linearMSE.pth'"
+            )
         return aesthetic_v2(arg)
     if kind in ("nsfw", "punsafe"):
         if not arg:

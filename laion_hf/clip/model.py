@@ -100,7 +100,9 @@ def _cached_hf_file(repo_id: str, filename: str, cache_dir: str | None) -> str |
     return path if isinstance(path, str) and os.path.isfile(path) else None
 
 
-def _how_to_provide(model: str, pretrained: str | None, hf_repo: str | None, url: str | None, cache_dir: str | None) -> str:
+def _how_to_provide(
+    model: str, pretrained: str | None, hf_repo: str | None, url: str | None, cache_dir: str | None
+) -> str:
     lines = []
     if hf_repo:
         lines.append(
@@ -108,7 +110,9 @@ def _how_to_provide(model: str, pretrained: str | None, hf_repo: str | None, url
             f"(then copy the cache folder, here {_hf_cache_dir(cache_dir)}, or set HF_HUB_CACHE to it)"
         )
     if url:
-        lines.append(f"or put {os.path.basename(url)} (from {url}) in {cache_dir or os.path.expanduser('~/.cache/clip')}")
+        lines.append(
+            f"or put {os.path.basename(url)} (from {url}) in {cache_dir or os.path.expanduser('~/.cache/clip')}"
+        )
     lines.append(
         "or pass a checkpoint file (pretrained=/path/to/weights.safetensors|.bin|.pt), "
         "or model='local-dir:/folder' holding open_clip_config.json and the weights"
@@ -185,8 +189,9 @@ def _resolve_hf_hub(model: str, cache_dir: str | None, allow_download: bool) -> 
     return ResolvedWeights(f"local-dir:{folder}", None, {}, f"HF cache {folder}")
 
 
-def _resolve_tag(model: str, name: str, pretrained: str, cache_dir: str | None,
-                 allow_download: bool) -> ResolvedWeights:
+def _resolve_tag(
+    model: str, name: str, pretrained: str, cache_dir: str | None, allow_download: bool
+) -> ResolvedWeights:
     """A pretrained tag of open_clip model ``name``: its weights from the HF cache or ``~/.cache/clip``."""
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
@@ -203,7 +208,9 @@ def _resolve_tag(model: str, name: str, pretrained: str, cache_dir: str | None,
     if path is None:
         raise ModelError(
             f"weights for {model} / {pretrained} are not on this machine (looked in the Hugging Face cache "
-            f"{_hf_cache_dir(cache_dir)}" + (f" for {repo_id}" if repo_id else "") + "); "
+            f"{_hf_cache_dir(cache_dir)}"
+            + (f" for {repo_id}" if repo_id else "")
+            + "); "
             + _how_to_provide(model, pretrained, repo_id, url, cache_dir)
         )
     return ResolvedWeights(name, path, _transform_kwargs(cfg, name), path)
@@ -286,7 +293,9 @@ class ClipEmbedder:
         self.pretrained = pretrained
         self.weights_source = resolved.source
         try:
-            quiet = _RandomInitFilter() if resolved.pretrained is None and "local-dir:" not in resolved.model_name else None
+            quiet = (
+                _RandomInitFilter() if resolved.pretrained is None and "local-dir:" not in resolved.model_name else None
+            )
             root = logging.getLogger()
             if quiet:
                 root.addFilter(quiet)

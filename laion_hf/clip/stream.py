@@ -190,7 +190,9 @@ class ClipPipeline:
             )
         t = table.schema.field(self.image_column).type
         if not (pa.types.is_struct(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
-            raise SchemaError(f"column {self.image_column!r} has type {t}; expected struct<bytes: binary, path: string> or binary")
+            raise SchemaError(
+                f"column {self.image_column!r} has type {t}; expected struct<bytes: binary, path: string> or binary"
+            )
 
     # ---- buffers
     def _buffer_shape(self, n: int) -> tuple[int, ...]:
@@ -213,7 +215,9 @@ class ClipPipeline:
         buf = buffers[bid]
         if buf.shape[0] < n:
             dtype = torch.uint8 if self.embedder.uint8_path else torch.float32
-            buf = torch.empty(self._buffer_shape(max(n, self.batch_size)), dtype=dtype, pin_memory=self.embedder.pin_memory)
+            buf = torch.empty(
+                self._buffer_shape(max(n, self.batch_size)), dtype=dtype, pin_memory=self.embedder.pin_memory
+            )
             buffers[bid] = buf
         return bid, buf[:n]
 
@@ -256,8 +260,9 @@ class ClipPipeline:
         captions = table[self.text_column].to_pylist()
         return [c if c is not None else "" for c in captions], np.array([c is not None for c in captions], dtype=bool)
 
-    def _decode_jobs(self, pool: ThreadPoolExecutor, buf: torch.Tensor | None, cand_rows: np.ndarray,
-                     data: list, paths: list) -> list[tuple[Future, range]]:
+    def _decode_jobs(
+        self, pool: ThreadPoolExecutor, buf: torch.Tensor | None, cand_rows: np.ndarray, data: list, paths: list
+    ) -> list[tuple[Future, range]]:
         jobs = []
         if len(cand_rows):
             step = max(1, -(-len(cand_rows) // (self.num_workers * 2)))
@@ -267,7 +272,11 @@ class ClipPipeline:
         return jobs
 
     def _prepare(
-        self, table: pa.Table, pool: ThreadPoolExecutor, buffers: list[torch.Tensor], free: "queue.Queue[int]",
+        self,
+        table: pa.Table,
+        pool: ThreadPoolExecutor,
+        buffers: list[torch.Tensor],
+        free: "queue.Queue[int]",
         stop: threading.Event,
     ) -> _Prepared:
         """Start decoding ``table``'s images into a buffer and tokenizing its captions (returns at once)."""
@@ -366,8 +375,9 @@ class ClipPipeline:
                 slot_errors[s] = err
         tokens = prep.tokens.result() if prep.tokens is not None else None
         text_valid = prep.text_valid if prep.text_valid is not None else np.zeros(prep.table.num_rows, dtype=bool)
-        return self.embed_decoded(DecodedBatch(prep.table, prep.cand_rows, prep.pre_errors, prep.buffer,
-                                               slot_errors, tokens, text_valid))
+        return self.embed_decoded(
+            DecodedBatch(prep.table, prep.cand_rows, prep.pre_errors, prep.buffer, slot_errors, tokens, text_valid)
+        )
 
     def embed_decoded(self, batch: DecodedBatch) -> pa.Table:
         """Run the model and heads on a decoded batch; the table with the output columns
@@ -575,10 +585,14 @@ def with_clip(
         return _iterable_with_clip(ds, pipe)
     if isinstance(ds, datasets.Dataset):
         features = pipe.output_features(ds.features)
-        return ds.with_format("arrow").map(
-            pipe.embed_table, batched=True, batch_size=max(pipe.batch_size * 8, 1024), features=features
-        ).with_format(None)
-    raise TypeError(f"with_clip takes a datasets.IterableDataset, datasets.Dataset or pyarrow.Table, not {type(ds).__name__}")
+        return (
+            ds.with_format("arrow")
+            .map(pipe.embed_table, batched=True, batch_size=max(pipe.batch_size * 8, 1024), features=features)
+            .with_format(None)
+        )
+    raise TypeError(
+        f"with_clip takes a datasets.IterableDataset, datasets.Dataset or pyarrow.Table, not {type(ds).__name__}"
+    )
 
 
 def _iterable_with_clip(ds: Any, pipe: ClipPipeline) -> Any:
@@ -603,7 +617,9 @@ def _iterable_with_clip(ds: Any, pipe: ClipPipeline) -> Any:
     return out.with_format("arrow")
 
 
-def embed_table(table: pa.Table, embedder: ClipEmbedder, heads: Sequence[ScoreHead | str] = (), **kwargs: Any) -> pa.Table:
+def embed_table(
+    table: pa.Table, embedder: ClipEmbedder, heads: Sequence[ScoreHead | str] = (), **kwargs: Any
+) -> pa.Table:
     """Embed one Arrow table with an already-built embedder (see :class:`ClipPipeline` for kwargs)."""
     return ClipPipeline(embedder, heads, **kwargs).embed_table(table)
 

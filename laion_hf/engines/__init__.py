@@ -43,8 +43,12 @@ _LOCAL = {
     "download": ("laion_hf.images.download", "download"),
           "embed": ("laion_hf.clip.embed", "embed_shards"),
           "index": ("laion_hf.index.build", "build_index")}  # fmt: skip
-_RAY = {"filter": "filter_to_parquet_ray", "download": "download_ray", "embed": "embed_shards_ray",
-        "index": "build_index_ray"}
+_RAY = {
+    "filter": "filter_to_parquet_ray",
+    "download": "download_ray",
+    "embed": "embed_shards_ray",
+    "index": "build_index_ray",
+}
 
 
 def stage_module(stage: str | ModuleType) -> ModuleType:

@@ -46,8 +46,7 @@ def _ray() -> Any:
         import ray.data  # noqa: F401
     except ImportError as e:
         raise EngineError(
-            "the Ray engine needs Ray Data: pip install 'laion-hf[ray]' (or 'ray[data]>=2.40'); "
-            f"import failed: {e}"
+            f"the Ray engine needs Ray Data: pip install 'laion-hf[ray]' (or 'ray[data]>=2.40'); import failed: {e}"
         ) from None
     return ray
 
@@ -163,9 +162,7 @@ def mapper(
     return run
 
 
-def _raising(
-    m: Callable[[Callable[..., Any], Sequence[Any]], list[Any]], what: str
-) -> Callable[..., list[Any]]:
+def _raising(m: Callable[[Callable[..., Any], Sequence[Any]], list[Any]], what: str) -> Callable[..., list[Any]]:
     """``m`` that raises the first failure (for hooks whose results are used as they come)."""
 
     def run(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
@@ -216,15 +213,11 @@ def filter_to_parquet_ray(
     with export.plan(source, out_dir, rows_per_file=rows_per_file, **load_kwargs) as p:
         bar = _bar(progress, len(p.orders), "filter (ray)", "shard")
         try:
-            results = mapper(workers, on_result=lambda _: bar and bar.update())(
-                export.run_one, p.orders
-            )
+            results = mapper(workers, on_result=lambda _: bar and bar.update())(export.run_one, p.orders)
         finally:
             if bar is not None:
                 bar.close()
-        return export.finish(
-            p, results, map_parts=_raising(mapper(workers), "filter: writing parts"), engine="ray"
-        )
+        return export.finish(p, results, map_parts=_raising(mapper(workers), "filter: writing parts"), engine="ray")
 
 
 def download_ray(
@@ -318,17 +311,11 @@ class _PartDecoder:
 
         from laion_hf.clip.embed import make_pipeline
 
-        self.pipe = make_pipeline(
-            spec, device="cpu", precision="fp32", heads=()
-        )  # transforms + tokenizer
-        self.pool = ThreadPoolExecutor(
-            self.pipe.num_workers, thread_name_prefix="laion-hf-ray-decode"
-        )
+        self.pipe = make_pipeline(spec, device="cpu", precision="fp32", heads=())  # transforms + tokenizer
+        self.pool = ThreadPoolExecutor(self.pipe.num_workers, thread_name_prefix="laion-hf-ray-decode")
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        for part, path in zip(
-            batch.column("part").to_pylist(), batch.column("path").to_pylist(), strict=False
-        ):
+        for part, path in zip(batch.column("part").to_pylist(), batch.column("path").to_pylist(), strict=False):
             n_batches = 0
             try:
                 for payload in self._part(path):
@@ -386,9 +373,7 @@ class _BatchEmbedder:
             outs.append({"part": part, "batch": b, "result": result})
         return pa.Table.from_pylist(
             outs,
-            schema=pa.schema(
-                [("part", pa.int64()), ("batch", pa.int64()), ("result", pa.binary())]
-            ),
+            schema=pa.schema([("part", pa.int64()), ("batch", pa.int64()), ("result", pa.binary())]),
         )
 
     def _decoded(self, payload: bytes) -> Any:
@@ -566,8 +551,13 @@ def _collect(ds: Any) -> list[dict]:
 
 
 def build_index_ray(
-    src: Any, out: Any, *, address: Optional[str] = None, workers: Optional[int] = None,
-    progress: bool = False, **kwargs: Any,
+    src: Any,
+    out: Any,
+    *,
+    address: Optional[str] = None,
+    workers: Optional[int] = None,
+    progress: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`laion_hf.index.build_index` with its ``run_one`` on Ray tasks (at most ``workers``
     at once): the index stage plans (index type, training on a sample) and finishes (parts in

@@ -86,8 +86,7 @@ class EvalDataset:
                     raise EvalError(f"{self.source}: sample {s.key!r} has no label (cls)")
                 if not 0 <= s.label < n:
                     raise EvalError(
-                        f"{self.source}: sample {s.key!r} has label {s.label}, "
-                        f"outside the {n} class names (0..{n - 1})"
+                        f"{self.source}: sample {s.key!r} has label {s.label}, outside the {n} class names (0..{n - 1})"
                     )
             elif s.captions is None:
                 raise EvalError(f"{self.source}: sample {s.key!r} has no captions (txt)")
@@ -118,9 +117,7 @@ def resolve_templates(templates: Sequence[str] | str | None, own: list[str] | No
     which win over the built-in ``clip-short`` set. Each must hold ``{c}``."""
     if isinstance(templates, str):
         templates = (
-            BUILTIN_TEMPLATES[templates]
-            if templates in BUILTIN_TEMPLATES
-            else read_list_file(templates, "templates")
+            BUILTIN_TEMPLATES[templates] if templates in BUILTIN_TEMPLATES else read_list_file(templates, "templates")
         )
     out = list(templates or own or BUILTIN_TEMPLATES["clip-short"])
     for t in out:
@@ -176,43 +173,29 @@ def _tar_samples(fs: Any, path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 def _parse_sample(path: str, key: str, parts: dict[str, bytes], task: str) -> EvalSample:
     ext = next((e for e in IMAGE_EXTS if e in parts), None)
     if ext is None:
-        raise EvalError(
-            f"{path}: sample {key!r} has no image ({'|'.join(IMAGE_EXTS)}); it has {sorted(parts)}"
-        )
+        raise EvalError(f"{path}: sample {key!r} has no image ({'|'.join(IMAGE_EXTS)}); it has {sorted(parts)}")
     if task == RETRIEVAL:
         txt = parts.get("txt")
         captions = txt.decode("utf-8").splitlines() if txt is not None else None
         return EvalSample(key, parts[ext], captions=captions)
     cls = parts.get("cls")
     if cls is None:
-        raise EvalError(
-            f"{path}: sample {key!r} has no label (no {key}.cls member); it has {sorted(parts)}"
-        )
+        raise EvalError(f"{path}: sample {key!r} has no label (no {key}.cls member); it has {sorted(parts)}")
     try:
         label = int(cls.decode("utf-8").strip())
     except ValueError as e:
-        raise EvalError(
-            f"{path}: sample {key!r} has a label that is not an integer: {cls[:40]!r}"
-        ) from e
+        raise EvalError(f"{path}: sample {key!r} has a label that is not an integer: {cls[:40]!r}") from e
     return EvalSample(key, parts[ext], label=label)
 
 
-def _load_wds(
-    source: str, split: str, task: str, classnames: Any, templates: Any, name: str | None
-) -> EvalDataset:
+def _load_wds(source: str, split: str, task: str, classnames: Any, templates: Any, name: str | None) -> EvalDataset:
     fs, root = _to_fs(source)
     nshards_txt = _read_text(fs, posixpath.join(root, split, "nshards.txt"))
     try:
         nshards = int((nshards_txt or "").strip())
     except ValueError as e:
-        raise EvalError(
-            f"{source}: {split}/nshards.txt does not hold a number: {nshards_txt!r}"
-        ) from e
-    kind = (
-        (_read_text(fs, posixpath.join(root, "dataset_type.txt")) or "classification")
-        .strip()
-        .lower()
-    )
+        raise EvalError(f"{source}: {split}/nshards.txt does not hold a number: {nshards_txt!r}") from e
+    kind = (_read_text(fs, posixpath.join(root, "dataset_type.txt")) or "classification").strip().lower()
     layout_task = RETRIEVAL if kind == "retrieval" else CLASSIFICATION
     task = layout_task if task == "auto" else task
     if task != layout_task:
@@ -298,9 +281,7 @@ def _load_hf(
     if task == CLASSIFICATION and lab is None:
         raise EvalError(f"{source}: no label column (columns: {list(feats)}); pass --label-column")
     if task == RETRIEVAL and cap is None:
-        raise EvalError(
-            f"{source}: no caption column (columns: {list(feats)}); pass --caption-column"
-        )
+        raise EvalError(f"{source}: no caption column (columns: {list(feats)}); pass --caption-column")
     ds = ds.cast_column(img, datasets.Image(decode=False))
     names = tmpl = None
     if task == CLASSIFICATION:
@@ -308,14 +289,10 @@ def _load_hf(
         names = _classnames(classnames, own, source)
         tmpl = resolve_templates(templates, None)
     read = _hf_reader(ds, img, lab if task == CLASSIFICATION else cap, task, source)
-    return EvalDataset(
-        name or src.rstrip("/").split("/")[-1], task, names, tmpl, read, source=source
-    )
+    return EvalDataset(name or src.rstrip("/").split("/")[-1], task, names, tmpl, read, source=source)
 
 
-def _hf_reader(
-    ds: Any, img: str, target: str, task: str, source: str
-) -> Callable[[], Iterator[EvalSample]]:
+def _hf_reader(ds: Any, img: str, target: str, task: str, source: str) -> Callable[[], Iterator[EvalSample]]:
     def read() -> Iterator[EvalSample]:
         for i, row in enumerate(ds):
             key = str(row.get("__key__", i))
@@ -327,9 +304,7 @@ def _hf_reader(
             if task == CLASSIFICATION:
                 yield EvalSample(key, data, label=None if value is None else int(value))
             else:
-                caps = (
-                    None if value is None else ([value] if isinstance(value, str) else list(value))
-                )
+                caps = None if value is None else ([value] if isinstance(value, str) else list(value))
                 yield EvalSample(key, data, captions=caps)
 
     return read
@@ -357,12 +332,8 @@ def load_eval_dataset(
         return _load_wds(source, split, task, classnames, templates, name)
     local = Path(source)
     if local.exists() and local.is_dir() and (local / "classnames.txt").exists():
-        raise EvalError(
-            f"{source}: looks like CLIP_benchmark's layout but has no {split}/nshards.txt"
-        )
-    return _load_hf(
-        source, split, task, classnames, templates, name, image_column, label_column, caption_column
-    )
+        raise EvalError(f"{source}: looks like CLIP_benchmark's layout but has no {split}/nshards.txt")
+    return _load_hf(source, split, task, classnames, templates, name, image_column, label_column, caption_column)
 
 
 # ---------------------------------------------------------------- writer
@@ -385,9 +356,7 @@ def write_benchmark(
     if classnames is not None:
         (out / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
         if templates:
-            (out / "zeroshot_classification_templates.txt").write_text(
-                "\n".join(templates) + "\n", encoding="utf-8"
-            )
+            (out / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n", encoding="utf-8")
     else:
         (out / "dataset_type.txt").write_text("retrieval\n", encoding="utf-8")
     n, shard, writer = 0, 0, None

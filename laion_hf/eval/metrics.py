@@ -40,9 +40,7 @@ _CHUNK = 1024
 def classifier_from_text_embeddings(text_emb: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(C·T, D)`` template embeddings, class-major → the ``(D, C)`` zero-shot classifier."""
     if num_classes < 1 or text_emb.shape[0] % num_classes:
-        raise EvalError(
-            f"{text_emb.shape[0]} template embeddings do not split into {num_classes} classes"
-        )
+        raise EvalError(f"{text_emb.shape[0]} template embeddings do not split into {num_classes} classes")
     per_class = torch.nn.functional.normalize(text_emb.float(), dim=-1)
     per_class = per_class.reshape(num_classes, -1, per_class.shape[-1]).mean(dim=1)
     per_class = per_class / per_class.norm(dim=-1, keepdim=True)
@@ -60,9 +58,7 @@ TIES = ("index", "topk")
 
 def _check_ties(ties: str) -> None:
     if ties not in TIES:
-        raise EvalError(
-            f"ties={ties!r}: use 'index' (lower index first) or 'topk' (torch.topk, as CLIP_benchmark)"
-        )
+        raise EvalError(f"ties={ties!r}: use 'index' (lower index first) or 'topk' (torch.topk, as CLIP_benchmark)")
 
 
 def _ranked(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,9 +66,7 @@ def _ranked(logits: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
 
 
-def classification_metrics(
-    logits: torch.Tensor, target: torch.Tensor, ties: str = "index"
-) -> dict[str, float]:
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor, ties: str = "index") -> dict[str, float]:
     """``acc1``, ``acc5`` (NaN below 5 classes) and ``mean_per_class_recall`` of ``(N, C)``
     logits against ``(N,)`` integer targets. ``ties="topk"``: accuracies from ``torch.topk`` and
     the per-class recall from ``argmax``, exactly as CLIP_benchmark (device-dependent in ties)."""
@@ -82,9 +76,7 @@ def classification_metrics(
         raise EvalError("no samples to evaluate")
     target = target.to(logits.device).long()
     if int(target.min()) < 0 or int(target.max()) >= num_classes:
-        raise EvalError(
-            f"targets must lie in 0..{num_classes - 1}; got {int(target.min())}..{int(target.max())}"
-        )
+        raise EvalError(f"targets must lie in 0..{num_classes - 1}; got {int(target.min())}..{int(target.max())}")
     kmax = min(5, num_classes)
     top = _ranked(logits, kmax) if ties == "index" else logits.topk(kmax, 1, True, True).indices
     hit = top == target[:, None]
@@ -96,9 +88,7 @@ def classification_metrics(
     return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(np.mean(recalls))}
 
 
-def _hits_index(
-    scores: torch.Tensor, positive: torch.Tensor, ks: Sequence[int]
-) -> dict[int, torch.Tensor]:
+def _hits_index(scores: torch.Tensor, positive: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Tensor]:
     """Per row and k: whether a positive column ranks in the top k, equal scores by index.
     The best positive (highest score, lowest index) decides; a row without positives misses."""
     best = torch.sort(scores.masked_fill(~positive, float("-inf")), dim=1, descending=True,
@@ -110,9 +100,7 @@ def _hits_index(
     return {k: (rank < k) & has for k in ks}
 
 
-def _hits_topk(
-    scores: torch.Tensor, positive: torch.Tensor, ks: Sequence[int]
-) -> dict[int, torch.Tensor]:
+def _hits_topk(scores: torch.Tensor, positive: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Tensor]:
     """Per row and k: whether ``torch.topk(scores, k)`` holds a positive (CLIP_benchmark's way)."""
     return {k: positive.gather(1, torch.topk(scores, k, dim=1).indices).any(dim=1) for k in ks}
 
@@ -124,9 +112,7 @@ def _check_retrieval(owner: torch.Tensor, n_img: int, n_txt: int, recall_k: Sequ
         raise EvalError(f"caption image indices must lie in 0..{n_img - 1}")
     for k in recall_k:
         if k < 1 or k > n_img or k > n_txt:
-            raise EvalError(
-                f"recall@{k}: k must be between 1 and the set size ({n_img} images, {n_txt} captions)"
-            )
+            raise EvalError(f"recall@{k}: k must be between 1 and the set size ({n_img} images, {n_txt} captions)")
 
 
 def retrieval_metrics(

@@ -37,9 +37,7 @@ def _template() -> str:
     return PROMPT.replace("{label}", "{c}")
 
 
-def _class_samples(
-    keys: Sequence[str], images: dict[str, bytes], attribute: str
-) -> Iterator[EvalSample]:
+def _class_samples(keys: Sequence[str], images: dict[str, bytes], attribute: str) -> Iterator[EvalSample]:
     from laion_hf.world.attributes import attributes
 
     values, _ = _classes(attribute)

@@ -99,9 +99,7 @@ def _batched(items: Iterable[EvalSample], n: int) -> Iterator[list[EvalSample]]:
         yield batch
 
 
-def _decode(
-    buf: torch.Tensor, batch: list[EvalSample], slots: range, embedder: Any
-) -> list[str | None]:
+def _decode(buf: torch.Tensor, batch: list[EvalSample], slots: range, embedder: Any) -> list[str | None]:
     from laion_hf.clip.decode import decode_into
 
     return [decode_into(buf, s, batch[s].image, None, embedder, draft=False) for s in slots]
@@ -112,9 +110,7 @@ def _submit(
 ) -> tuple[torch.Tensor, list[tuple[Future, range]]]:
     h, w = embedder.image_size
     shape, dtype = (
-        ((len(batch), h, w, 3), torch.uint8)
-        if embedder.uint8_path
-        else ((len(batch), 3, h, w), torch.float32)
+        ((len(batch), h, w, 3), torch.uint8) if embedder.uint8_path else ((len(batch), 3, h, w), torch.float32)
     )
     buf = torch.empty(shape, dtype=dtype, pin_memory=embedder.pin_memory)
     step = max(1, -(-len(batch) // workers))
@@ -128,15 +124,11 @@ def _submit(
     return buf, jobs
 
 
-def _finish(
-    embedder: Any, batch: list[EvalSample], buf: torch.Tensor, jobs: list, source: str
-) -> torch.Tensor:
+def _finish(embedder: Any, batch: list[EvalSample], buf: torch.Tensor, jobs: list, source: str) -> torch.Tensor:
     for fut, slots in jobs:
         for s, err in zip(slots, fut.result()):
             if err is not None:
-                raise EvalError(
-                    f"{source}: sample {batch[s].key!r}: image cannot be decoded ({err})"
-                )
+                raise EvalError(f"{source}: sample {batch[s].key!r}: image cannot be decoded ({err})")
     return embedder.encode_image_batch(buf)
 
 
@@ -175,9 +167,7 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Any:
 
 
 # ---------------------------------------------------------------- tasks
-def text_classifier(
-    embedder: Any, classnames: Sequence[str], templates: Sequence[str]
-) -> torch.Tensor:
+def text_classifier(embedder: Any, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """The ``(D, C)`` zero-shot classifier of ``classnames`` with ``templates``. One forward
     pass per class, as CLIP_benchmark: classes whose texts tokenise alike get bit-identical
     classifiers (so they tie exactly, whatever the batch composition)."""
@@ -201,9 +191,7 @@ def zeroshot_classification(
     classifier = text_classifier(embedder, dataset.classnames, dataset.templates)
     logits, targets = [], []
     with _progress(dataset.num_samples, progress, f"eval {dataset.name}") as bar:
-        for batch, emb in encode_images(
-            embedder, dataset.samples(), num_workers=num_workers, source=dataset.source
-        ):
+        for batch, emb in encode_images(embedder, dataset.samples(), num_workers=num_workers, source=dataset.source):
             logits.append(classification_logits(emb, classifier).cpu())
             targets.extend(s.label for s in batch)
             bar.update(len(batch))
@@ -224,9 +212,7 @@ def zeroshot_retrieval(
     """``image_retrieval_recall@k`` and ``text_retrieval_recall@k`` of ``embedder`` on ``dataset``."""
     images, captions, owner = [], [], []
     with _progress(dataset.num_samples, progress, f"eval {dataset.name}") as bar:
-        for batch, emb in encode_images(
-            embedder, dataset.samples(), num_workers=num_workers, source=dataset.source
-        ):
+        for batch, emb in encode_images(embedder, dataset.samples(), num_workers=num_workers, source=dataset.source):
             base = sum(len(i) for i in images)
             for j, s in enumerate(batch):
                 captions.extend(s.captions or [])
@@ -259,15 +245,9 @@ def evaluate(
     Returns CLIP_benchmark's result record: ``dataset, model, pretrained, task, metrics, language``.
     """
     ds = dataset if isinstance(dataset, EvalDataset) else load_eval_dataset(dataset, task=task)
-    embedder = (
-        model
-        if hasattr(model, "encode_image_batch")
-        else load_model(model, pretrained, **model_kwargs)
-    )
+    embedder = model if hasattr(model, "encode_image_batch") else load_model(model, pretrained, **model_kwargs)
     if ds.task == CLASSIFICATION:
-        metrics = zeroshot_classification(
-            embedder, ds, num_workers=num_workers, progress=progress, ties=ties
-        )
+        metrics = zeroshot_classification(embedder, ds, num_workers=num_workers, progress=progress, ties=ties)
     elif ds.task == RETRIEVAL:
         metrics = zeroshot_retrieval(
             embedder, ds, recall_k=recall_k, num_workers=num_workers, progress=progress, ties=ties
@@ -292,19 +272,12 @@ def result_path(
     """CLIP_benchmark's output file name for a result (``/`` in names become ``_``)."""
     pretrained = str(result.get("pretrained") or "")
     pretrained = os.path.basename(pretrained) if os.path.isfile(pretrained) else pretrained
-    fields = {
-        k: str(result.get(k) or "").replace("/", "_").replace(":", "_")
-        for k in ("model", "task", "language")
-    }
+    fields = {k: str(result.get(k) or "").replace("/", "_").replace(":", "_") for k in ("model", "task", "language")}
     dataset = str(result["dataset"]).removeprefix("wds/").replace("/", "_")
-    return Path(out_dir) / template.format(
-        dataset=dataset, pretrained=pretrained.replace("/", "_") or "none", **fields
-    )
+    return Path(out_dir) / template.format(dataset=dataset, pretrained=pretrained.replace("/", "_") or "none", **fields)
 
 
-def write_result(
-    result: dict[str, Any], out_dir: str | Path = ".", template: str | None = None
-) -> Path:
+def write_result(result: dict[str, Any], out_dir: str | Path = ".", template: str | None = None) -> Path:
     """Write one result JSON (CLIP_benchmark's shape); returns its path."""
     path = result_path(result, out_dir, template) if template else result_path(result, out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,9 @@ def publish(
     from laion_hf.hub.upload import push
     from laion_hf.shards import write_shards
 
-    stats = write_shards(data, out_dir, format=format, config=config, provenance=provenance,
-                         overwrite=overwrite, **shard_kwargs)
+    stats = write_shards(
+        data, out_dir, format=format, config=config, provenance=provenance, overwrite=overwrite, **shard_kwargs
+    )
     render_card(out_dir, repo_id)
     result = push(out_dir, repo_id, private=private, token=token, endpoint=endpoint)
     return {"stats": stats, "push": result.as_dict()}

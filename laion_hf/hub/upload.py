@@ -93,8 +93,10 @@ def validate_repo_id(repo_id: str) -> str:
     from huggingface_hub.utils import validate_repo_id as hf_validate
 
     if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id):
-        raise HubError(f"invalid repo id {repo_id!r}: use 'namespace/name' (letters, digits, '-', '_', '.'), "
-                       "e.g. 'my-org/laion-aesthetic-subset'")
+        raise HubError(
+            f"invalid repo id {repo_id!r}: use 'namespace/name' (letters, digits, '-', '_', '.'), "
+            "e.g. 'my-org/laion-aesthetic-subset'"
+        )
     try:
         hf_validate(repo_id)
     except HFValidationError as e:
@@ -110,8 +112,6 @@ def _local_files(folder: Path) -> list[str]:
             continue  # hidden files, temp shards (.tmp-*), .cache, .git
         out.append(rel)
     return out
-
-
 
 
 def _git_sha1(data: bytes) -> str:
@@ -156,18 +156,24 @@ def _hub_error(e: BaseException, action: str, repo_id: str, secrets: list[str]) 
     elif status == 401 and not isinstance(e, RepositoryNotFoundError):
         # huggingface_hub raises RepositoryNotFoundError for a 401 about a repo, and a plain
         # HfHubHTTPError when the Hub rejects the token itself ("Invalid credentials ...")
-        hint = ("the Hub rejected the token (invalid, expired or revoked): set HF_TOKEN (or run "
-                "`hf auth login`) with a valid write token")
+        hint = (
+            "the Hub rejected the token (invalid, expired or revoked): set HF_TOKEN (or run "
+            "`hf auth login`) with a valid write token"
+        )
     elif isinstance(e, RepositoryNotFoundError):
-        hint = ("the repo does not exist or is private and the token cannot read it: set HF_TOKEN (or run "
-                "`hf auth login`) with a token that has access")
+        hint = (
+            "the repo does not exist or is private and the token cannot read it: set HF_TOKEN (or run "
+            "`hf auth login`) with a token that has access"
+        )
     elif status == 403:
         hint = "the token is not allowed to write there: use a write token of the repo's owner or organisation"
     elif status is not None and status >= 500:
         hint = "server error: re-run the same push to resume (files already committed are not uploaded again)"
     elif "xet-" in str(e) and "-token" in str(e):
-        hint = ("the endpoint does not speak the Xet upload protocol: set HF_HUB_DISABLE_XET=1 (before importing "
-                "huggingface_hub) to upload through the classic LFS path")
+        hint = (
+            "the endpoint does not speak the Xet upload protocol: set HF_HUB_DISABLE_XET=1 (before importing "
+            "huggingface_hub) to upload through the classic LFS path"
+        )
     elif status == 412:
         hint = "the branch moved during the push: re-run it"
     else:
@@ -188,8 +194,9 @@ class _Files:
 
     def __post_init__(self) -> None:
         self.paths = sorted(set(_local_files(self.folder)) | set(self.rendered))
-        self.sizes = {p: len(self.rendered[p]) if p in self.rendered else (self.folder / p).stat().st_size
-                      for p in self.paths}
+        self.sizes = {
+            p: len(self.rendered[p]) if p in self.rendered else (self.folder / p).stat().st_size for p in self.paths
+        }
 
     def content(self, p: str) -> bytes | str:
         """What to upload for ``p``: the rendered bytes, or the file's path."""
@@ -197,8 +204,9 @@ class _Files:
 
     def sha256(self, p: str) -> str:
         if p not in self.sha_of:
-            self.sha_of[p] = (hashlib.sha256(self.rendered[p]).hexdigest() if p in self.rendered
-                              else file_sha256(self.folder / p))
+            self.sha_of[p] = (
+                hashlib.sha256(self.rendered[p]).hexdigest() if p in self.rendered else file_sha256(self.folder / p)
+            )
         return self.sha_of[p]
 
     def same_as(self, p: str, remote: Any) -> bool:
@@ -217,11 +225,13 @@ def _shard_hashes(folder: Path, stats: dict[str, Any]) -> dict[str, str]:
         for s in cfg["shards"]:
             p = folder / s["path"]
             if not p.is_file():
-                raise ShardError(f"shard {s['path']} listed in {STATS_FILENAME} is missing from {folder.name}; "
-                                 "re-run write_shards")
+                raise ShardError(
+                    f"shard {s['path']} listed in {STATS_FILENAME} is missing from {folder.name}; re-run write_shards"
+                )
             if p.stat().st_size != s["bytes"]:
-                raise ShardError(f"shard {s['path']} changed since {STATS_FILENAME} was written (size differs); "
-                                 "re-run write_shards")
+                raise ShardError(
+                    f"shard {s['path']} changed since {STATS_FILENAME} was written (size differs); re-run write_shards"
+                )
             sha_of[s["path"]] = s["sha256"]
     return sha_of
 
@@ -236,9 +246,13 @@ def _refuse_mixed(api: Any, repo_id: str, fmt: str, revision: str) -> None:
 
     other_ext = ".tar" if fmt == "parquet" else ".parquet"
     try:
-        mixed = [e.path for e in api.list_repo_tree(repo_id, path_in_repo="data", recursive=True,
-                                                    repo_type="dataset", revision=revision)
-                 if e.path.endswith(other_ext)]
+        mixed = [
+            e.path
+            for e in api.list_repo_tree(
+                repo_id, path_in_repo="data", recursive=True, repo_type="dataset", revision=revision
+            )
+            if e.path.endswith(other_ext)
+        ]
     except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError):
         mixed = []
     if mixed:
@@ -255,8 +269,9 @@ def _compare(api: Any, files: _Files, result: PushResult, revision: str) -> None
     remote: dict[str, Any] = {}
     try:
         for i in range(0, len(files.paths), 500):
-            for info in api.get_paths_info(result.repo_id, files.paths[i:i + 500], repo_type="dataset",
-                                           revision=revision):
+            for info in api.get_paths_info(
+                result.repo_id, files.paths[i : i + 500], repo_type="dataset", revision=revision
+            ):
                 remote[info.path] = info
     except (RepositoryNotFoundError, RevisionNotFoundError):
         if not result.dry_run:
@@ -266,8 +281,15 @@ def _compare(api: Any, files: _Files, result: PushResult, revision: str) -> None
     result.bytes_to_upload = sum(files.sizes[p] for p in result.to_upload)
 
 
-def _commit(api: Any, files: _Files, result: PushResult, create_pr: bool, commit_message: str | None,
-            max_files: int, max_bytes: int) -> None:
+def _commit(
+    api: Any,
+    files: _Files,
+    result: PushResult,
+    create_pr: bool,
+    commit_message: str | None,
+    max_files: int,
+    max_bytes: int,
+) -> None:
     """Commit ``result.to_upload``: shards in batches, then stats, histogram and README last
     (one commit for a pull request)."""
     from huggingface_hub import CommitOperationAdd
@@ -275,8 +297,11 @@ def _commit(api: Any, files: _Files, result: PushResult, create_pr: bool, commit
     data = [p for p in result.to_upload if p.split("/")[0] not in ("assets",) and p not in _METADATA_FILES]
     meta = [p for p in result.to_upload if p not in data]
     meta.sort(key=lambda p: p == README)  # README last
-    batches = [data + meta] if create_pr else list(_chunks(data, files.sizes, max_files, max_bytes)) + (
-        [meta] if meta else [])
+    batches = (
+        [data + meta]
+        if create_pr
+        else list(_chunks(data, files.sizes, max_files, max_bytes)) + ([meta] if meta else [])
+    )
     for i, batch in enumerate(batches, 1):
         ops = []
         for p in batch:
@@ -284,12 +309,21 @@ def _commit(api: Any, files: _Files, result: PushResult, create_pr: bool, commit
             if p in files.sha_of:
                 op.upload_info.sha256 = bytes.fromhex(files.sha_of[p])  # known from stats: no re-hash
             ops.append(op)
-        msg = commit_message or ("Upload dataset card and stats with laion-hf" if batch is meta and not create_pr
-                                 else "Upload shards with laion-hf")
+        msg = commit_message or (
+            "Upload dataset card and stats with laion-hf"
+            if batch is meta and not create_pr
+            else "Upload shards with laion-hf"
+        )
         if len(batches) > 1:
             msg = f"{msg} (part {i}/{len(batches)})"
-        info = api.create_commit(result.repo_id, operations=ops, commit_message=msg, repo_type="dataset",
-                                 revision=None if create_pr else result.revision, create_pr=create_pr)
+        info = api.create_commit(
+            result.repo_id,
+            operations=ops,
+            commit_message=msg,
+            repo_type="dataset",
+            revision=None if create_pr else result.revision,
+            create_pr=create_pr,
+        )
         result.commits.append(info.oid)
         if info.pr_url:
             result.pr_url = info.pr_url
@@ -358,8 +392,13 @@ def push(
         action = "comparing files with"
         _refuse_mixed(api, repo_id, stats["format"], read_rev)
         _compare(api, files, result, read_rev)
-        logger.info("push %s: %d file(s) to upload (%d bytes), %d unchanged", repo_id, len(result.to_upload),
-                    result.bytes_to_upload, len(result.unchanged))
+        logger.info(
+            "push %s: %d file(s) to upload (%d bytes), %d unchanged",
+            repo_id,
+            len(result.to_upload),
+            result.bytes_to_upload,
+            len(result.unchanged),
+        )
         if dry_run or not result.to_upload:
             return result
         action = "uploading to"

@@ -119,8 +119,16 @@ class ImageCache:
         exp = head.get("exp")
         if exp is not None and exp < time.time():
             return None
-        r = ImageResult(head["s"], head.get("e"), data if head["s"] == st.SUCCESS else None,
-                        head.get("w"), head.get("h"), head.get("ow"), head.get("oh"), head.get("sha"))
+        r = ImageResult(
+            head["s"],
+            head.get("e"),
+            data if head["s"] == st.SUCCESS else None,
+            head.get("w"),
+            head.get("h"),
+            head.get("ow"),
+            head.get("oh"),
+            head.get("sha"),
+        )
         if exp is not None and r.error:
             r.error = r.error + " (cached)"
         return r
@@ -134,8 +142,16 @@ class ImageCache:
         if not self.cacheable(result):
             return False
         data = (result.data or b"") if result.status == st.SUCCESS else b""
-        head = {"s": result.status, "e": result.error, "w": result.width, "h": result.height,
-                "ow": result.original_width, "oh": result.original_height, "sha": result.sha256, "n": len(data)}
+        head = {
+            "s": result.status,
+            "e": result.error,
+            "w": result.width,
+            "h": result.height,
+            "ow": result.original_width,
+            "oh": result.original_height,
+            "sha": result.sha256,
+            "n": len(data),
+        }
         if result.status != st.SUCCESS:
             head["exp"] = time.time() + self.negative_ttl
         hb = json.dumps(head, separators=(",", ":")).encode()
@@ -172,8 +188,7 @@ class ImageCache:
             if not (sub.is_dir(follow_symlinks=False) and _HEX2.fullmatch(sub.name)):
                 continue
             for e in os.scandir(sub.path):
-                if not (_KEY.fullmatch(e.name) and e.name.startswith(sub.name)
-                        and e.is_file(follow_symlinks=False)):
+                if not (_KEY.fullmatch(e.name) and e.name.startswith(sub.name) and e.is_file(follow_symlinks=False)):
                     continue
                 try:
                     s = e.stat()

@@ -96,8 +96,11 @@ def _read_source(source: Any, batch_rows: int) -> Iterator[pa.Table]:
             import pyarrow.csv as pcsv
 
             delim = "\t" if ".tsv" in low else ","
-            reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delim),
-                                   read_options=pcsv.ReadOptions(block_size=1 << 24))
+            reader = pcsv.open_csv(
+                path,
+                parse_options=pcsv.ParseOptions(delimiter=delim),
+                read_options=pcsv.ReadOptions(block_size=1 << 24),
+            )
             for b in reader:
                 yield pa.Table.from_batches([b])
         elif low.endswith(".txt"):
@@ -119,8 +122,11 @@ def source_files(source: Any) -> list[str]:
         return [p for s in source for p in source_files(s)]
     src = os.fspath(source)
     if os.path.isdir(src):
-        files = sorted(p for ext in ("parquet", "csv", "tsv", "txt")
-                       for p in glob.glob(os.path.join(src, "**", f"*.{ext}"), recursive=True))
+        files = sorted(
+            p
+            for ext in ("parquet", "csv", "tsv", "txt")
+            for p in glob.glob(os.path.join(src, "**", f"*.{ext}"), recursive=True)
+        )
         files = [p for p in files if "_laion_hf_inputs" not in p]
     elif any(ch in src for ch in "*?["):
         files = sorted(glob.glob(src, recursive=True))
@@ -142,14 +148,15 @@ def metadata_stream(source: Any) -> Any:
     if not any(remote):
         return source
     if not all(remote):
-        raise FetchError("give either local metadata files or URLs, not both: "
-                         f"{[os.fspath(s) for s in items]}")
+        raise FetchError(f"give either local metadata files or URLs, not both: {[os.fspath(s) for s in items]}")
     from laion_hf.builder import make_builder
 
     return make_builder([os.fspath(s) for s in items]).as_streaming_dataset(split="train")
 
 
-def _pick(columns: Sequence[str], wanted: Optional[str], names: Sequence[str], what: str, required: bool) -> Optional[str]:
+def _pick(
+    columns: Sequence[str], wanted: Optional[str], names: Sequence[str], what: str, required: bool
+) -> Optional[str]:
     if wanted:
         if wanted not in columns:
             raise FetchError(f"{what} column {wanted!r} not found; columns are {list(columns)}")
@@ -231,8 +238,9 @@ def _result_arrays(keys: list[str], results: Sequence[ImageResult]) -> list[pa.A
     return [pa.array(keys, pa.string()), *result_columns(results)]
 
 
-def _with_results(table: pa.Table, keys: list[str], results: Sequence[ImageResult], image: bool,
-                  ext: str = "jpg") -> pa.Table:
+def _with_results(
+    table: pa.Table, keys: list[str], results: Sequence[ImageResult], image: bool, ext: str = "jpg"
+) -> pa.Table:
     inputs = table.drop_columns([c for c in RESULT_COLUMNS + ("image",) if c in table.column_names])
     arrays = _result_arrays(keys, results)
     names = list(RESULT_COLUMNS)
@@ -240,15 +248,20 @@ def _with_results(table: pa.Table, keys: list[str], results: Sequence[ImageResul
         from laion_hf.images.stream import IMAGE_STRUCT
 
         ok = [r.status == st.SUCCESS for r in results]
-        arrays.append(pa.StructArray.from_arrays(
-            [pa.array([r.data if o else None for r, o in zip(results, ok)], pa.binary()),
-             pa.array([f"{k}.{ext}" if o else None for k, o in zip(keys, ok)], pa.string())],
-            fields=list(IMAGE_STRUCT), mask=pa.array([not o for o in ok], pa.bool_())))
+        arrays.append(
+            pa.StructArray.from_arrays(
+                [
+                    pa.array([r.data if o else None for r, o in zip(results, ok)], pa.binary()),
+                    pa.array([f"{k}.{ext}" if o else None for k, o in zip(keys, ok)], pa.string()),
+                ],
+                fields=list(IMAGE_STRUCT),
+                mask=pa.array([not o for o in ok], pa.bool_()),
+            )
+        )
         names.append("image")
     for n, a in zip(names, arrays):
         inputs = inputs.append_column(n, a)
     return inputs
-
 
 
 class _ShardRun:
@@ -290,8 +303,13 @@ class _ShardRun:
         rows = self.pending_rows
         if not rows or (len(rows) < 256 and not force):
             return
-        sub = _with_results(self.table.take(pa.array(rows, pa.int64())), [self.keys[i] for i in rows],
-                            [self.results[i] for i in rows], image=True, ext=self.ext)  # type: ignore[misc]
+        sub = _with_results(
+            self.table.take(pa.array(rows, pa.int64())),
+            [self.keys[i] for i in rows],
+            [self.results[i] for i in rows],
+            image=True,
+            ext=self.ext,
+        )  # type: ignore[misc]
         for i in rows:  # the bytes are on disk now
             if self.results[i] is not None:
                 self.results[i].data = None  # type: ignore[union-attr]
@@ -306,8 +324,16 @@ class _ShardRun:
     def _add_to_tar(self, i: int, r: ImageResult) -> None:
         key = self.keys[i]
         meta = {c: _json_safe(self.cols[c][i].as_py()) for c in self.cols if c not in RESULT_COLUMNS}
-        meta.update(key=key, status=r.status, error_message=None, width=r.width, height=r.height,
-                    original_width=r.original_width, original_height=r.original_height, sha256=r.sha256)
+        meta.update(
+            key=key,
+            status=r.status,
+            error_message=None,
+            width=r.width,
+            height=r.height,
+            original_width=r.original_width,
+            original_height=r.original_height,
+            sha256=r.sha256,
+        )
         self.tar.add(f"{key}.{self.ext}", r.data or b"")  # type: ignore[union-attr]
         if self.captions is not None:
             self.tar.add(f"{key}.txt", (self.captions[i] or "").encode("utf-8"))  # type: ignore[union-attr]
@@ -363,8 +389,7 @@ class _ShardRun:
         if stats["count"] != self.n:
             raise ShardError(f"shard {self.job.shard_id}: {stats['count']} results for {self.n} rows")
         end = time.time()
-        stats.update(duration=end - self.start, start_time=self.start, end_time=end,
-                     shard=f"{self.job.shard_id:05d}")
+        stats.update(duration=end - self.start, start_time=self.start, end_time=end, shard=f"{self.job.shard_id:05d}")
         if self.tar is not None:
             self.tar.commit()
         os.replace(self.pq_tmp, self.base + ".parquet")
@@ -503,8 +528,15 @@ class DownloadRun:
     def todo_rows(self) -> int:
         return sum(self.manifest["rows"][i] for i in self.pending)
 
-    def job(self, shard: int, hash_type: str, fetch: FetchConfig, resize: ResizeConfig,
-            cache_dir: Union[str, os.PathLike, None], cache_max_bytes: int) -> DownloadOrder:
+    def job(
+        self,
+        shard: int,
+        hash_type: str,
+        fetch: FetchConfig,
+        resize: ResizeConfig,
+        cache_dir: Union[str, os.PathLike, None],
+        cache_max_bytes: int,
+    ) -> DownloadOrder:
         """The work order of one shard (picklable: it travels to worker processes/actors)."""
         m = self.manifest
         key_digits = (max(5, len(str(max(0, m["shards"] - 1)))), len(str(max(1, m["shard_size"] - 1))))
@@ -522,8 +554,14 @@ class DownloadRun:
             _unlink(stale)
         stats = collect_stats(self.out)
         elapsed = time.time() - self.started
-        stats.update(shards=self.manifest["shards"], shards_done_now=len(self.pending), duration=elapsed,
-                     samples_per_s=(self.todo_rows / elapsed if elapsed > 0 else 0.0), out_dir=str(self.out), **extra)
+        stats.update(
+            shards=self.manifest["shards"],
+            shards_done_now=len(self.pending),
+            duration=elapsed,
+            samples_per_s=(self.todo_rows / elapsed if elapsed > 0 else 0.0),
+            out_dir=str(self.out),
+            **extra,
+        )
         with open(self.out / "_laion_hf_stats.json", "w") as f:
             json.dump(stats, f, indent=2)
         return stats
@@ -561,8 +599,9 @@ def plan(
     if map_split is not None:
 
         def split(src: Any, out: Path, inputs: Path) -> Optional[dict]:
-            return split_files(src, out, inputs, shard_size, url_column, caption_column, hash_column,
-                               output_format, map_split)
+            return split_files(
+                src, out, inputs, shard_size, url_column, caption_column, hash_column, output_format, map_split
+            )
 
     run = plan_download(source, out_dir, output_format=output_format, shard_size=shard_size, url_column=url_column,
                         caption_column=caption_column, hash_column=hash_column, retry_failed=retry_failed,
@@ -587,8 +626,10 @@ def finish(run: DownloadRun, results: Sequence[Any], **extra: Any) -> dict:
     the run's stats over every shard of the folder (:meth:`DownloadRun.totals`, with ``extra``)."""
     failed = failures_of(results)
     if failed:
-        raise ShardError("; ".join(f"shard {f.order.shard_id:05d} failed: {type(f.error).__name__}: {f.error}"
-                                   for f in failed) + " (rerun the same command to redo the unfinished shards)")
+        raise ShardError(
+            "; ".join(f"shard {f.order.shard_id:05d} failed: {type(f.error).__name__}: {f.error}" for f in failed)
+            + " (rerun the same command to redo the unfinished shards)"
+        )
     missing = [o.shard_id for o in run.orders if not (run.out / f"{o.shard_id:05d}_stats.json").exists()]
     if missing:
         raise ShardError(f"download: shards {missing[:10]} not finished (rerun the same command)")
@@ -627,18 +668,31 @@ def plan_download(
     manifest_path, inputs = out / MANIFEST, out / INPUT_DIR
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if manifest is not None and (manifest.get("shard_size") != shard_size or manifest.get("format") != output_format):
-        raise FetchError(f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
-                         f"format={manifest.get('format')}; resume with the same settings or use a new --out")
-    if manifest is None or not all((inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
-                                   for i in range(manifest["shards"])):
+        raise FetchError(
+            f"{str(out)!r} holds a run with shard_size={manifest.get('shard_size')} and "
+            f"format={manifest.get('format')}; resume with the same settings or use a new --out"
+        )
+    if manifest is None or not all(
+        (inputs / f"{i:05d}.arrow").exists() or (out / f"{i:05d}_stats.json").exists()
+        for i in range(manifest["shards"])
+    ):
         manifest = None
         if retry_failed is None:
             source = metadata_stream(source)
             if split is not None:
                 manifest = split(source, out, inputs)
         if manifest is None:
-            manifest = _split_input(retry_failed if retry_failed is not None else source, retry_failed is not None,
-                                    out, inputs, shard_size, url_column, caption_column, hash_column, output_format)
+            manifest = _split_input(
+                retry_failed if retry_failed is not None else source,
+                retry_failed is not None,
+                out,
+                inputs,
+                shard_size,
+                url_column,
+                caption_column,
+                hash_column,
+                output_format,
+            )
     pending = [i for i in range(manifest["shards"]) if not (out / f"{i:05d}_stats.json").exists()]
     return DownloadRun(out, manifest, pending, started)
 
@@ -654,9 +708,17 @@ def conform_input(table: pa.Table, schema: pa.Schema) -> pa.Table:
         raise FetchError(f"input files disagree on their columns ({table.schema} vs {schema}): {e}") from e
 
 
-def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_size: int,
-                 url_column: Optional[str], caption_column: Optional[str], hash_column: Optional[str],
-                 output_format: str) -> dict:
+def _split_input(
+    source: Any,
+    is_retry: bool,
+    out: Path,
+    inputs: Path,
+    shard_size: int,
+    url_column: Optional[str],
+    caption_column: Optional[str],
+    hash_column: Optional[str],
+    output_format: str,
+) -> dict:
     """Write the input rows as Arrow IPC shards of ``shard_size`` rows (memory stays flat)."""
     inputs.mkdir(exist_ok=True)
     tables = _retry_source(source) if is_retry else _read_source(source, min(shard_size, 65_536))
@@ -691,32 +753,51 @@ def _split_input(source: Any, is_retry: bool, out: Path, inputs: Path, shard_siz
         write(pa.concat_tables(buf).combine_chunks())
     if schema is None:
         raise FetchError(f"no rows to download in {source!r}" + (" (no failed rows)" if is_retry else ""))
-    return write_manifest(out, inputs, rows, cols, shard_size, output_format,
-                          os.fspath(source) if is_retry else None)
+    return write_manifest(out, inputs, rows, cols, shard_size, output_format, os.fspath(source) if is_retry else None)
 
 
-def input_columns(names: Sequence[str], url_column: Optional[str], caption_column: Optional[str],
-                  hash_column: Optional[str]) -> dict[str, Optional[str]]:
+def input_columns(
+    names: Sequence[str], url_column: Optional[str], caption_column: Optional[str], hash_column: Optional[str]
+) -> dict[str, Optional[str]]:
     """The input's url (required), caption and hash columns: the given names, else the usual
     ones (``url``/``URL``, ``caption``/``TEXT``...); a missing one is a :class:`FetchError`."""
-    return {"url": _pick(names, url_column, _URL_NAMES, "url", True),
-            "caption": _pick(names, caption_column, _CAPTION_NAMES, "caption", False),
-            "hash": _pick(names, hash_column, (), "hash", False) if hash_column else None}
+    return {
+        "url": _pick(names, url_column, _URL_NAMES, "url", True),
+        "caption": _pick(names, caption_column, _CAPTION_NAMES, "caption", False),
+        "hash": _pick(names, hash_column, (), "hash", False) if hash_column else None,
+    }
 
 
-def write_manifest(out: Path, inputs: Path, rows: list[int], cols: dict, shard_size: int, output_format: str,
-                   retry_of: Optional[str] = None) -> dict:
+def write_manifest(
+    out: Path,
+    inputs: Path,
+    rows: list[int],
+    cols: dict,
+    shard_size: int,
+    output_format: str,
+    retry_of: Optional[str] = None,
+) -> dict:
     """Write (atomically) and return the manifest of a split input: shard sizes, input
     columns, and for parquet output the image column's schema metadata."""
     image_metadata = None
     if output_format == "parquet":
         sample = ipc.open_file(str(inputs / "00000.arrow")).read_all().slice(0, 0)
         probe = _with_results(sample, [], [], image=True)
-        image_metadata = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-                          for k, v in _parquet_image_metadata(probe.schema).items()}
-    manifest = {"shard_size": shard_size, "format": output_format, "shards": len(rows), "rows": rows,
-                "url_column": cols["url"], "caption_column": cols["caption"], "hash_column": cols["hash"],
-                "retry_of": retry_of, "image_metadata": image_metadata}
+        image_metadata = {
+            k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+            for k, v in _parquet_image_metadata(probe.schema).items()
+        }
+    manifest = {
+        "shard_size": shard_size,
+        "format": output_format,
+        "shards": len(rows),
+        "rows": rows,
+        "url_column": cols["url"],
+        "caption_column": cols["caption"],
+        "hash_column": cols["hash"],
+        "retry_of": retry_of,
+        "image_metadata": image_metadata,
+    }
     atomic_write_json(out / MANIFEST, manifest, indent=2)
     return manifest
 
@@ -819,9 +900,17 @@ def _split_orders(source: Any, inputs: Path, shard_size: int) -> Optional[tuple[
     return orders, schema
 
 
-def split_files(source: Any, out: Path, inputs: Path, shard_size: int, url_column: Optional[str],
-                caption_column: Optional[str], hash_column: Optional[str], output_format: str,
-                map_split: Callable[..., Iterable[Any]]) -> Optional[dict]:
+def split_files(
+    source: Any,
+    out: Path,
+    inputs: Path,
+    shard_size: int,
+    url_column: Optional[str],
+    caption_column: Optional[str],
+    hash_column: Optional[str],
+    output_format: str,
+    map_split: Callable[..., Iterable[Any]],
+) -> Optional[dict]:
     """The input split of local parquet files, one :func:`split_file` order per file run by
     ``map_split(fn, orders)``; the same shards as the one-pass split. Returns the manifest, or
     None when ``source`` is not a list of local parquet files (then the one-pass split runs)."""

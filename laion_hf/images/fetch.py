@@ -115,14 +115,19 @@ class FetchConfig:
                 raise FetchError(f"ca_file {self.ca_file!r} does not exist (give a PEM file of CA certificates)")
         if self.retries < 0 or self.max_redirects < 0 or self.max_body_bytes <= 0:
             raise FetchError("retries and max_redirects must be >= 0 and max_body_bytes > 0")
-        object.__setattr__(self, "disallowed_header_directives",
-                           tuple(d.strip().lower() for d in (self.disallowed_header_directives or ())))
+        object.__setattr__(
+            self,
+            "disallowed_header_directives",
+            tuple(d.strip().lower() for d in (self.disallowed_header_directives or ())),
+        )
         apn = self.allow_private_networks
         if not isinstance(apn, bool):
             rules = parse_allow_list(apn)
             object.__setattr__(self, "allow_private_networks", tuple(r.text for r in rules))
         if self.user_agent_token is not None and not re.fullmatch(r"[A-Za-z0-9._\-]+", self.user_agent_token):
-            raise FetchError(f"user_agent_token must be letters, digits, '.', '_' or '-', got {self.user_agent_token!r}")
+            raise FetchError(
+                f"user_agent_token must be letters, digits, '.', '_' or '-', got {self.user_agent_token!r}"
+            )
 
     @property
     def user_agent(self) -> str:
@@ -140,12 +145,15 @@ class FetchConfig:
 # ---------------------------------------------------------------------- address policy
 #: Link-local and cloud-metadata networks: refused even under ``allow_private_networks=True``
 #: or a broad entry; only an allow-list entry inside one of them opens (that part of) it.
-METADATA_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16",  # IPv4 link-local, incl. 169.254.169.254 (AWS, GCP, Azure metadata)
-    "fe80::/10",  # IPv6 link-local
-    "fd00:ec2::254/128",  # AWS IPv6 metadata
-    "100.100.100.200/32",  # Alibaba Cloud metadata
-))
+METADATA_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "169.254.0.0/16",  # IPv4 link-local, incl. 169.254.169.254 (AWS, GCP, Azure metadata)
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::254/128",  # AWS IPv6 metadata
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+    )
+)
 
 _PORTED = re.compile(r"^\[(?P<v6>[^\]]+)\](?::(?P<port6>\d+))?$|^(?P<v4>[0-9./]+):(?P<port4>\d+)$")
 
@@ -187,13 +195,14 @@ def parse_allow_rule(entry: Any) -> AllowRule:
         if port_text is not None:
             port = int(port_text)
             if not 0 < port < 65536:
-                raise FetchError(f"port {port} in allow_private_networks entry {entry!r} "
-                                 "is not within 1..65535")
+                raise FetchError(f"port {port} in allow_private_networks entry {entry!r} is not within 1..65535")
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as e:
-        raise FetchError(f"allow_private_networks entry {entry!r} is not a CIDR network (like "
-                         f"127.0.0.1/32, ::1/128, 127.0.0.1:8080 or [::1]:8080): {e}") from None
+        raise FetchError(
+            f"allow_private_networks entry {entry!r} is not a CIDR network (like "
+            f"127.0.0.1/32, ::1/128, 127.0.0.1:8080 or [::1]:8080): {e}"
+        ) from None
     return AllowRule(net, port)
 
 
@@ -234,8 +243,9 @@ class AddressPolicy:
             if rule.matches(ip, port) and (rule.names_metadata or not metadata):
                 return None
         if metadata:
-            return (f"{ip} is link-local/cloud-metadata (allowed only when named explicitly, "
-                    f"e.g. {ip}/{ip.max_prefixlen})")
+            return (
+                f"{ip} is link-local/cloud-metadata (allowed only when named explicitly, e.g. {ip}/{ip.max_prefixlen})"
+            )
         if self.allow_all:
             return None
         reason = _special_reason(ip)
@@ -247,8 +257,7 @@ class AddressPolicy:
 
 def _special_reason(ip: Any) -> Optional[str]:
     """Why ``ip`` is not a public address, or None when it is."""
-    for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved",
-                 "is_unspecified"):
+    for attr in ("is_loopback", "is_private", "is_link_local", "is_multicast", "is_reserved", "is_unspecified"):
         if getattr(ip, attr):
             return f"{ip} is {attr[3:].replace('_', '-')}"
     if not ip.is_global:
@@ -302,8 +311,17 @@ class StaticResolver(AbstractResolver):
         addrs = self.hosts(name) if callable(self.hosts) else self.hosts.get(name)
         if not addrs:
             raise OSError(f"{name}: no such host in the static map")
-        return [{"hostname": name, "host": a, "port": port,
-                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0, "flags": 0} for a in addrs]
+        return [
+            {
+                "hostname": name,
+                "host": a,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+            for a in addrs
+        ]
 
     async def close(self) -> None:
         return None
@@ -405,8 +423,9 @@ class FetchResult:
 
     __slots__ = ("status", "error", "body", "final_url")
 
-    def __init__(self, status: str, error: Optional[str] = None, body: Optional[bytes] = None,
-                 final_url: Optional[str] = None) -> None:
+    def __init__(
+        self, status: str, error: Optional[str] = None, body: Optional[bytes] = None, final_url: Optional[str] = None
+    ) -> None:
         self.status, self.error, self.body, self.final_url = status, error, body, final_url
 
 
@@ -482,8 +501,11 @@ class HttpFetcher:
             delay = delay / 2 + random.uniform(0, delay / 2)
             if fail.retry_after is not None:
                 if fail.retry_after > cfg.max_retry_after:
-                    return FetchResult(fail.status, f"{fail.error}; Retry-After {fail.retry_after:g} s is longer "
-                                                    f"than max_retry_after={cfg.max_retry_after:g} s")
+                    return FetchResult(
+                        fail.status,
+                        f"{fail.error}; Retry-After {fail.retry_after:g} s is longer "
+                        f"than max_retry_after={cfg.max_retry_after:g} s",
+                    )
                 delay = max(delay, fail.retry_after)
             attempt += 1
             await asyncio.sleep(delay)
@@ -518,8 +540,9 @@ class HttpFetcher:
             raise
         except aiohttp.ClientConnectorDNSError as e:
             if isinstance(e.os_error, BlockedAddressError):
-                raise _Fail(st.SSRF_BLOCKED,
-                            f"refused {current}: {e.os_error} (allow_private_networks to opt in)") from None
+                raise _Fail(
+                    st.SSRF_BLOCKED, f"refused {current}: {e.os_error} (allow_private_networks to opt in)"
+                ) from None
             raise _Fail(st.DNS_ERROR, f"cannot resolve {current.raw_host}: {e.os_error}") from None
         except aiohttp.ClientPayloadError as e:
             raise _Fail(st.TRUNCATED, f"body of {current} ended early: {e}") from None
@@ -548,7 +571,11 @@ class HttpFetcher:
             ra = _retry_after_seconds(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
             if resp.status == 429 and ra is not None and ra <= cfg.max_retry_after:
                 self._host_pause[current.raw_host or ""] = time.monotonic() + ra
-            raise _Fail(st.http_status(resp.status), f"HTTP {resp.status} {resp.reason or ''} for {current}".replace("  ", " "), ra)
+            raise _Fail(
+                st.http_status(resp.status),
+                f"HTTP {resp.status} {resp.reason or ''} for {current}".replace("  ", " "),
+                ra,
+            )
         optout = robots_optout(resp.headers.getall("X-Robots-Tag", []), cfg.disallowed_header_directives, self._tokens)
         if optout:
             raise _Fail(st.ROBOTS_OPTOUT, f"{optout} opts {current} out")
@@ -575,8 +602,13 @@ class ImageFetcher:
     ``concurrency`` bounds rows in flight including their decode, so memory stays flat.
     """
 
-    def __init__(self, fetch: FetchConfig, resize: ResizeConfig, cache: Optional[ImageCache] = None,
-                 resolver: Optional[AbstractResolver] = None) -> None:
+    def __init__(
+        self,
+        fetch: FetchConfig,
+        resize: ResizeConfig,
+        cache: Optional[ImageCache] = None,
+        resolver: Optional[AbstractResolver] = None,
+    ) -> None:
         self.fetch_config, self.resize_config, self.cache = fetch, resize, cache
         self.http = HttpFetcher(fetch, resolver)
         self.settings = resize.fingerprint() + ";" + fetch.fingerprint()
@@ -620,7 +652,9 @@ class ImageFetcher:
 
                     got = hashlib.new(hash_type, body).hexdigest()
                     if got.lower() != str(expected_hash).strip().lower():
-                        out = ImageResult(st.HASH_MISMATCH, f"{hash_type} of the body is {got}, expected {expected_hash}")
+                        out = ImageResult(
+                            st.HASH_MISMATCH, f"{hash_type} of the body is {got}, expected {expected_hash}"
+                        )
                         return out
                 loop = asyncio.get_running_loop()
                 try:
@@ -631,8 +665,9 @@ class ImageFetcher:
             await asyncio.get_running_loop().run_in_executor(self._pool, self.cache.put, key, out)  # type: ignore[union-attr]
         return out
 
-    async def process_many(self, urls: Sequence[Any], hashes: Optional[Sequence[Optional[str]]] = None,
-                           hash_type: str = "sha256") -> list[ImageResult]:
+    async def process_many(
+        self, urls: Sequence[Any], hashes: Optional[Sequence[Optional[str]]] = None, hash_type: str = "sha256"
+    ) -> list[ImageResult]:
         """Process ``urls`` concurrently; results are in input order."""
         hs = hashes if hashes is not None else [None] * len(urls)
         return list(await asyncio.gather(*(self.process(u, h, hash_type) for u, h in zip(urls, hs))))
@@ -651,13 +686,15 @@ def split_kwargs(kwargs: dict) -> tuple[dict, dict]:
         elif k in r_names:
             rk[k] = v
         else:
-            raise FetchError(f"unknown image option {k!r}; FetchConfig takes {sorted(f_names)}, "
-                             f"ResizeConfig takes {sorted(r_names)}")
+            raise FetchError(
+                f"unknown image option {k!r}; FetchConfig takes {sorted(f_names)}, ResizeConfig takes {sorted(r_names)}"
+            )
     return fk, rk
 
 
-def make_configs(fetch: Optional[FetchConfig] = None, resize: Optional[ResizeConfig] = None,
-                 **options: Any) -> tuple[FetchConfig, ResizeConfig]:
+def make_configs(
+    fetch: Optional[FetchConfig] = None, resize: Optional[ResizeConfig] = None, **options: Any
+) -> tuple[FetchConfig, ResizeConfig]:
     """Build both configs from optional bases plus keyword overrides."""
     from dataclasses import replace
 
@@ -668,7 +705,20 @@ def make_configs(fetch: Optional[FetchConfig] = None, resize: Optional[ResizeCon
 
 
 __all__ = [
-    "FetchConfig", "AddressPolicy", "AllowRule", "METADATA_NETWORKS", "parse_allow_list",
-    "parse_allow_rule", "GuardedResolver", "StaticResolver", "BlockedAddressError", "HttpFetcher", "ImageFetcher",
-    "FetchResult", "check_url", "robots_optout", "make_configs", "split_kwargs"
+    "FetchConfig",
+    "AddressPolicy",
+    "AllowRule",
+    "METADATA_NETWORKS",
+    "parse_allow_list",
+    "parse_allow_rule",
+    "GuardedResolver",
+    "StaticResolver",
+    "BlockedAddressError",
+    "HttpFetcher",
+    "ImageFetcher",
+    "FetchResult",
+    "check_url",
+    "robots_optout",
+    "make_configs",
+    "split_kwargs",
 ]

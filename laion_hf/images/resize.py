@@ -37,8 +37,13 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
-INTERPOLATIONS = {"area": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-                  "lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+INTERPOLATIONS = {
+    "area": Image.BOX,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+    "nearest": Image.NEAREST,
+}
 
 # magic bytes -> Pillow format name
 _MAGIC = (
@@ -136,10 +141,17 @@ class ImageResult:
 
     __slots__ = ("status", "error", "data", "width", "height", "original_width", "original_height", "sha256")
 
-    def __init__(self, status: str, error: Optional[str] = None, data: Optional[bytes] = None,
-                 width: Optional[int] = None, height: Optional[int] = None,
-                 original_width: Optional[int] = None, original_height: Optional[int] = None,
-                 sha256: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        status: str,
+        error: Optional[str] = None,
+        data: Optional[bytes] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        original_width: Optional[int] = None,
+        original_height: Optional[int] = None,
+        sha256: Optional[str] = None,
+    ) -> None:
         self.status, self.error, self.data = status, error, data
         self.width, self.height = width, height
         self.original_width, self.original_height = original_width, original_height
@@ -176,8 +188,7 @@ def decode_cost(img: Image.Image, orientation: int = 1) -> int:
     px = w * h
     cost = px * _bytes_per_pixel(img.mode)
     if img.mode != "RGB":
-        alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-            img.mode == "P" and "transparency" in img.info)
+        alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
         cost += px * (9 if alpha else 4)  # RGBA copy + RGB canvas + mask, or the RGB copy
     if orientation != 1:
         cost += px * 4  # exif_transpose makes a copy
@@ -278,8 +289,7 @@ def _describe(e: BaseException) -> str:
     return _ADDRESS.sub("", f"{type(e).__name__}: {e}")
 
 
-def process_image(data: bytes, cfg: ResizeConfig,
-                  budget: Optional[DecodeBudget] = None) -> ImageResult:
+def process_image(data: bytes, cfg: ResizeConfig, budget: Optional[DecodeBudget] = None) -> ImageResult:
     """Sniff, decode (EXIF-oriented, RGB), check, resize and encode ``data`` per ``cfg``.
 
     The decode holds its estimated bytes of ``budget`` (default: the process's budget of
@@ -304,20 +314,33 @@ def process_image(data: bytes, cfg: ResizeConfig,
             return ImageResult(
                 st.DECOMPRESSION_BOMB,
                 f"{fmt} declares {ow}x{oh} = {ow * oh} pixels, above max_pixels={cfg.max_pixels}",
-                original_width=ow, original_height=oh)
+                original_width=ow,
+                original_height=oh,
+            )
         orientation = _orientation(img, fmt)
         if orientation in (5, 6, 7, 8):
             ow, oh = oh, ow  # the displayed size
         if cfg.min_image_size and min(ow, oh) < cfg.min_image_size:
-            return ImageResult(st.IMAGE_TOO_SMALL, f"{ow}x{oh} is smaller than min_image_size={cfg.min_image_size}",
-                               original_width=ow, original_height=oh)
+            return ImageResult(
+                st.IMAGE_TOO_SMALL,
+                f"{ow}x{oh} is smaller than min_image_size={cfg.min_image_size}",
+                original_width=ow,
+                original_height=oh,
+            )
         if ow * oh > cfg.max_image_area:
-            return ImageResult(st.IMAGE_AREA_TOO_LARGE, f"{ow}x{oh} is above max_image_area={cfg.max_image_area}",
-                               original_width=ow, original_height=oh)
+            return ImageResult(
+                st.IMAGE_AREA_TOO_LARGE,
+                f"{ow}x{oh} is above max_image_area={cfg.max_image_area}",
+                original_width=ow,
+                original_height=oh,
+            )
         if max(ow, oh) / min(ow, oh) > cfg.max_aspect_ratio:
-            return ImageResult(st.ASPECT_RATIO_TOO_LARGE,
-                               f"{ow}x{oh} aspect ratio is above max_aspect_ratio={cfg.max_aspect_ratio}",
-                               original_width=ow, original_height=oh)
+            return ImageResult(
+                st.ASPECT_RATIO_TOO_LARGE,
+                f"{ow}x{oh} aspect ratio is above max_aspect_ratio={cfg.max_aspect_ratio}",
+                original_width=ow,
+                original_height=oh,
+            )
         needs_resize = cfg.resize_mode != "no" and (
             _target_size(ow, oh, cfg) != (ow, oh)
             or (cfg.resize_mode in ("center_crop", "border") and (ow, oh) != (cfg.image_size, cfg.image_size))
@@ -335,7 +358,9 @@ def process_image(data: bytes, cfg: ResizeConfig,
                 st.DECODE_TOO_LARGE,
                 f"{fmt} {img.size[0]}x{img.size[1]} mode {img.mode} needs ~{cost / 2**20:.0f} MiB "
                 f"to decode and convert to RGB, above max_decode_bytes={cfg.max_decode_bytes}",
-                original_width=ow, original_height=oh)
+                original_width=ow,
+                original_height=oh,
+            )
         with (budget or process_budget(cfg.decode_memory_budget)).hold(cost):  # until encoded
             return _decode_encode(img, fmt, orientation, needs_resize, ow, oh, cfg)
     finally:
@@ -345,8 +370,9 @@ def process_image(data: bytes, cfg: ResizeConfig,
             pass
 
 
-def _decode_encode(img: Image.Image, fmt: str, orientation: int, needs_resize: bool,
-                   ow: int, oh: int, cfg: ResizeConfig) -> ImageResult:
+def _decode_encode(
+    img: Image.Image, fmt: str, orientation: int, needs_resize: bool, ow: int, oh: int, cfg: ResizeConfig
+) -> ImageResult:
     """Decode an opened image, orient it, make it RGB, resize it and encode it per ``cfg``."""
     opened = img
     try:
@@ -356,8 +382,9 @@ def _decode_encode(img: Image.Image, fmt: str, orientation: int, needs_resize: b
     except Image.DecompressionBombError as e:
         return ImageResult(st.DECOMPRESSION_BOMB, str(e), original_width=ow, original_height=oh)
     except Exception as e:
-        return ImageResult(st.DECODE_ERROR, f"{fmt} data cannot be decoded: {_describe(e)}",
-                           original_width=ow, original_height=oh)
+        return ImageResult(
+            st.DECODE_ERROR, f"{fmt} data cannot be decoded: {_describe(e)}", original_width=ow, original_height=oh
+        )
     if needs_resize:
         img = _resize(img, ow, oh, cfg)
     if img is not opened:
@@ -371,8 +398,12 @@ def _decode_encode(img: Image.Image, fmt: str, orientation: int, needs_resize: b
         else:
             img.save(buf, format=out_pil, quality=cfg.encode_quality)
     except Exception as e:
-        return ImageResult(st.ENCODE_ERROR, f"encoding {cfg.encode_format} failed: {_describe(e)}",
-                           original_width=ow, original_height=oh)
+        return ImageResult(
+            st.ENCODE_ERROR,
+            f"encoding {cfg.encode_format} failed: {_describe(e)}",
+            original_width=ow,
+            original_height=oh,
+        )
     out = buf.getvalue()
     return ImageResult(st.SUCCESS, None, out, w, h, ow, oh, hashlib.sha256(out).hexdigest())
 
@@ -399,7 +430,14 @@ def _resize(img: Image.Image, ow: int, oh: int, cfg: ResizeConfig) -> Image.Imag
 def _pad(img: Image.Image, s: int) -> Image.Image:
     w, h = img.size
     if w > s or h > s:
-        img = img.crop(((w - min(w, s)) // 2, (h - min(h, s)) // 2, (w - min(w, s)) // 2 + min(w, s), (h - min(h, s)) // 2 + min(h, s)))
+        img = img.crop(
+            (
+                (w - min(w, s)) // 2,
+                (h - min(h, s)) // 2,
+                (w - min(w, s)) // 2 + min(w, s),
+                (h - min(h, s)) // 2 + min(h, s),
+            )
+        )
         w, h = img.size
     canvas = Image.new("RGB", (s, s), (0, 0, 0))
     canvas.paste(img, ((s - w) // 2, (s - h) // 2))

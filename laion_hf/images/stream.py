@@ -39,11 +39,18 @@ from laion_hf.schema import IMAGE_STRUCT  # re-exported: the image column type
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "status", "error", "width", "height", "original_width", "original_height", "sha256")
-IMAGE_SCHEMA = pa.schema([
-    ("image", IMAGE_STRUCT), ("status", pa.string()), ("error", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
-    ("original_height", pa.int32()), ("sha256", pa.string()),
-])
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("image", IMAGE_STRUCT),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+    ]
+)
 
 
 def image_features() -> dict:
@@ -51,9 +58,13 @@ def image_features() -> dict:
     import datasets
 
     return {
-        "image": datasets.Image(), "status": datasets.Value("string"), "error": datasets.Value("string"),
-        "width": datasets.Value("int32"), "height": datasets.Value("int32"),
-        "original_width": datasets.Value("int32"), "original_height": datasets.Value("int32"),
+        "image": datasets.Image(),
+        "status": datasets.Value("string"),
+        "error": datasets.Value("string"),
+        "width": datasets.Value("int32"),
+        "height": datasets.Value("int32"),
+        "original_width": datasets.Value("int32"),
+        "original_height": datasets.Value("int32"),
         "sha256": datasets.Value("string"),
     }
 
@@ -64,7 +75,8 @@ def results_to_arrays(results: Sequence[ImageResult]) -> list[pa.Array]:
     data = [r.data if o else None for r, o in zip(results, ok)]
     image = pa.StructArray.from_arrays(
         [pa.array(data, pa.binary()), pa.nulls(len(results), pa.string())],
-        fields=list(IMAGE_STRUCT), mask=pa.array([not o for o in ok], pa.bool_()),
+        fields=list(IMAGE_STRUCT),
+        mask=pa.array([not o for o in ok], pa.bool_()),
     )
     return [image, *result_columns(results)]
 
@@ -125,8 +137,9 @@ class _Runner:
     def submit(self, table: pa.Table) -> "Future[list[ImageResult]]":
         s = self.s
         if s.url_column not in table.column_names:
-            raise FetchError(f"column {s.url_column!r} not found; columns are {table.column_names} "
-                             "(pass url_column=...)")
+            raise FetchError(
+                f"column {s.url_column!r} not found; columns are {table.column_names} (pass url_column=...)"
+            )
         urls = table.column(s.url_column).to_pylist()
         hashes = None
         if s.hash_column:
@@ -187,7 +200,11 @@ def _generate_tables(shard_ids: list, source: Any, num_source_shards: int, setti
 
     def tables() -> Iterator[pa.Table]:
         for sid in shard_ids:
-            part = source.shard(num_shards=num_source_shards, index=sid, contiguous=True) if num_source_shards > 1 else source
+            part = (
+                source.shard(num_shards=num_source_shards, index=sid, contiguous=True)
+                if num_source_shards > 1
+                else source
+            )
             yield from part.with_format("arrow").iter(batch_size=settings.batch_size)
 
     for i, table in enumerate(_pipeline(tables(), settings, _COUNTS)):
@@ -254,9 +271,19 @@ def with_images(
     fetch_cfg, resize_cfg = make_configs(fetch, resize, **options)
     if batch_size < 1 or prefetch < 0:
         raise FetchError(f"batch_size must be >= 1 and prefetch >= 0, got {batch_size} and {prefetch}")
-    settings = _Settings(url_column, hash_column, hash_type, batch_size, prefetch, drop_failed, fetch_cfg,
-                         resize_cfg, os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes,
-                         negative_ttl)
+    settings = _Settings(
+        url_column,
+        hash_column,
+        hash_type,
+        batch_size,
+        prefetch,
+        drop_failed,
+        fetch_cfg,
+        resize_cfg,
+        os.fspath(cache_dir) if cache_dir is not None else None,
+        cache_max_bytes,
+        negative_ttl,
+    )
     if isinstance(ds, datasets.IterableDataset):
         from datasets.iterable_dataset import ArrowExamplesIterable
 
@@ -287,14 +314,17 @@ def with_images(
             return _finish(table, runner.submit(table).result(), settings, _COUNTS)
 
         try:
-            out = ds.with_format("arrow").map(fn, batched=True, batch_size=batch_size,
-                                              features=_output_features(ds.features), desc="fetching images")
+            out = ds.with_format("arrow").map(
+                fn, batched=True, batch_size=batch_size, features=_output_features(ds.features), desc="fetching images"
+            )
         finally:
             for r in state.values():
                 r.close()
         return out.with_format(ds.format["type"], columns=None)
-    raise FetchError(f"with_images takes a datasets.IterableDataset or Dataset, got {type(ds).__name__} "
-                     "(use fetch_table for a pyarrow.Table)")
+    raise FetchError(
+        f"with_images takes a datasets.IterableDataset or Dataset, got {type(ds).__name__} "
+        "(use fetch_table for a pyarrow.Table)"
+    )
 
 
 def fetch_table(table: pa.Table, url_column: str = "url", *, batch_size: int = 256, **kwargs: Any) -> pa.Table:
@@ -306,8 +336,19 @@ def fetch_table(table: pa.Table, url_column: str = "url", *, batch_size: int = 2
     cache_max_bytes = kwargs.pop("cache_max_bytes", 20 * 2**30)
     negative_ttl = kwargs.pop("negative_ttl", 7 * 24 * 3600)
     fetch_cfg, resize_cfg = make_configs(kwargs.pop("fetch", None), kwargs.pop("resize", None), **kwargs)
-    s = _Settings(url_column, hash_column, hash_type, batch_size, 1, drop_failed, fetch_cfg, resize_cfg,
-                  os.fspath(cache_dir) if cache_dir is not None else None, cache_max_bytes, negative_ttl)
+    s = _Settings(
+        url_column,
+        hash_column,
+        hash_type,
+        batch_size,
+        1,
+        drop_failed,
+        fetch_cfg,
+        resize_cfg,
+        os.fspath(cache_dir) if cache_dir is not None else None,
+        cache_max_bytes,
+        negative_ttl,
+    )
     if url_column not in table.column_names:
         raise FetchError(f"column {url_column!r} not found; columns are {table.column_names} (pass url_column=...)")
     batches = (pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=batch_size))

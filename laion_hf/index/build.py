@@ -80,11 +80,7 @@ def choose_index_key(n: int, dim: int, max_memory: int, memory_mappable: bool = 
         return f"HNSW{HNSW_M}"
     k = _nlist(n)
     for m in (256, 128, 64, 32, 16, 8, 4):
-        if (
-            dim % m == 0
-            and m <= dim
-            and n * (m + 8) * 1.2 + k * dim * 4 * 2 + dim * dim * 4 <= max_memory
-        ):
+        if dim % m == 0 and m <= dim and n * (m + 8) * 1.2 + k * dim * 4 * 2 + dim * dim * 4 <= max_memory:
             return f"OPQ{m}_{dim},IVF{k}_HNSW32,PQ{m}x8"
     raise KnnIndexError(f"{n:,} vectors of dim {dim} do not fit max_index_memory={max_memory:,} bytes even as "
                         "PQ4 codes: raise --max-index-memory or use --memory-mappable")  # fmt: skip
@@ -108,9 +104,7 @@ def _train_size(key: str, n: int) -> int:
 
 
 # ---------------------------------------------------------------------------- plan
-def _config(
-    source: EmbeddingSource, keys: dict, settings: dict, fingerprint: dict
-) -> dict[str, Any]:
+def _config(source: EmbeddingSource, keys: dict, settings: dict, fingerprint: dict) -> dict[str, Any]:
     return {
         "version": _VERSION, "source": source.root, "layout": source.layout, "rows": source.rows,
         "dim": source.dim, "kinds": list(keys), "index_keys": keys, "clip_model": source.model,
@@ -151,9 +145,7 @@ def plan(
     keys = {k: key for k in want}
     settings = {"max_index_memory": mem, "memory_mappable": memory_mappable, "batch_rows": batch_rows,
                 "recall_target": recall_target, "latency_budget_ms": latency_budget_ms}  # fmt: skip
-    config = _config(
-        source, keys, settings, metadata_fingerprint(source.metadata_files(), storage_options)
-    )
+    config = _config(source, keys, settings, metadata_fingerprint(source.metadata_files(), storage_options))
     outp = Path(out)
     if not _reuse(outp, config):
         (outp / WORK).mkdir(parents=True, exist_ok=True)
@@ -280,10 +272,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
 
     for kind in config["kinds"]:
         kinds[kind].update(tune_kind(out, kind, source, config, _train_size(config["index_keys"][kind], source.rows)))
-    infos = {
-        k: config[k]
-        for k in ("version", "rows", "dim", "clip_model", "clip_pretrained", "layout", "source")
-    }
+    infos = {k: config[k] for k in ("version", "rows", "dim", "clip_model", "clip_pretrained", "layout", "source")}
     infos.update(
         metadata=config["metadata"],
         metadata_files=source.metadata_files(),
@@ -333,9 +322,7 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
             part = faiss.read_index(p)
             index.add(part.reconstruct_n(0, part.ntotal))
     if index.ntotal != config["rows"]:
-        raise KnnIndexError(
-            f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows"
-        )
+        raise KnnIndexError(f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows")
     atomic_write(final_path, lambda p: faiss.write_index(index, str(p)))
 
 
@@ -357,10 +344,7 @@ def _assemble_images(out: Path, orders: Sequence[WorkOrder]) -> bool:
         return False
     if not (out / IMAGES_FILE).exists():
         parts = (
-            pa.ipc.open_file(
-                pa.memory_map(str(_part_path(o).with_suffix(".images.arrow")))
-            ).read_all()
-            for o in mine
+            pa.ipc.open_file(pa.memory_map(str(_part_path(o).with_suffix(".images.arrow")))).read_all() for o in mine
         )
         atomic_write(out / IMAGES_FILE, lambda p: _write_ipc(p, parts))
     return True

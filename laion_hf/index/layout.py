@@ -18,9 +18,7 @@ def index_family(key: str) -> str:
         return "hnsw"
     if "IVF" in key:
         return "ivf"
-    raise KnnIndexError(
-        f"index key {key!r} is not supported: use Flat, HNSW<M>, or an IVF factory string"
-    )
+    raise KnnIndexError(f"index key {key!r} is not supported: use Flat, HNSW<M>, or an IVF factory string")
 
 
 def index_file(out: Path, kind: str) -> Path:

@@ -44,9 +44,7 @@ class IndexFolder:
     ) -> None:
         self.out = Path(out)
         self.infos = read_infos(out)
-        files = (
-            metadata_files(metadata, storage_options) if metadata else self.infos["metadata_files"]
-        )
+        files = metadata_files(metadata, storage_options) if metadata else self.infos["metadata_files"]
         check_fingerprint(self.infos, files, storage_options, metadata or self.infos["source"])
         self.metadata = read_metadata(files, storage_options)
         self.indexes = {k: KnnIndex(out, k, self.infos) for k in self.infos["kinds"]}
@@ -59,11 +57,7 @@ class IndexFolder:
         self.aesthetic = _ratings(Path(aesthetic_embeddings) if aesthetic_embeddings else
                                   self.out / "aesthetic_embeddings")  # fmt: skip
         images = self.out / IMAGES_FILE
-        self.images = (
-            pa.ipc.open_file(pa.memory_map(str(images))).read_all()["image"]
-            if images.exists()
-            else None
-        )
+        self.images = pa.ipc.open_file(pa.memory_map(str(images))).read_all()["image"] if images.exists() else None
 
     @property
     def rows(self) -> int:
@@ -101,9 +95,7 @@ class IndexFolder:
             raise KnnIndexError(f"the image does not decode: {type(e).__name__}: {e}") from None
         return self.embedder().encode_pil([img]).astype(np.float32)
 
-    def rows_of(
-        self, ids: Sequence[int], columns: Sequence[str] | None = None
-    ) -> list[dict[str, Any]]:
+    def rows_of(self, ids: Sequence[int], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Metadata rows of ``ids`` as dicts (``json.dumps(..., default=jsonable)`` them)."""
         table = self.metadata.take(pa.array(np.asarray(ids, dtype=np.int64)))
         if columns is not None:
@@ -139,17 +131,11 @@ def _embedder(model: str, pretrained: str | None, device: str) -> Any:
     try:
         from laion_hf.clip.model import ClipEmbedder
     except ImportError as e:
-        raise KnnIndexError(
-            f"text and image queries need the clip extra: pip install 'laion-hf[clip]' ({e})"
-        ) from None
-    return ClipEmbedder(
-        model, pretrained, device=device, precision="fp32" if device == "cpu" else "auto"
-    )
+        raise KnnIndexError(f"text and image queries need the clip extra: pip install 'laion-hf[clip]' ({e})") from None
+    return ClipEmbedder(model, pretrained, device=device, precision="fp32" if device == "cpu" else "auto")
 
 
-def check_fingerprint(
-    infos: dict, files: Sequence[str], storage_options: dict | None, where: str
-) -> None:
+def check_fingerprint(infos: dict, files: Sequence[str], storage_options: dict | None, where: str) -> None:
     """Refuse metadata whose rows are not the index's rows (clip-retrieval #304)."""
     fp = metadata_fingerprint(files, storage_options)
     want = infos["metadata"]
@@ -192,9 +178,7 @@ def _query_vector(
         return folder.embed_image(image)
     q = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
     if q.shape[1] != folder.infos["dim"]:
-        raise KnnIndexError(
-            f"the query embedding has {q.shape[1]} values, the index {folder.infos['dim']}"
-        )
+        raise KnnIndexError(f"the query embedding has {q.shape[1]} values, the index {folder.infos['dim']}")
     return q / max(float(np.linalg.norm(q)), 1e-12)
 
 
@@ -239,9 +223,7 @@ def filter_near(
     folder = IndexFolder(index_dir, metadata)
     q = _query_vector(folder, text, image, embedding)
     sims, ids = nearest(folder.index(modality), q, k, min_similarity)
-    table = folder.metadata.take(pa.array(ids, pa.int64())).append_column(
-        "similarity", pa.array(sims, pa.float32())
-    )
+    table = folder.metadata.take(pa.array(ids, pa.int64())).append_column("similarity", pa.array(sims, pa.float32()))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "part-00000.parquet"

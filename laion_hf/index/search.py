@@ -20,9 +20,7 @@ def read_infos(out: str | Path) -> dict[str, Any]:
     """``OUT/infos.json`` of a finished index (a clear error when absent or unfinished)."""
     path = Path(out) / INFOS
     if not path.exists():
-        raise KnnIndexError(
-            f"{out}: no {INFOS}; not an index folder, or `laion-hf index` has not finished"
-        )
+        raise KnnIndexError(f"{out}: no {INFOS}; not an index folder, or `laion-hf index` has not finished")
     try:
         return json.loads(path.read_text())
     except ValueError as e:
@@ -54,9 +52,7 @@ class KnnIndex:
         self.out, self.kind = Path(out), kind
         self.infos = infos or read_infos(out)
         if kind not in self.infos["kinds"]:
-            raise KnnIndexError(
-                f"{out} has no {kind} index (it has {', '.join(self.infos['kinds'])})"
-            )
+            raise KnnIndexError(f"{out} has no {kind} index (it has {', '.join(self.infos['kinds'])})")
         self.key = self.infos["config"]["index_keys"][kind]
         self.family = index_family(self.key)
         self.params = dict(self.infos["kinds"][kind].get("search_params") or {})
@@ -83,9 +79,7 @@ class KnnIndex:
         """Use ``params`` (``{"efSearch": n}`` / ``{"nprobe": n}``) from now on."""
         self.params = dict(params)
 
-    def search(
-        self, queries: np.ndarray, k: int, params: dict | None = None
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(self, queries: np.ndarray, k: int, params: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top ``k`` per query as ``(similarities, ids)`` in score order; rows without a vector are
         never returned (so a result may be shorter than ``k``)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -97,9 +91,7 @@ class KnnIndex:
             k + extra,
             self._hnsw_quantizer,
         )
-        D, ids = (
-            self.index.search(q, k + extra, params=p[0]) if p else self.index.search(q, k + extra)
-        )
+        D, ids = self.index.search(q, k + extra, params=p[0]) if p else self.index.search(q, k + extra)
         out = []
         for d, i in zip(D, ids):
             keep = i >= 0

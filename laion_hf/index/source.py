@@ -111,9 +111,7 @@ class EmbeddingSource:
                 pieces.append(col.field("bytes") if pa.types.is_struct(col.type) else col)
         return pa.concat_arrays([x.cast(pa.binary()) for x in pieces])
 
-    def read_positions(
-        self, kind: str, positions: np.ndarray, batch_rows: int = 65536
-    ) -> np.ndarray:
+    def read_positions(self, kind: str, positions: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
         """The vectors at sorted global ``positions`` (a sample), reading chunk by chunk."""
         out = np.zeros((len(positions), self.dim), np.float32)
         for part, a, b, g in self.chunks(batch_rows):
@@ -134,9 +132,7 @@ def _fs(path: str, storage_options: dict | None) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(path, **(storage_options or {}))
     except (ImportError, ValueError) as e:
-        raise SourceError(
-            f"cannot open {path}: {e} (install the fsspec backend for this protocol)"
-        ) from None
+        raise SourceError(f"cannot open {path}: {e} (install the fsspec backend for this protocol)") from None
 
 
 def _full(root_url: str, path: str) -> str:
@@ -159,9 +155,7 @@ def is_embed_layout(src: str, storage_options: dict | None = None) -> bool:
     """Whether ``src`` is a folder in ``laion-hf embed``'s layout (``metadata/`` + ``img_emb/``)."""
     fs, root = _fs(src, storage_options)
     try:
-        return fs.isdir(f"{root}/metadata") and (
-            fs.isdir(f"{root}/img_emb") or fs.isdir(f"{root}/text_emb")
-        )
+        return fs.isdir(f"{root}/metadata") and (fs.isdir(f"{root}/img_emb") or fs.isdir(f"{root}/text_emb"))
     except (OSError, ValueError):
         return False
 
@@ -186,9 +180,7 @@ def _open_embed(src: str, so: dict | None) -> EmbeddingSource:
     fs, root = _fs(src, so)
     metas = _numbered(fs, f"{root}/metadata", "metadata_", ".parquet")
     if not metas:
-        raise KnnIndexError(
-            f"{src}/metadata holds no metadata_N.parquet: is `laion-hf embed` finished?"
-        )
+        raise KnnIndexError(f"{src}/metadata holds no metadata_N.parquet: is `laion-hf embed` finished?")
     npys = {k: _numbered(fs, f"{root}/{d}", pre, ".npy") for k, (d, pre) in _NPY_DIRS.items()}
     kinds = tuple(k for k in KINDS if npys[k])
     if not kinds:
@@ -198,9 +190,7 @@ def _open_embed(src: str, so: dict | None) -> EmbeddingSource:
         vecs = {}
         for k in kinds:
             if n not in npys[k]:
-                raise KnnIndexError(
-                    f"{src}: metadata_{n}.parquet has no {_NPY_DIRS[k][1]}{n}.npy beside it"
-                )
+                raise KnnIndexError(f"{src}: metadata_{n}.parquet has no {_NPY_DIRS[k][1]}{n}.npy beside it")
             vecs[k] = _full(src, npys[k][n])
         shapes = {k: _npy_shape(vecs[k], so) for k in kinds}
         rows = _parquet_file(_full(src, metas[n]), _so_key(so)).metadata.num_rows
@@ -240,9 +230,7 @@ def _open_shards(src: str, so: dict | None) -> EmbeddingSource:
                 "index `laion-hf embed` output, or shards written with CLIP features"
             )
         if kinds is not None and have != kinds:
-            raise KnnIndexError(
-                f"{path}: embedding columns {have} differ from the other files' {kinds}"
-            )
+            raise KnnIndexError(f"{path}: embedding columns {have} differ from the other files' {kinds}")
         kinds = have
         d = _list_size(schema.field(SHARD_COLUMNS[have[0]]).type, pf, SHARD_COLUMNS[have[0]])
         if dim is not None and d != dim:
@@ -253,9 +241,7 @@ def _open_shards(src: str, so: dict | None) -> EmbeddingSource:
         parts.append(Part(path, meta.num_rows, {k: SHARD_COLUMNS[k] for k in have}, groups))
         images = images and "image" in schema.names
     model, pretrained = _shards_model(src, so)
-    return EmbeddingSource(
-        src, "shards", tuple(parts), int(dim), kinds, model, pretrained, so, images
-    )
+    return EmbeddingSource(src, "shards", tuple(parts), int(dim), kinds, model, pretrained, so, images)
 
 
 def _shards_model(src: str, so: dict | None) -> tuple[str | None, str | None]:
@@ -267,11 +253,7 @@ def _shards_model(src: str, so: dict | None) -> tuple[str | None, str | None]:
     except (OSError, ValueError):
         return None, None
     for cfg in [stats] + [v for v in stats.values() if isinstance(v, dict)]:
-        clip = (
-            (cfg.get("provenance") or {}).get("clip")
-            if isinstance(cfg.get("provenance"), dict)
-            else None
-        )
+        clip = (cfg.get("provenance") or {}).get("clip") if isinstance(cfg.get("provenance"), dict) else None
         if isinstance(clip, dict) and clip.get("model"):
             return clip["model"], clip.get("pretrained")
     return None, None
@@ -311,11 +293,7 @@ def _npy_header(path: str, so: dict | None) -> tuple[tuple, np.dtype, int]:
     with fs.open(p, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read(f)
         except ValueError as e:
             raise KnnIndexError(f"{path}: not a .npy file: {e}") from None
@@ -324,9 +302,7 @@ def _npy_header(path: str, so: dict | None) -> tuple[tuple, np.dtype, int]:
         return shape, dtype, f.tell()
 
 
-_npy_header_cached = functools.lru_cache(maxsize=4096)(
-    lambda path, so_key: _npy_header(path, json.loads(so_key))
-)
+_npy_header_cached = functools.lru_cache(maxsize=4096)(lambda path, so_key: _npy_header(path, json.loads(so_key)))
 
 
 def _npy_shape(path: str, so: dict | None) -> tuple:
@@ -355,11 +331,7 @@ def _read_parquet_rows(
         a, b = max(start, bounds[g]), min(stop, bounds[g + 1])
         if b <= a:
             continue
-        col = (
-            pf.read_row_group(g, columns=[column])[column]
-            .combine_chunks()
-            .slice(a - bounds[g], b - a)
-        )
+        col = pf.read_row_group(g, columns=[column])[column].combine_chunks().slice(a - bounds[g], b - a)
         out[a - start : b - start] = list_to_matrix(col, dim, f"{path} column {column}")
     return out
 
@@ -378,9 +350,7 @@ def list_to_matrix(col: pa.Array, dim: int, what: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- metadata
-def metadata_fingerprint(
-    files: Sequence[str], storage_options: dict | None = None
-) -> dict[str, Any]:
+def metadata_fingerprint(files: Sequence[str], storage_options: dict | None = None) -> dict[str, Any]:
     """A fingerprint of metadata files in row order: per file its name, row count and a hash of
     the first identifying column present (``key``, ``url``, ``caption``).
 

@@ -25,16 +25,8 @@ def held_out_queries(
     ``(queries, rows)``: ``rows`` are the queries' own row numbers when they are vectors of this
     very index (to be left out of both result lists, as if held out), else None."""
     rows = source.rows
-    train = (
-        np.unique(np.linspace(0, rows - 1, train_rows).astype(np.int64))
-        if train_rows
-        else np.zeros(0, np.int64)
-    )
-    pool = (
-        np.setdiff1d(np.arange(rows, dtype=np.int64), train)
-        if len(train) < rows
-        else np.arange(rows)
-    )
+    train = np.unique(np.linspace(0, rows - 1, train_rows).astype(np.int64)) if train_rows else np.zeros(0, np.int64)
+    pool = np.setdiff1d(np.arange(rows, dtype=np.int64), train) if len(train) < rows else np.arange(rows)
     rng = np.random.default_rng(0)
     pos = np.sort(rng.choice(pool, size=min(len(pool), 4 * n), replace=False))
     other = [k for k in source.kinds if k != kind]
@@ -46,9 +38,7 @@ def held_out_queries(
     return np.zeros((0, source.dim), np.float32), None
 
 
-def without_self(
-    found: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None, k: int
-) -> list:
+def without_self(found: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray | None, k: int) -> list:
     """Each query's results without its own row (leave-one-out), cut to ``k``."""
     if rows is None:
         return [(d[:k], i[:k]) for d, i in found]
@@ -112,9 +102,7 @@ def tune_kind(out: Path, kind: str, source: EmbeddingSource, config: dict, train
         chosen = sweep[-1]
         if rec >= target:
             break
-    size = sum(
-        p.stat().st_size for p in Path(out).glob(f"{kind}.*") if p.suffix in (".index", ".ivfdata")
-    )
+    size = sum(p.stat().st_size for p in Path(out).glob(f"{kind}.*") if p.suffix in (".index", ".ivfdata"))
     return {
         "index_key": key, "search_params": chosen["params"], "recall_at_10": chosen["recall_at_10"],
         "recall_target": target, "target_met": chosen["recall_at_10"] >= target,

@@ -39,15 +39,11 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.EmptyHeaderError as e:
             if tar.offset == 0:
                 raise
-            raise _BrokenTar(
-                f"ends at byte {tar.offset} without the end-of-archive block (cut short?)"
-            ) from e
+            raise _BrokenTar(f"ends at byte {tar.offset} without the end-of-archive block (cut short?)") from e
         except tarfile.TruncatedHeaderError as e:
             if tar.offset == 0:
                 raise
-            raise _BrokenTar(
-                f"ends inside the member header at byte {tar.offset} (cut short)"
-            ) from e
+            raise _BrokenTar(f"ends inside the member header at byte {tar.offset} (cut short)") from e
         except tarfile.InvalidHeaderError as e:
             if tar.offset == 0:
                 raise
@@ -94,18 +90,14 @@ def iter_samples(
     :func:`iter_members`; a sample that repeats an extension is a :class:`ShardError` too."""
     from webdataset.tariterators import group_by_keys
 
-    files = (
-        {"fname": n, "data": d, "__url__": name} for n, d in iter_members(fileobj, name, select)
-    )
+    files = ({"fname": n, "data": d, "__url__": name} for n, d in iter_members(fileobj, name, select))
     try:
         yield from group_by_keys(files)
     except ValueError as e:
         raise ShardError(f"{name}: not a webdataset tar: {e.args[0] if e.args else e}") from e
 
 
-def open_samples(
-    path: str, fs: Any = None, select: Callable[[str], bool] | None = None
-) -> Iterator[dict[str, Any]]:
+def open_samples(path: str, fs: Any = None, select: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
     """:func:`iter_samples` of the tar at ``path`` (a local path, or a path on fsspec ``fs``)."""
     try:
         fh = fs.open(path, "rb") if fs is not None else open(path, "rb")  # noqa: SIM115 - closed below

@@ -119,9 +119,7 @@ def _aesthetic(body: dict) -> tuple[int | None, float]:
     if isinstance(score, str) and score.strip() == "":
         score = None
     elif isinstance(score, bool) or not isinstance(score, (int, str)):
-        raise BadRequest(
-            f'aesthetic_score must be an integer 0-9, or "" for none; got {json.dumps(score)[:40]}'
-        )
+        raise BadRequest(f'aesthetic_score must be an integer 0-9, or "" for none; got {json.dumps(score)[:40]}')
     else:
         try:
             score = int(score)
@@ -166,12 +164,8 @@ def _query_fields(req: KnnRequest, body: dict) -> None:
         req.image_url = url
     elif emb is not None:
         dim = req.folder.infos["dim"]
-        if len(emb) != dim or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb
-        ):
-            raise BadRequest(
-                f"embedding_input must be a list of {dim} numbers (this index's dimension)"
-            )
+        if len(emb) != dim or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb):
+            raise BadRequest(f"embedding_input must be a list of {dim} numbers (this index's dimension)")
         req.embedding = np.asarray(emb, dtype=np.float32).reshape(1, -1)
         if not np.isfinite(req.embedding).all() or not np.abs(req.embedding).sum() > 0:
             raise BadRequest("embedding_input must be finite and not all zeros")
@@ -260,9 +254,7 @@ class KnnService:
         folder = req.folder
         try:
             if req.use_mclip:
-                req.unavailable["use_mclip"] = (
-                    "no multilingual text model; the index's own CLIP model was used"
-                )
+                req.unavailable["use_mclip"] = "no multilingual text model; the index's own CLIP model was used"
             if req.text is not None:
                 return await self._run(self._embed, folder.embed_text, req.text)
             if req.image_url is not None:
@@ -293,9 +285,7 @@ class KnnService:
         """Search, then drop duplicates and unsafe results as asked (in a worker thread)."""
         index = req.folder.index(req.modality)
         if index.kind != ("image" if req.modality == "image" else "text"):
-            req.unavailable["modality"] = (
-                f"no {req.modality} index here; the {index.kind} index was searched"
-            )
+            req.unavailable["modality"] = f"no {req.modality} index here; the {index.kind} index was searched"
         sims, ids = index.search(q, req.num_result_ids)[0]
         drop = np.zeros(len(ids), dtype=bool)
         if req.deduplicate and len(ids) > 1:
@@ -313,11 +303,7 @@ class KnnService:
         """clip back's response items: metadata (+ base64 image) for the first num_images."""
         head = ids[: req.num_images]
         metas = req.folder.rows_of(head)
-        images = (
-            req.folder.images.take(head.tolist()).to_pylist()
-            if req.folder.images is not None
-            else None
-        )
+        images = req.folder.images.take(head.tolist()).to_pylist() if req.folder.images is not None else None
         out = []
         for n, (s, i) in enumerate(zip(sims.tolist(), ids.tolist())):
             item = dict(metas[n]) if n < len(metas) else {}
@@ -376,9 +362,7 @@ async def metadata_service(request: web.Request) -> web.Response:
         raise BadRequest("the body must be a JSON object")
     folder = _folder(service.indices, body)
     ids = body.get("ids")
-    if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
-    ):
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise BadRequest("missing or invalid field ids: a list of integers")
     bad = [i for i in ids if not 0 <= i < folder.rows]
     if bad:
@@ -422,9 +406,7 @@ async def errors_and_cors(request: web.Request, handler: Any) -> web.StreamRespo
     except web.HTTPException as e:
         if e.status == 413:
             limit = request.app[SERVICE].config.max_body_bytes
-            response = web.json_response(
-                {"error": f"the request body is larger than {limit:,} bytes"}, status=400
-            )
+            response = web.json_response({"error": f"the request body is larger than {limit:,} bytes"}, status=400)
         else:
             raise
     response.headers.setdefault("Access-Control-Allow-Origin", "*")
@@ -439,14 +421,10 @@ def _name(path: str) -> tuple[str, str]:
     return Path(path).resolve().name, path
 
 
-def load_indices(
-    paths: Sequence[str | os.PathLike] | Mapping[str, Any], **kwargs: Any
-) -> dict[str, IndexFolder]:
+def load_indices(paths: Sequence[str | os.PathLike] | Mapping[str, Any], **kwargs: Any) -> dict[str, IndexFolder]:
     """Index folders by name: ``NAME=DIR`` or ``DIR`` (named after the folder), or a mapping
     name -> folder path or :class:`IndexFolder`. ``kwargs`` go to :class:`IndexFolder`."""
-    items = (
-        list(paths.items()) if isinstance(paths, Mapping) else [_name(os.fspath(p)) for p in paths]
-    )
+    items = list(paths.items()) if isinstance(paths, Mapping) else [_name(os.fspath(p)) for p in paths]
     out: dict[str, IndexFolder] = {}
     for name, value in items:
         if name in out:
@@ -481,9 +459,7 @@ def make_app(
     return app
 
 
-async def start_server(
-    app: web.Application, host: str = "127.0.0.1", port: int = 1234
-) -> tuple[web.AppRunner, str]:
+async def start_server(app: web.Application, host: str = "127.0.0.1", port: int = 1234) -> tuple[web.AppRunner, str]:
     """Start ``app`` on ``host:port`` (0 = any free port); returns the runner and the base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -206,7 +206,9 @@ def to_fixed_list(col: pa.ChunkedArray | pa.Array, name: str, dim: int | None) -
     return col.cast(pa.list_(pa.float32(), lo)), lo
 
 
-def build_features(schema: pa.Schema, image_columns: Iterable[str], base: datasets.Features | None) -> datasets.Features:
+def build_features(
+    schema: pa.Schema, image_columns: Iterable[str], base: datasets.Features | None
+) -> datasets.Features:
     """``datasets`` features for the shard schema: ``Image()`` for image columns, fixed-length
     ``List(float32)`` for embeddings, declared features (``base``) kept where they still apply."""
     image_columns = set(image_columns)
@@ -218,8 +220,10 @@ def build_features(schema: pa.Schema, image_columns: Iterable[str], base: datase
             out[name] = datasets.Image()
         elif base is not None and name in base and not pa.types.is_fixed_size_list(field.type):
             try:
-                if base[name].__class__.__name__ not in ("Image", "Audio", "Video") and \
-                        datasets.Features({name: base[name]}).arrow_schema.field(name).type == field.type:
+                if (
+                    base[name].__class__.__name__ not in ("Image", "Audio", "Video")
+                    and datasets.Features({name: base[name]}).arrow_schema.field(name).type == field.type
+                ):
                     out[name] = base[name]  # keep ClassLabel etc. when the storage type matches
                 else:
                     out[name] = inferred[name]
@@ -243,8 +247,11 @@ class Histogram:
     def update(self, col: pa.ChunkedArray | pa.Array) -> None:
         import numpy as np
 
-        arr = col.to_numpy(zero_copy_only=False) if not isinstance(col, pa.ChunkedArray) else \
-            col.combine_chunks().to_numpy(zero_copy_only=False)
+        arr = (
+            col.to_numpy(zero_copy_only=False)
+            if not isinstance(col, pa.ChunkedArray)
+            else col.combine_chunks().to_numpy(zero_copy_only=False)
+        )
         arr = np.asarray(arr, dtype="float64")
         valid = arr[~np.isnan(arr)]
         self.nulls += int(arr.size - valid.size)
@@ -256,5 +263,10 @@ class Histogram:
 
     def to_dict(self) -> dict[str, Any]:
         step = (self.hi - self.lo) / self.bins
-        return {"edges": [round(self.lo + i * step, 6) for i in range(self.bins + 1)], "counts": self.counts,
-                "nulls": self.nulls, "clipped_below": self.below, "clipped_above": self.above}
+        return {
+            "edges": [round(self.lo + i * step, 6) for i in range(self.bins + 1)],
+            "counts": self.counts,
+            "nulls": self.nulls,
+            "clipped_below": self.below,
+            "clipped_above": self.above,
+        }

@@ -57,8 +57,9 @@ def parse_size(text: str | int) -> int:
     if m is None:
         raise ShardError(f"cannot parse size {text!r}: use e.g. 500MB, 1GB, 64KiB or a byte count")
     unit = (m.group(2) or "").upper().rstrip("B")
-    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[
+        unit
+    ]
     return int(float(m.group(1)) * mult)
 
 
@@ -73,7 +74,7 @@ def sanitize(value: Any) -> Any:
         value = str(value)
     if isinstance(value, str):
         if value.startswith("file://"):
-            value = value[len("file://"):]
+            value = value[len("file://") :]
         if value.startswith(("/", "~", "./", "../")) or re.match(r"^[A-Za-z]:[\\/]", value):
             return os.path.basename(value.rstrip("/\\")) or value
         return value
@@ -111,9 +112,17 @@ class _ParquetSink(_ShardSink):
 
         self._file = open(path, "wb")
         # no min/max statistics for binary and list columns: they would store image bytes again per row group
-        stats_cols = [f.name for f in schema if not (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
-                                                     or pa.types.is_struct(f.type) or pa.types.is_list(f.type)
-                                                     or pa.types.is_fixed_size_list(f.type))]
+        stats_cols = [
+            f.name
+            for f in schema
+            if not (
+                pa.types.is_binary(f.type)
+                or pa.types.is_large_binary(f.type)
+                or pa.types.is_struct(f.type)
+                or pa.types.is_list(f.type)
+                or pa.types.is_fixed_size_list(f.type)
+            )
+        ]
         self._writer = pq.ParquetWriter(self._file, schema, compression=compression, write_statistics=stats_cols)
         self._row_group_rows = row_group_rows
         self._buffer: list[pa.Table] = []
@@ -187,8 +196,11 @@ class _TarSink(_ShardSink):
         meta_cols = [c for c in table.column_names if c != self._image and c not in self._emb]
         skipped = table.filter(pc.invert(ok))
         if skipped.num_rows:
-            reason = (skipped.column(STATUS_COLUMN) if STATUS_COLUMN in skipped.column_names else
-                      pa.array(["no_image"] * skipped.num_rows))
+            reason = (
+                skipped.column(STATUS_COLUMN)
+                if STATUS_COLUMN in skipped.column_names
+                else pa.array(["no_image"] * skipped.num_rows)
+            )
             for k, v in Counter(str(x) if x is not None else "no_image" for x in reason.to_pylist()).items():
                 self.skipped[k] += v
         if not ok_np.any():
@@ -197,8 +209,10 @@ class _TarSink(_ShardSink):
         meta = kept.select(meta_cols).to_pylist()  # tar members are per sample: one dict per row here
         images = kept.column(self._image).combine_chunks().field("bytes").to_pylist()
         embs = {n: kept.column(n).combine_chunks() for n in self._emb}
-        emb_np = {n: np.asarray(a.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(a), -1)
-                  for n, a in embs.items()}
+        emb_np = {
+            n: np.asarray(a.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(a), -1)
+            for n, a in embs.items()
+        }
         for i, row in enumerate(meta):
             key = _sample_key(row.get("key"), self.path.name, self.rows_written)
             if key in self._seen_keys:
@@ -260,7 +274,9 @@ def read_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         stats = json.loads(path.read_text())
     except ValueError as e:
-        raise ShardError(f"{STATS_FILENAME} in {Path(out_dir).name!r} is not valid JSON ({e}); re-run the write") from None
+        raise ShardError(
+            f"{STATS_FILENAME} in {Path(out_dir).name!r} is not valid JSON ({e}); re-run the write"
+        ) from None
     if not isinstance(stats, dict) or not isinstance(stats.get("configs"), dict) or not stats["configs"]:
         raise ShardError(f"{STATS_FILENAME} in {Path(out_dir).name!r} has no 'configs'; re-run the write")
     return stats
@@ -275,8 +291,7 @@ def _count(counter: Counter[str], col: pa.ChunkedArray | None) -> None:
             counter[str(v)] += int(n)
 
 
-def _check_args(format: str, config: str, split: str, max_shard_bytes: int | str,
-                max_shard_rows: int | None) -> int:
+def _check_args(format: str, config: str, split: str, max_shard_bytes: int | str, max_shard_rows: int | None) -> int:
     """Validate ``write_shards``' arguments; return ``max_shard_bytes`` in bytes."""
     if format not in FORMATS:
         raise ShardError(f"unknown shard format {format!r}: use one of {', '.join(FORMATS)}")
@@ -325,8 +340,13 @@ class _StreamSchema:
     """The shard schema, fixed by the first batch: image and embedding columns, features,
     histograms; :meth:`prepare` converts every batch to it."""
 
-    def __init__(self, image_column: str, embedding_columns: list[str] | None,
-                 embedding_dims: dict[str, int] | None, base_features: datasets.Features | None):
+    def __init__(
+        self,
+        image_column: str,
+        embedding_columns: list[str] | None,
+        embedding_dims: dict[str, int] | None,
+        base_features: datasets.Features | None,
+    ):
         self.image_column = image_column
         self.base_features = base_features
         self.image_cols: list[str] = []
@@ -356,8 +376,9 @@ class _StreamSchema:
         declared_img = [n for n, f in (self.base_features or {}).items() if isinstance(f, datasets.Image)]
         self.image_cols = [c for c in table.column_names if c == self.image_column or c in declared_img]
         if self.emb_cols is None:
-            self.emb_cols = [f.name for f in table.schema
-                             if is_embedding_type(f.type) and f.name not in self.image_cols]
+            self.emb_cols = [
+                f.name for f in table.schema if is_embedding_type(f.type) and f.name not in self.image_cols
+            ]
         missing = [c for c in self.emb_cols if c not in table.column_names]
         if missing:
             raise ShardError(f"embedding column(s) {missing} not in the stream (columns: {table.column_names})")
@@ -400,8 +421,19 @@ class _ShardCutter:
     """Cuts prepared batches into temporary shards of at most ``max_bytes`` / ``max_rows`` and
     keeps each closed shard's counts (``shards``) and the tar sinks' ``skipped`` total."""
 
-    def __init__(self, shard_dir: Path, split: str, format: str, columns: _StreamSchema, *, max_bytes: int,
-                 max_rows: int | None, row_group_rows: int | None, compression: str, caption_column: str):
+    def __init__(
+        self,
+        shard_dir: Path,
+        split: str,
+        format: str,
+        columns: _StreamSchema,
+        *,
+        max_bytes: int,
+        max_rows: int | None,
+        row_group_rows: int | None,
+        compression: str,
+        caption_column: str,
+    ):
         self.shard_dir, self.split, self.format, self.columns = shard_dir, split, format, columns
         self.ext = ".parquet" if format == "parquet" else ".tar"
         self.max_bytes, self.max_rows = max_bytes, max_rows
@@ -485,8 +517,9 @@ class _ShardCutter:
             p.unlink()
 
 
-def _write_stream(data: Any, columns: _StreamSchema, cutter: _ShardCutter, *, batch_size: int,
-                  config: str, progress: bool) -> int:
+def _write_stream(
+    data: Any, columns: _StreamSchema, cutter: _ShardCutter, *, batch_size: int, config: str, progress: bool
+) -> int:
     """Prepare and cut every batch of ``data``; return the input row count. Temporaries go on error."""
     from tqdm.auto import tqdm
 
@@ -518,9 +551,15 @@ def _publish_shards(cutter: _ShardCutter, out: Path, totals: dict[str, Counter])
     for i, info in enumerate(cutter.shards):
         final = cutter.shard_dir / f"{cutter.split}-{i:05d}-of-{n:05d}{cutter.ext}"
         os.replace(info["tmp"], final)
-        entry = {"path": final.relative_to(out).as_posix(), "rows": info["rows"],
-                 "rows_written": info["rows_written"], "bytes": final.stat().st_size,
-                 "sha256": file_sha256(final), "status": info["status"], "errors": info["errors"]}
+        entry = {
+            "path": final.relative_to(out).as_posix(),
+            "rows": info["rows"],
+            "rows_written": info["rows_written"],
+            "bytes": final.stat().st_size,
+            "sha256": file_sha256(final),
+            "status": info["status"],
+            "errors": info["errors"],
+        }
         if "skipped" in info:
             entry["skipped"] = info["skipped"]
         shard_stats.append(entry)
@@ -529,8 +568,9 @@ def _publish_shards(cutter: _ShardCutter, out: Path, totals: dict[str, Counter])
     return shard_stats
 
 
-def _config_stats(cutter: _ShardCutter, out: Path, config: str, rows_in: int, data: Any,
-                  provenance: dict[str, Any] | None, t0: float) -> dict[str, Any]:
+def _config_stats(
+    cutter: _ShardCutter, out: Path, config: str, rows_in: int, data: Any, provenance: dict[str, Any] | None, t0: float
+) -> dict[str, Any]:
     """Publish the shards and build this config's entry of ``stats.json``."""
     totals = {"status": Counter(), "errors": Counter()}
     shard_stats = _publish_shards(cutter, out, totals)
@@ -562,8 +602,9 @@ def _config_stats(cutter: _ShardCutter, out: Path, config: str, rows_in: int, da
     return cfg_stats
 
 
-def _write_stats_file(out: Path, existing: dict[str, Any] | None, format: str, config: str,
-                      cfg_stats: dict[str, Any]) -> None:
+def _write_stats_file(
+    out: Path, existing: dict[str, Any] | None, format: str, config: str, cfg_stats: dict[str, Any]
+) -> None:
     """Add ``config`` to ``stats.json`` (temp file, then rename: written last, it marks the folder complete)."""
     from laion_hf import __version__
 
@@ -617,8 +658,17 @@ def write_shards(
     shard_dir = _clear_split(out, config, split, overwrite)
     columns = _StreamSchema(image_column, embedding_columns, embedding_dims, features or features_of(data))
     t0 = time.time()
-    cutter = _ShardCutter(shard_dir, split, format, columns, max_bytes=max_bytes, max_rows=max_shard_rows,
-                          row_group_rows=row_group_rows, compression=compression, caption_column=caption_column)
+    cutter = _ShardCutter(
+        shard_dir,
+        split,
+        format,
+        columns,
+        max_bytes=max_bytes,
+        max_rows=max_shard_rows,
+        row_group_rows=row_group_rows,
+        compression=compression,
+        caption_column=caption_column,
+    )
     rows_in = _write_stream(data, columns, cutter, batch_size=batch_size, config=config, progress=progress)
     if columns.schema is None:
         raise ShardError("the input stream has no rows: nothing to write (check the filters / preset upstream)")

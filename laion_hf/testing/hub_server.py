@@ -52,9 +52,35 @@ _REPO_TYPES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _PREFIX_TO_TYPE = {"datasets": "dataset", "spaces": "space"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _LFS_EXTENSIONS = {
-    ".parquet", ".arrow", ".tar", ".npy", ".npz", ".png", ".jpg", ".jpeg", ".webp", ".gif",
-    ".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".h5", ".zip", ".gz", ".zst", ".lz4",
-    ".msgpack", ".onnx", ".pkl", ".pickle", ".tflite", ".mp3", ".wav", ".mp4", ".avi",
+    ".parquet",
+    ".arrow",
+    ".tar",
+    ".npy",
+    ".npz",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".gif",
+    ".bin",
+    ".safetensors",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".zip",
+    ".gz",
+    ".zst",
+    ".lz4",
+    ".msgpack",
+    ".onnx",
+    ".pkl",
+    ".pickle",
+    ".tflite",
+    ".mp3",
+    ".wav",
+    ".mp4",
+    ".avi",
 }
 _LFS_MIN_SIZE = 10 * 1024 * 1024
 _GITATTRIBUTES = b"""*.7z filter=lfs diff=lfs merge=lfs -text
@@ -138,8 +164,8 @@ class _Repo:
         refs = self.refs
         if revision in refs:
             return refs[revision]
-        if revision.startswith("refs/heads/") and revision[len("refs/heads/"):] in refs:
-            return refs[revision[len("refs/heads/"):]]
+        if revision.startswith("refs/heads/") and revision[len("refs/heads/") :] in refs:
+            return refs[revision[len("refs/heads/") :]]
         if self.has_commit(revision):
             return revision
         raise _HubHTTPError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
@@ -247,9 +273,7 @@ class HubServer:
 
     def count(self, route: str, status: int | None = None) -> int:
         """How many requests to ``route`` were served (optionally only those with ``status``)."""
-        return sum(
-            1 for r in list(self.requests) if r["route"] == route and (status is None or r["status"] == status)
-        )
+        return sum(1 for r in list(self.requests) if r["route"] == route and (status is None or r["status"] == status))
 
     def _check_fault(self, route: str) -> _Fault | None:
         with self._lock:
@@ -268,8 +292,12 @@ class HubServer:
 
     def get_repo(self, repo_type: str, repo_id: str) -> _Repo | None:
         parts = repo_id.split("/")
-        if repo_type not in _REPO_TYPES or len(parts) != 2 or not all(_NAME_RE.match(p) for p in parts) \
-                or ".." in repo_id:
+        if (
+            repo_type not in _REPO_TYPES
+            or len(parts) != 2
+            or not all(_NAME_RE.match(p) for p in parts)
+            or ".." in repo_id
+        ):
             return None  # never a path outside root
         d = self._repo_dir(repo_type, repo_id)
         return _Repo(d, repo_type, repo_id) if (d / "meta.json").exists() else None
@@ -283,8 +311,13 @@ class HubServer:
         now = _now_iso()
         repo.write_refs({})
         first = self._make_commit(
-            repo, None, "initial commit", "", owner,
-            {".gitattributes": self._store_blob(repo, _GITATTRIBUTES, lfs=False)}, now,
+            repo,
+            None,
+            "initial commit",
+            "",
+            owner,
+            {".gitattributes": self._store_blob(repo, _GITATTRIBUTES, lfs=False)},
+            now,
         )
         repo.write_refs({"main": first})
         repo.write_meta({"private": private, "owner": owner, "createdAt": now})
@@ -301,14 +334,25 @@ class HubServer:
     def _entry(sha256: str, size: int, lfs: bool, data: bytes | None) -> dict[str, Any]:
         if lfs:
             pointer = _lfs_pointer(sha256, size)
-            return {"sha256": sha256, "size": size, "lfs": True, "oid": _git_blob_sha1(pointer),
-                    "pointerSize": len(pointer)}
+            return {
+                "sha256": sha256,
+                "size": size,
+                "lfs": True,
+                "oid": _git_blob_sha1(pointer),
+                "pointerSize": len(pointer),
+            }
         assert data is not None
         return {"sha256": sha256, "size": size, "lfs": False, "oid": _git_blob_sha1(data)}
 
     def _make_commit(
-        self, repo: _Repo, parent: str | None, title: str, description: str, author: str,
-        changes: dict[str, dict[str, Any] | None], date: str | None = None,
+        self,
+        repo: _Repo,
+        parent: str | None,
+        title: str,
+        description: str,
+        author: str,
+        changes: dict[str, dict[str, Any] | None],
+        date: str | None = None,
     ) -> str:
         tree: dict[str, dict[str, Any]] = dict(repo.commit(parent)["tree"]) if parent else {}
         for path, entry in changes.items():
@@ -317,8 +361,14 @@ class HubServer:
             else:
                 tree[path] = dict(entry)
         date = date or _now_iso()
-        body = {"parents": [parent] if parent else [], "title": title, "message": description,
-                "author": author, "date": date, "tree": tree}
+        body = {
+            "parents": [parent] if parent else [],
+            "title": title,
+            "message": description,
+            "author": author,
+            "date": date,
+            "tree": tree,
+        }
         sha = hashlib.sha1(json.dumps(body, sort_keys=True).encode() + secrets.token_bytes(8)).hexdigest()
         for path in changes:
             if changes[path] is not None:
@@ -426,8 +476,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _HubHTTPError(400, "Request body is not valid JSON") from None
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -516,9 +571,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._info(repo_type, repo_id, "main")
         if rest and rest[0].startswith("xet-") and rest[0].endswith("-token"):
             self._route = "xet"
-            raise _HubHTTPError(501, "This local Hub-compatible server speaks the LFS upload path only, not Xet: "
-                                     "set HF_HUB_DISABLE_XET=1 before importing huggingface_hub (or call "
-                                     "laion_hf.testing.hub_server.configure_client)")
+            raise _HubHTTPError(
+                501,
+                "This local Hub-compatible server speaks the LFS upload path only, not Xet: "
+                "set HF_HUB_DISABLE_XET=1 before importing huggingface_hub (or call "
+                "laion_hf.testing.hub_server.configure_client)",
+            )
         op = rest[0] if rest else ""
         arg = unquote(raw_rest[1]) if len(raw_rest) > 1 else "main"
         tail = "/".join(unquote(p) for p in raw_rest[2:])
@@ -565,7 +623,9 @@ class _Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------- access control
     def _repo_for_read(self, repo_type: str, repo_id: str) -> _Repo:
         repo = self.hub.get_repo(repo_type, repo_id)
-        visible = repo is not None and (not repo.meta["private"] or self.hub.can_write(self._user, repo_id.split("/")[0]))
+        visible = repo is not None and (
+            not repo.meta["private"] or self.hub.can_write(self._user, repo_id.split("/")[0])
+        )
         if not visible:
             # as the Hub: anonymous callers get 401, authenticated ones 404 (a private repo's existence is not leaked)
             raise _HubHTTPError(401 if self._user is None else 404, "Repository not found", "RepoNotFound")
@@ -585,9 +645,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self._user is None:
             raise _HubHTTPError(401, "Invalid credentials in Authorization header")
         orgs = [{"name": o, "type": "org"} for o in self.hub.orgs.get(self._user, [])]
-        self._send_json(200, {"type": "user", "name": self._user, "fullname": self._user, "orgs": orgs,
-                              "auth": {"type": "access_token",
-                                       "accessToken": {"displayName": "laion-hf-test", "role": "write"}}})
+        self._send_json(
+            200,
+            {
+                "type": "user",
+                "name": self._user,
+                "fullname": self._user,
+                "orgs": orgs,
+                "auth": {"type": "access_token", "accessToken": {"displayName": "laion-hf-test", "role": "write"}},
+            },
+        )
 
     def _validate_yaml(self) -> None:
         import yaml
@@ -631,7 +698,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubHTTPError(400, f"Invalid repo name {namespace}/{name}")
         if not self.hub.can_write(self._user, namespace):
             raise _HubHTTPError(
-                403, f"You don't have the rights to create a {repo_type} under the namespace \"{namespace}\""
+                403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"'
             )
         private = body.get("visibility") == "private" or bool(body.get("private"))
         repo_id = f"{namespace}/{name}"
@@ -672,15 +739,26 @@ class _Handler(BaseHTTPRequestHandler):
         readme = commit["tree"].get("README.md")
         if readme is not None:
             card_data = _card_data(repo.object_path(readme["sha256"]).read_bytes())
-        self._send_json(200, {
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
-            "id": repo_id, "author": repo_id.split("/")[0], "sha": sha, "private": meta["private"],
-            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-            "createdAt": meta["createdAt"], "lastModified": commit["date"],
-            "cardData": card_data,
-            "siblings": [self._sibling(p, e) for p, e in sorted(commit["tree"].items())],
-            "usedStorage": sum(e["size"] for e in commit["tree"].values()),
-        })
+        self._send_json(
+            200,
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "private": meta["private"],
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "createdAt": meta["createdAt"],
+                "lastModified": commit["date"],
+                "cardData": card_data,
+                "siblings": [self._sibling(p, e) for p, e in sorted(commit["tree"].items())],
+                "usedStorage": sum(e["size"] for e in commit["tree"].values()),
+            },
+        )
 
     def _sibling(self, path: str, e: dict[str, Any]) -> dict[str, Any]:
         if self._query.get("blobs", ["false"])[0].lower() not in ("1", "true"):
@@ -703,8 +781,9 @@ class _Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _folder_info(path: str, tree: dict[str, Any]) -> dict[str, Any]:
         prefix = path + "/"
-        oid = hashlib.sha1("".join(sorted(f"{p}{e['oid']}" for p, e in tree.items()
-                                          if p.startswith(prefix))).encode()).hexdigest()
+        oid = hashlib.sha1(
+            "".join(sorted(f"{p}{e['oid']}" for p, e in tree.items() if p.startswith(prefix))).encode()
+        ).hexdigest()
         return {"type": "directory", "oid": oid, "size": 0, "path": path}
 
     def _tree(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
@@ -723,7 +802,7 @@ class _Handler(BaseHTTPRequestHandler):
         out: list[dict[str, Any]] = []
         seen_dirs: set[str] = set()
         for p in files:
-            rel = p[len(prefix):]
+            rel = p[len(prefix) :]
             parts = rel.split("/")
             for depth in range(1, len(parts)):
                 d = prefix + "/".join(parts[:depth])
@@ -742,8 +821,9 @@ class _Handler(BaseHTTPRequestHandler):
         paths = body.get("paths", [])
         if isinstance(paths, str):
             paths = [paths]
-        expand = str((body.get("expand") or ["False"])[0] if isinstance(body.get("expand"), list)
-                     else body.get("expand")).lower() in ("1", "true")
+        expand = str(
+            (body.get("expand") or ["False"])[0] if isinstance(body.get("expand"), list) else body.get("expand")
+        ).lower() in ("1", "true")
         tree = repo.commit(repo.resolve(revision))["tree"]
         out = []
         for p in paths:
@@ -766,15 +846,17 @@ class _Handler(BaseHTTPRequestHandler):
         for f in body.get("files", []):
             path = f["path"]
             sample = base64.b64decode(f.get("sample", ""))
-            lfs = (Path(path).suffix.lower() in _LFS_EXTENSIONS or int(f.get("size", 0)) >= _LFS_MIN_SIZE
-                   or b"\x00" in sample)
+            lfs = (
+                Path(path).suffix.lower() in _LFS_EXTENSIONS
+                or int(f.get("size", 0)) >= _LFS_MIN_SIZE
+                or b"\x00" in sample
+            )
             remote = tree.get(path)
             oid = None
             if remote is not None:
                 oid = remote["sha256"] if remote["lfs"] else remote["oid"]
                 lfs = remote["lfs"] if remote["lfs"] == lfs else lfs
-            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                          "oid": oid})
+            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
         self._send_json(200, {"files": files, "commitOid": repo.refs.get("main")})
 
     def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
@@ -786,8 +868,13 @@ class _Handler(BaseHTTPRequestHandler):
         for obj in body.get("objects", []):
             oid, size = str(obj.get("oid", "")), obj.get("size")
             if not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int):
-                objects.append({"oid": oid, "size": size or 0,
-                                "error": {"code": 422, "message": "oid must be a sha256 hex digest"}})
+                objects.append(
+                    {
+                        "oid": oid,
+                        "size": size or 0,
+                        "error": {"code": 422, "message": "oid must be a sha256 hex digest"},
+                    }
+                )
                 continue
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if not repo.object_path(oid).exists():
@@ -798,8 +885,9 @@ class _Handler(BaseHTTPRequestHandler):
                     "verify": {"href": f"{base}/verify/{oid}?sig={sig}", "header": {}},
                 }
             objects.append(item)
-        self._send_json(200, {"transfer": "basic", "objects": objects},
-                        {"Content-Type": "application/vnd.git-lfs+json"})
+        self._send_json(
+            200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
+        )
 
     def _check_sig(self, repo_type: str, repo_id: str, oid: str) -> None:
         sig = self._query.get("sig", [""])[0]
@@ -853,13 +941,27 @@ class _Handler(BaseHTTPRequestHandler):
             tree = repo.commit(head)["tree"]
             for line in lines[1:]:
                 self._commit_operation(repo, tree, changes, line.get("key"), line.get("value", {}))
-            sha = self.hub._make_commit(repo, head, header.get("summary") or "commit",
-                                        header.get("description") or "", self._user or "", changes)
+            sha = self.hub._make_commit(
+                repo,
+                head,
+                header.get("summary") or "commit",
+                header.get("description") or "",
+                self._user or "",
+                changes,
+            )
             prefix = f"{self.hub.url}/{_REPO_TYPES[repo_type]}{repo_id}"
             pr_url = self._commit_ref(repo, revision, sha, prefix, create_pr)
-        self._send_json(200, {"success": True, "commitOid": sha, "commitUrl": f"{prefix}/commit/{sha}",
-                              "commitMessage": header.get("summary"), "pullRequestUrl": pr_url,
-                              "hookOutput": ""})
+        self._send_json(
+            200,
+            {
+                "success": True,
+                "commitOid": sha,
+                "commitUrl": f"{prefix}/commit/{sha}",
+                "commitMessage": header.get("summary"),
+                "pullRequestUrl": pr_url,
+                "hookOutput": "",
+            },
+        )
 
     @staticmethod
     def _commit_base(repo: _Repo, revision: str, header: dict[str, Any], create_pr: bool) -> str:
@@ -872,8 +974,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubHTTPError(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
         return head
 
-    def _commit_operation(self, repo: _Repo, tree: dict[str, Any], changes: dict[str, dict[str, Any] | None],
-                          key: Any, value: dict[str, Any]) -> None:
+    def _commit_operation(
+        self,
+        repo: _Repo,
+        tree: dict[str, Any],
+        changes: dict[str, dict[str, Any] | None],
+        key: Any,
+        value: dict[str, Any],
+    ) -> None:
         """Add one commit operation (file, lfsFile, deletedFile, deletedFolder) to ``changes``."""
         path = str(value.get("path", "")).strip("/")
         if not path and key != "deletedFolder":
@@ -902,8 +1010,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubHTTPError(400, f"lfsFile {path}: oid must be a sha256 hex digest")
         p = repo.object_path(oid)
         if not p.exists():
-            raise _HubHTTPError(422, f"Your push was rejected because an LFS pointer pointed to a "
-                                     f"file that does not exist. For instance: {path}")
+            raise _HubHTTPError(
+                422,
+                f"Your push was rejected because an LFS pointer pointed to a "
+                f"file that does not exist. For instance: {path}",
+            )
         return self.hub._entry(oid, p.stat().st_size, True, None)
 
     @staticmethod
@@ -925,21 +1036,36 @@ class _Handler(BaseHTTPRequestHandler):
         out, sha = [], repo.resolve(revision)
         while sha:
             c = repo.commit(sha)
-            out.append({"id": sha, "title": c["title"], "message": c["message"], "date": c["date"],
-                        "authors": [{"user": c["author"]}]})
+            out.append(
+                {
+                    "id": sha,
+                    "title": c["title"],
+                    "message": c["message"],
+                    "date": c["date"],
+                    "authors": [{"user": c["author"]}],
+                }
+            )
             sha = c["parents"][0] if c["parents"] else None
         self._send_json(200, out)
 
     def _refs(self, repo_type: str, repo_id: str) -> None:
         repo = self._repo_for_read(repo_type, repo_id)
         refs = repo.refs
-        self._send_json(200, {
-            "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": s}
-                         for n, s in refs.items() if not n.startswith("refs/")],
-            "converts": [], "tags": [],
-            "pullRequests": [{"name": n, "ref": n, "targetCommit": s}
-                             for n, s in refs.items() if n.startswith("refs/pr/")],
-        })
+        self._send_json(
+            200,
+            {
+                "branches": [
+                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": s}
+                    for n, s in refs.items()
+                    if not n.startswith("refs/")
+                ],
+                "converts": [],
+                "tags": [],
+                "pullRequests": [
+                    {"name": n, "ref": n, "targetCommit": s} for n, s in refs.items() if n.startswith("refs/pr/")
+                ],
+            },
+        )
 
     def _branch(self, method: str, repo_type: str, repo_id: str, branch: str) -> None:
         repo = self._repo_for_write(repo_type, repo_id)
@@ -947,8 +1073,11 @@ class _Handler(BaseHTTPRequestHandler):
             refs = repo.refs
             if method == "DELETE":
                 if branch not in refs or branch == "main":
-                    raise _HubHTTPError(404 if branch not in refs else 403, f"Cannot delete branch {branch}",
-                                        "RevisionNotFound" if branch not in refs else None)
+                    raise _HubHTTPError(
+                        404 if branch not in refs else 403,
+                        f"Cannot delete branch {branch}",
+                        "RevisionNotFound" if branch not in refs else None,
+                    )
                 del refs[branch]
             else:
                 if branch in refs:
@@ -967,8 +1096,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_entry_not_found(method, sha)
         size = entry["size"]
         etag = f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'
-        headers = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes",
-                   "Cache-Control": "public, max-age=0"}
+        headers = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=0"}
         if entry["lfs"]:
             headers["X-Linked-Etag"] = etag
             headers["X-Linked-Size"] = str(size)
@@ -999,9 +1127,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._status = 404
         self.send_response(404)
         body = json.dumps({"error": err.message}).encode()
-        for k, v in {"Content-Type": "application/json", "X-Error-Code": "EntryNotFound",
-                     "X-Error-Message": err.message, "X-Repo-Commit": sha,
-                     "Content-Length": str(len(body))}.items():
+        for k, v in {
+            "Content-Type": "application/json",
+            "X-Error-Code": "EntryNotFound",
+            "X-Error-Message": err.message,
+            "X-Repo-Commit": sha,
+            "Content-Length": str(len(body)),
+        }.items():
             self.send_header(k, v)
         self.end_headers()
         if method != "HEAD":
@@ -1088,8 +1220,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     token = os.environ.get("LAION_HF_TEST_HUB_TOKEN", DEFAULT_TEST_TOKEN)
     hub = HubServer(args.root, args.port, tokens={token: args.user}).start()
-    print(f"HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 (user {args.user}; token from "
-          "$LAION_HF_TEST_HUB_TOKEN or the built-in test token)", flush=True)
+    print(
+        f"HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 (user {args.user}; token from "
+        "$LAION_HF_TEST_HUB_TOKEN or the built-in test token)",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -84,7 +84,14 @@ FAULTS = {
 }
 
 _FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP", "tiff": "TIFF"}
-_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+_MIME = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 
 
 def _pixels(width: int, height: int, seed: int, noise: float = 6.0) -> np.ndarray:
@@ -188,7 +195,9 @@ class ImageServer:
     ) -> None:
         if catch_all not in ("404", "image"):
             raise ValueError(f"catch_all must be '404' or 'image', got {catch_all!r}")
-        self.latency = (float(latency), float(latency)) if isinstance(latency, (int, float)) else tuple(map(float, latency))
+        self.latency = (
+            (float(latency), float(latency)) if isinstance(latency, (int, float)) else tuple(map(float, latency))
+        )
         self.catch_all = catch_all
         self.pool_size = pool_size
         self.pool_sides = pool_sides
@@ -276,8 +285,9 @@ class ImageServer:
         app.router.add_route("*", "/{tail:.*}", self._catch_all)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=1024, reuse_address=True,
-                           ssl_context=self._ssl_context)
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self._port, backlog=1024, reuse_address=True, ssl_context=self._ssl_context
+        )
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base_url = f"{'https' if self._ssl_context is not None else 'http'}://127.0.0.1:{port}"
@@ -380,7 +390,12 @@ class ImageServer:
             return web.Response(status=404, text="unknown image")
         q = request.query
         data = make_image(
-            w, h, fmt, int(q.get("seed", 0)), q.get("mode", "RGB"), int(q.get("quality", 85)),
+            w,
+            h,
+            fmt,
+            int(q.get("seed", 0)),
+            q.get("mode", "RGB"),
+            int(q.get("quality", 85)),
             int(q["exif"]) if "exif" in q else None,
         )
         headers = {"X-Robots-Tag": q["header"]} if "header" in q else None
@@ -514,7 +529,9 @@ class ImageServer:
             return web.Response(body=small, content_type="image/jpeg", headers={"X-Robots-Tag": q.get("tag", "noai")})
         if name == "gzip":
             data = make_image(200, 150, "jpg", 6)
-            return web.Response(body=gzip.compress(data), content_type="image/jpeg", headers={"Content-Encoding": "gzip"})
+            return web.Response(
+                body=gzip.compress(data), content_type="image/jpeg", headers={"Content-Encoding": "gzip"}
+            )
         if name == "set-cookie":
             resp = web.HTTPFound("/fault/no-cookie")
             resp.set_cookie("session", "secret", path="/")
@@ -545,8 +562,9 @@ def _main() -> None:  # pragma: no cover - manual use: python -m laion_hf.testin
     p.add_argument("--pool-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    with ImageServer(latency=tuple(a.latency), catch_all=a.catch_all, port=a.port, pool_size=a.pool_size,
-                     seed=a.seed) as srv:
+    with ImageServer(
+        latency=tuple(a.latency), catch_all=a.catch_all, port=a.port, pool_size=a.pool_size, seed=a.seed
+    ) as srv:
         print(srv.base_url, flush=True)
         while True:
             time.sleep(3600)

@@ -15,15 +15,11 @@ from laion_hf.testing.image_server import make_image
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-def clustered(
-    n: int, dim: int, seed: int = 0, clusters: int = 50, spread: float = 0.6
-) -> np.ndarray:
+def clustered(n: int, dim: int, seed: int = 0, clusters: int = 50, spread: float = 0.6) -> np.ndarray:
     """``n`` L2-normalized float32 vectors around ``clusters`` random centres (not uniform)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    x = centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim)).astype(
-        np.float32
-    )
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -59,9 +55,7 @@ def write_embed_folder(
     return root
 
 
-def image_shards(
-    folder: str | os.PathLike, images: int, per_shard: int, seed: int = 0
-) -> list[Path]:
+def image_shards(folder: str | os.PathLike, images: int, per_shard: int, seed: int = 0) -> list[Path]:
     """Parquet shards with real JPEGs (``image`` struct), captions, urls and a ``punsafe``
     column (every third row unsafe), as the images stage writes them."""
     folder = Path(folder)
@@ -84,9 +78,7 @@ def image_shards(
     return paths
 
 
-def tiny_index(
-    root: str | os.PathLike, images: int = 40, per_shard: int = 16
-) -> tuple[Path, Path, Path]:
+def tiny_index(root: str | os.PathLike, images: int = 40, per_shard: int = 16) -> tuple[Path, Path, Path]:
     """Image shards → ``embed_shards`` with the tiny CLIP model (CPU, float32) → ``build_index``.
     Returns ``(shards, embed folder, index folder)``."""
     from laion_hf.clip.embed import embed_shards

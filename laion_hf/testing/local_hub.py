@@ -44,29 +44,51 @@ def publish_local(
 def _publish_local(data, out_dir, repo_id, provenance, show, format, hub_root, shard_kwargs) -> dict[str, Any]:
     with HubServer(hub_root) as hub:
         configure_client(hub.url)
-        out = publish(data, out_dir, repo_id, format=format, provenance=provenance, token=DEFAULT_TEST_TOKEN,
-                      endpoint=hub.url, progress=False, **shard_kwargs)
+        out = publish(
+            data,
+            out_dir,
+            repo_id,
+            format=format,
+            provenance=provenance,
+            token=DEFAULT_TEST_TOKEN,
+            endpoint=hub.url,
+            progress=False,
+            **shard_kwargs,
+        )
         res, stats = out["push"], out["stats"]
-        print(f"   wrote {stats['num_shards']} {format} shard(s), {stats['rows_written']:,} of {stats['rows']:,} rows "
-              f"({stats['bytes']:,} bytes) + README.md card + stats.json -> {out_dir}")
+        print(
+            f"   wrote {stats['num_shards']} {format} shard(s), {stats['rows_written']:,} of {stats['rows']:,} rows "
+            f"({stats['bytes']:,} bytes) + README.md card + stats.json -> {out_dir}"
+        )
         print(f"   pushed {len(res['to_upload'])} file(s) in {len(res['commits'])} commit(s) to {res['url']}")
         ds = reload(repo_id, token=DEFAULT_TEST_TOKEN)
-        print(f"   datasets.load_dataset({repo_id!r}, streaming=True) -> {type(ds).__name__}, "
-              f"{ds.num_shards} shard(s), columns {list(ds.features or {})}")
+        print(
+            f"   datasets.load_dataset({repo_id!r}, streaming=True) -> {type(ds).__name__}, "
+            f"{ds.num_shards} shard(s), columns {list(ds.features or {})}"
+        )
         sample, n = [], 0
         for row in ds:
             if n < show:
                 img = row.get("image", row.get("jpg"))
                 emb = row.get("image_embedding", row.get("npy"))
-                item = {"key": row.get("key", row.get("__key__")),
-                        "caption": str(row.get("caption", row.get("txt")))[:60],
-                        "status": row.get("status", "success"),
-                        "image": None if img is None else f"{img.size[0]}x{img.size[1]} {img.mode}",
-                        "embedding": None if emb is None else f"{len(emb)}-d"}
+                item = {
+                    "key": row.get("key", row.get("__key__")),
+                    "caption": str(row.get("caption", row.get("txt")))[:60],
+                    "status": row.get("status", "success"),
+                    "image": None if img is None else f"{img.size[0]}x{img.size[1]} {img.mode}",
+                    "embedding": None if emb is None else f"{len(emb)}-d",
+                }
                 sample.append(item)
                 print(f"   {item}")
             n += 1
         print(f"   reloaded {n:,} rows (written: {stats['rows_written']:,})")
-    return {"repo_id": repo_id, "rows": stats["rows"], "rows_written": stats["rows_written"],
-            "num_shards": stats["num_shards"], "files": res["to_upload"], "commits": len(res["commits"]),
-            "reloaded_rows": n, "sample": sample}
+    return {
+        "repo_id": repo_id,
+        "rows": stats["rows"],
+        "rows_written": stats["rows_written"],
+        "num_shards": stats["num_shards"],
+        "files": res["to_upload"],
+        "commits": len(res["commits"]),
+        "reloaded_rows": n,
+        "sample": sample,
+    }

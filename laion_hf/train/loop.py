@@ -133,9 +133,7 @@ def _cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 
 # ---------------------------------------------------------------- checkpoints and log
-def _save(
-    path: Path, cfg: TrainConfig, st: _State, model: Any, opt: Any, sched: Any, loader: Any
-) -> None:
+def _save(path: Path, cfg: TrainConfig, st: _State, model: Any, opt: Any, sched: Any, loader: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"name": Path(cfg.out).name, "model_name": cfg.model, "epoch": st.epoch, "step": st.step,
@@ -145,9 +143,7 @@ def _save(
     os.replace(tmp, path)
 
 
-def _resume(
-    path: Path, cfg: TrainConfig, model: Any, opt: Any, sched: Any, loader: Any, device: Any
-) -> _State:
+def _resume(path: Path, cfg: TrainConfig, model: Any, opt: Any, sched: Any, loader: Any, device: Any) -> _State:
     if not path.exists():
         return _State()
     ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -224,15 +220,11 @@ class _Evaluator:
 
 
 # ---------------------------------------------------------------- the loop
-def _loss_step(
-    model: Any, loss_fn: Any, opt: Any, sched: Any, batch: dict, device: torch.device
-) -> float:
+def _loss_step(model: Any, loss_fn: Any, opt: Any, sched: Any, batch: dict, device: torch.device) -> float:
     images = batch["image"].to(device, non_blocking=True)
     texts = batch["text"].to(device, non_blocking=True)
     cast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
     with cast:
         out = model(images, texts)
@@ -266,9 +258,7 @@ def _batches(loader: Any, st: _State, cfg: TrainConfig) -> Iterator[dict]:
             raise EvalError(f"{cfg.data}: the loader gave no batch in epoch {st.epoch - 1}")
 
 
-def train(
-    cfg: TrainConfig, on_record: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
+def train(cfg: TrainConfig, on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train (or resume) as ``cfg`` says; returns the last step, samples seen, last loss, last
     zero-shot metrics and the checkpoint path. ``on_record`` sees every log record."""
     import open_clip

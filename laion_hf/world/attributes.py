@@ -103,11 +103,7 @@ def attributes(key: str) -> Attributes:
     count = int(rng.choice(COUNTS, p=[0.6, 0.25, 0.15]))
     long_side = int(np.exp(rng.uniform(np.log(300), np.log(1500))))
     aspect = float(rng.uniform(0.75, 1.34))
-    width, height = (
-        (long_side, int(long_side / aspect))
-        if aspect >= 1
-        else (int(long_side * aspect), long_side)
-    )
+    width, height = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
     return Attributes(
         shape=SHAPES[rng.integers(len(SHAPES))],
         colour=tuple(COLOURS)[rng.integers(len(COLOURS))],

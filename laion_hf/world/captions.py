@@ -149,9 +149,7 @@ def noisy_caption(key: str, kind: str, style: str, rng: np.random.Generator) -> 
     a = attributes(key)
     if kind == "filename":
         n, m, d = int(rng.integers(1, 999_999)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
-        return _FILENAMES[rng.integers(len(_FILENAMES))].format(
-            n=n % 10_000 if n > 99_999 else n, m=m, d=d
-        ), ""
+        return _FILENAMES[rng.integers(len(_FILENAMES))].format(n=n % 10_000 if n > 99_999 else n, m=m, d=d), ""
     if kind == "boilerplate":
         return _BOILERPLATE[rng.integers(len(_BOILERPLATE))], ""
     if kind == "other":

@@ -52,18 +52,14 @@ def _background(name: str, width: int, height: int, rng: np.random.Generator) ->
     base = np.array(BACKGROUNDS[name], dtype=np.float32)
     tilt = rng.uniform(-0.12, 0.12)
     ramp = (1 + tilt * np.linspace(-1, 1, h, dtype=np.float32))[:, None, None]
-    column = np.clip(base * ramp + (18 if name == "black" else 0) * (ramp - 1), 0, 255).astype(
-        np.uint8
-    )
+    column = np.clip(base * ramp + (18 if name == "black" else 0) * (ramp - 1), 0, 255).astype(np.uint8)
     gradient = Image.fromarray(column).resize((w, h), Image.NEAREST)
     grain, tile = Image.new("RGB", (w, h)), _grain()
     ox, oy = (int(v) for v in rng.integers(0, 256, 2))
     for y in range(-oy, h, 256):
         for x in range(-ox, w, 256):
             grain.paste(tile, (x, y))
-    return ImageChops.add(gradient, grain, scale=1.0, offset=-20).resize(
-        (width, height), Image.BILINEAR
-    )
+    return ImageChops.add(gradient, grain, scale=1.0, offset=-20).resize((width, height), Image.BILINEAR)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tuple[float, float]]:
@@ -120,10 +116,7 @@ def _centres(a: Attributes, rng: np.random.Generator) -> list[tuple[float, float
     if a.count == 1:
         x, y = _CENTRES[a.position]
         return [(x + rng.uniform(-0.04, 0.04), y + rng.uniform(-0.04, 0.04))]
-    return [
-        ((i + 0.5) / a.count + rng.uniform(-0.03, 0.03), 0.5 + rng.uniform(-0.12, 0.12))
-        for i in range(a.count)
-    ]
+    return [((i + 0.5) / a.count + rng.uniform(-0.03, 0.03), 0.5 + rng.uniform(-0.12, 0.12)) for i in range(a.count)]
 
 
 def draw(key: str, max_side: int | None = None) -> Image.Image:
@@ -148,9 +141,7 @@ def draw(key: str, max_side: int | None = None) -> Image.Image:
         size = max(6, round(side * 0.1))
         top = a.position == "bottom" or (a.position != "top" and rng.random() < 0.5)
         corner = (round(x0 + side * 0.04), round(y0 + side * (0.03 if top else 0.85)))
-        canvas.text(
-            corner, a.word, fill=(240, 240, 240) if dark else (24, 24, 24), font=_font(size)
-        )
+        canvas.text(corner, a.word, fill=(240, 240, 240) if dark else (24, 24, 24), font=_font(size))
     return img
 
 

@@ -34,11 +34,7 @@ class FilterReport:
         """Add a batch of the stream."""
         self.rows += table.num_rows
         sim = table.column("clip_similarity")
-        matched = (
-            table.column("matched")
-            if "matched" in table.column_names
-            else pa.nulls(table.num_rows, pa.bool_())
-        )
+        matched = table.column("matched") if "matched" in table.column_names else pa.nulls(table.num_rows, pa.bool_())
         ok = pc.and_(pc.is_valid(sim), pc.is_valid(matched))
         self.missing += table.num_rows - pc.sum(pc.cast(ok, pa.int64())).as_py()
         good = table.filter(ok)

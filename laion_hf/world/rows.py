@@ -12,9 +12,7 @@ from laion_hf.world.captions import caption_for
 
 #: URL path prefix under which world images are served (``/world/<key>.jpg``).
 URL_PREFIX = "/world/"
-_HOSTS = [f"img{i}.shapes.example" for i in range(8)] + [
-    f"cdn{i}.posters.example" for i in range(8)
-]
+_HOSTS = [f"img{i}.shapes.example" for i in range(8)] + [f"cdn{i}.posters.example" for i in range(8)]
 _KEY_RE = re.compile(r"^[A-Za-z0-9_~.-]{1,128}$")
 _TRUTH = ("shape", "colour", "count", "size", "position", "background", "word")
 

@@ -45,9 +45,7 @@ def _thumb(data: bytes | None, side: int) -> Image.Image:
 
 
 def _cell(p: Pair, side: int) -> Image.Image:
-    lines = textwrap.wrap(" ".join(p.caption.split()), width=max(10, side // 7))[:3] or [
-        "(empty caption)"
-    ]
+    lines = textwrap.wrap(" ".join(p.caption.split()), width=max(10, side // 7))[:3] or ["(empty caption)"]
     if len(textwrap.wrap(" ".join(p.caption.split()), width=max(10, side // 7))) > 3:
         lines[-1] = lines[-1][: max(1, len(lines[-1]) - 1)] + "…"
     cell = Image.new("RGB", (side + 8, side + 66), "white")
@@ -62,9 +60,7 @@ def _cell(p: Pair, side: int) -> Image.Image:
     return cell
 
 
-def _section(
-    pairs: list[Pair], title: str, colour: tuple[int, int, int], columns: int, side: int
-) -> Image.Image:
+def _section(pairs: list[Pair], title: str, colour: tuple[int, int, int], columns: int, side: int) -> Image.Image:
     rows = max(1, -(-len(pairs) // columns))
     cw, ch = side + 8, side + 66
     img = Image.new("RGB", (columns * cw + 8, rows * ch + 30), "white")

@@ -52,9 +52,7 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def filter_scores(
-    similarity: np.ndarray, matched: np.ndarray, threshold: float
-) -> dict[str, float]:
+def filter_scores(similarity: np.ndarray, matched: np.ndarray, threshold: float) -> dict[str, float]:
     """What ``similarity >= threshold`` does to matched and noisy pairs."""
     keep = np.asarray(similarity) >= threshold
     matched = np.asarray(matched, bool)
@@ -114,12 +112,9 @@ def evaluate_teacher(
         "noisy": int((~matched).sum()),
         "auc": roc_auc(sim, matched),
         "auc_by_noise_kind": {
-            k: roc_auc(sim[matched | (kinds == k)], matched[matched | (kinds == k)])
-            for k in sorted(set(kinds) - {""})
+            k: roc_auc(sim[matched | (kinds == k)], matched[matched | (kinds == k)]) for k in sorted(set(kinds) - {""})
         },
-        "filter": filter_scores(
-            sim, matched, teacher_threshold() if threshold is None else threshold
-        ),
+        "filter": filter_scores(sim, matched, teacher_threshold() if threshold is None else threshold),
         "zero_shot": zero_shot(embedder, image_emb, rows),
         "similarity_matched_mean": float(sim[matched].mean()),
         "similarity_noisy_mean": float(sim[~matched].mean()),

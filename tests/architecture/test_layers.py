@@ -12,16 +12,53 @@ PKG = Path(__file__).resolve().parents[2] / "laion_hf"
 # layer of each top-level part of the package; a module may import only its own layer or lower
 LAYERS = {
     "cli": 4,
-    "demo": 3, "engines": 3, "engine_ray": 3, "testing": 3,
-    "metadata": 2, "images": 2, "clip": 2, "shards": 2, "hub": 2, "loader": 2, "torch": 2,
-    "index": 2, "serve": 2, "eval": 2, "world": 2, "train": 2, "reproduce": 3,
-    "builder": 2, "filters": 2, "schema": 2, "sources": 2, "blocklist": 2, "sampling": 2,
-    "stats": 2, "synth": 2, "provenance": 2, "export": 2,
-    "io": 1, "_util": 1, "errors": 1, "_lazy": 1, "__init__": 5,  # the package re-exports
+    "demo": 3,
+    "engines": 3,
+    "engine_ray": 3,
+    "testing": 3,
+    "metadata": 2,
+    "images": 2,
+    "clip": 2,
+    "shards": 2,
+    "hub": 2,
+    "loader": 2,
+    "torch": 2,
+    "index": 2,
+    "serve": 2,
+    "eval": 2,
+    "world": 2,
+    "train": 2,
+    "reproduce": 3,
+    "builder": 2,
+    "filters": 2,
+    "schema": 2,
+    "sources": 2,
+    "blocklist": 2,
+    "sampling": 2,
+    "stats": 2,
+    "synth": 2,
+    "provenance": 2,
+    "export": 2,
+    "io": 1,
+    "_util": 1,
+    "errors": 1,
+    "_lazy": 1,
+    "__init__": 5,  # the package re-exports
 }
 # stages that may import each other, downstream → upstream only (DESIGN.md)
-METADATA = {"metadata", "builder", "filters", "schema", "sources", "blocklist", "sampling", "stats", "synth",
-            "provenance", "export"}
+METADATA = {
+    "metadata",
+    "builder",
+    "filters",
+    "schema",
+    "sources",
+    "blocklist",
+    "sampling",
+    "stats",
+    "synth",
+    "provenance",
+    "export",
+}
 UPSTREAM = {
     "images": METADATA,
     "clip": METADATA | {"images"},
@@ -103,7 +140,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if color.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if not color.get(nxt) and (found := visit(nxt)):
                 return found
         color[node] = 2
@@ -148,7 +185,10 @@ def test_every_import_goes_down_a_layer_or_upstream():
 
 def test_the_checks_catch_a_cycle_and_an_upward_edge():
     """The checker itself: a deliberate cycle and an upward import are found."""
-    graph = {"laion_hf.filters": {"laion_hf.builder"}, "laion_hf.builder": {"laion_hf.filters"},
-             "laion_hf.images.fetch": {"laion_hf.cli"}}
+    graph = {
+        "laion_hf.filters": {"laion_hf.builder"},
+        "laion_hf.builder": {"laion_hf.filters"},
+        "laion_hf.images.fetch": {"laion_hf.cli"},
+    }
     assert find_cycle(graph) is not None
     assert any("goes up" in v for v in layer_violations(graph))

@@ -16,8 +16,14 @@ BAD_OPTIONS = [
     (["synth", "--out", "OUT", "--row-group-size", "0"], "--row-group-size: must be at least 1"),
     (["synth", "--out", "OUT", "--files", "0"], "--files: must be at least 1"),
     (["download", "SRC", "--out", "OUT", "--max-body-mb", "nan"], "--max-body-mb: 'nan' is not a number"),
-    (["download", "SRC", "--out", "OUT", "--max-aspect-ratio", "0"], "--max-aspect-ratio: an aspect ratio is at least 1"),
-    (["download", "SRC", "--out", "OUT", "--max-aspect-ratio", "-1"], "--max-aspect-ratio: an aspect ratio is at least 1"),
+    (
+        ["download", "SRC", "--out", "OUT", "--max-aspect-ratio", "0"],
+        "--max-aspect-ratio: an aspect ratio is at least 1",
+    ),
+    (
+        ["download", "SRC", "--out", "OUT", "--max-aspect-ratio", "-1"],
+        "--max-aspect-ratio: an aspect ratio is at least 1",
+    ),
     (["download", "SRC", "--out", "OUT", "--max-image-area", "0"], "--max-image-area: must be greater than 0"),
     (["download", "SRC", "--out", "OUT", "--processes", "0"], "--processes: must be at least 1"),
     (["download", "SRC", "--out", "OUT", "--timeout", "abc"], "--timeout: 'abc' is not a number"),
@@ -87,8 +93,13 @@ def test_a_closed_pipe_is_not_a_traceback():
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        r = subprocess.run([sys.executable, "-m", "laion_hf.cli", "presets"], stdout=write_end,
-                           stderr=subprocess.PIPE, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "laion_hf.cli", "presets"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert r.returncode == 141 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr

@@ -49,7 +49,9 @@ def shards(tmp_path, h):
 def test_embed_writes_clip_retrieval_layout_row_aligned(shards, tmp_path, tiny, h, capsys):
     folder, keys, imgs = shards
     out = tmp_path / "out"
-    rc = main(["embed", str(folder), "--out", str(out), "--head", "aesthetic_v1", "--no-progress", "--dtype", "float32"])
+    rc = main(
+        ["embed", str(folder), "--out", str(out), "--head", "aesthetic_v1", "--no-progress", "--dtype", "float32"]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "embedded 11/12 rows" in printed and "images/s" in printed
@@ -140,4 +142,5 @@ def test_a_failed_first_run_does_not_lock_the_output_folder(tmp_path, shards):
         embed_shards([str(folder / "00000.parquet")], out, progress=False)
     res = embed_shards([str(folder / "00000.tar")], out, progress=False)
     assert res["count"] == 7 and json.loads((out / "embed_config.json").read_text())["inputs"] == [
-        str(folder / "00000.tar")]
+        str(folder / "00000.tar")
+    ]

@@ -29,7 +29,13 @@ def _unit(rng, n, d):
 
 def test_shipped_v1_weights_and_licence_are_in_the_package():
     names = {p.name for p in WEIGHTS.iterdir()}
-    assert {"sa_0_4_vit_b_32_linear.pth", "sa_0_4_vit_b_16_linear.pth", "sa_0_4_vit_l_14_linear.pth", "LICENSE", "README.md"} <= names
+    assert {
+        "sa_0_4_vit_b_32_linear.pth",
+        "sa_0_4_vit_b_16_linear.pth",
+        "sa_0_4_vit_l_14_linear.pth",
+        "LICENSE",
+        "README.md",
+    } <= names
     assert "LAION AI" in (WEIGHTS / "LICENSE").read_text() and "MIT" in (WEIGHTS / "LICENSE").read_text()
     assert "LAION-AI/aesthetic-predictor" in (WEIGHTS / "README.md").read_text()
 
@@ -61,7 +67,9 @@ def test_v1_real_b32_value_pinned():
 
 
 def test_v1_in_the_stream_scores_the_image_embedding(tiny, h):
-    out = with_clip(h.image_table([h.jpeg(512, 512, i) for i in range(3)], ["a", "b", "c"]), tiny, heads=["aesthetic_v1"])
+    out = with_clip(
+        h.image_table([h.jpeg(512, 512, i) for i in range(3)], ["a", "b", "c"]), tiny, heads=["aesthetic_v1"]
+    )
     w, b = _v1_weights("sa_0_4_vit_b_32_linear.pth")
     emb = h.as_matrix(out["image_embedding"]).astype(np.float64)
     np.testing.assert_allclose(np.array(out["aesthetic_score_v1"].to_pylist()), emb @ w + b, atol=1e-4)

@@ -33,9 +33,7 @@ def _blobs() -> list[bytes]:
 def test_default_pixels_equal_open_clip_image_transform(tiny, h):
     blobs = _blobs()
     size = tiny.image_size[0]
-    want = torch.stack(
-        [open_clip.image_transform(size, is_train=False)(Image.open(io.BytesIO(b))) for b in blobs]
-    )
+    want = torch.stack([open_clip.image_transform(size, is_train=False)(Image.open(io.BytesIO(b))) for b in blobs])
     got = _pixels(ClipPipeline(tiny), h, blobs)
     assert got.shape == want.shape
     assert (got - want).abs().max().item() < 1e-5  # float rounding only; one 8-bit level is > 0.014
@@ -45,7 +43,5 @@ def test_draft_is_an_opt_in_approximation(tiny, h):
     blobs = _blobs()
     exact = _pixels(ClipPipeline(tiny), h, blobs)
     draft = _pixels(ClipPipeline(tiny, draft=True), h, blobs)
-    assert (
-        draft[:2] - exact[:2]
-    ).abs().max().item() > 0.05  # the JPEGs were decoded at a reduced scale
+    assert (draft[:2] - exact[:2]).abs().max().item() > 0.05  # the JPEGs were decoded at a reduced scale
     assert (draft[2:] - exact[2:]).abs().max().item() == 0.0  # draft never touches PNGs

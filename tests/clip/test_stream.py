@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from laion_hf.clip import ClipPipeline, summarize_similarity, format_similarity_summary, with_clip
+from laion_hf.clip import ClipPipeline, format_similarity_summary, summarize_similarity, with_clip
 from laion_hf.errors import SchemaError
 from laion_hf.testing.image_server import bomb_png
 
@@ -62,14 +62,36 @@ def test_bad_images_get_nulls_and_statuses_and_never_crash(tiny, h, tmp_path):
     good = h.jpeg(512, 512, seed=1)
     on_disk = tmp_path / "local.jpg"
     on_disk.write_bytes(h.jpeg(300, 300, seed=9))
-    images = [good, b"not an image at all", good[: len(good) // 3], b"", None, None, bomb_png(12_000, 12_000), good, None]
-    statuses = ["success", "success", "success", "success", "success", "failed_to_download", "success", "success", "success"]
+    images = [
+        good,
+        b"not an image at all",
+        good[: len(good) // 3],
+        b"",
+        None,
+        None,
+        bomb_png(12_000, 12_000),
+        good,
+        None,
+    ]
+    statuses = [
+        "success",
+        "success",
+        "success",
+        "success",
+        "success",
+        "failed_to_download",
+        "success",
+        "success",
+        "success",
+    ]
     table = h.image_table(images, [f"c{i}" for i in range(9)], statuses)
     # row 8: no bytes but a local path (datasets' Image() storage for files on disk)
     structs = table["image"].to_pylist()
     structs[8] = {"bytes": None, "path": str(on_disk)}
     table = table.set_column(2, "image", pa.array(structs, h.IMAGE_TYPE))
-    table = table.append_column("error_message", pa.array([None] * 5 + ["timeout after 10 s", None, None, None], pa.string()))
+    table = table.append_column(
+        "error_message", pa.array([None] * 5 + ["timeout after 10 s", None, None, None], pa.string())
+    )
     out = with_clip(table, tiny)
     assert out.num_rows == 9  # every row kept
     st = out["status"].to_pylist()
@@ -267,7 +289,9 @@ def test_demo_entry_point_with_cli_flags(h):
     args = p.parse_args(["--clip-device", "cpu", "--clip-batch-size", "4"])
     assert args.clip_model == "laion-hf-tiny" and args.clip_pretrained is None
     ds, _ = _iterable(h, n=10, shards=2)
-    stream, emb = clip_stage(ds, args.clip_model, args.clip_pretrained, device=args.clip_device, batch_size=args.clip_batch_size)
+    stream, emb = clip_stage(
+        ds, args.clip_model, args.clip_pretrained, device=args.clip_device, batch_size=args.clip_batch_size
+    )
     assert emb.batch_size == 4 and emb.device.type == "cpu"
     stats = SimilarityStats()
     for t in stream.iter(batch_size=5):

@@ -35,8 +35,14 @@ def ray_local():
         return
     # a short path: Ray's unix sockets live under it (108-byte limit)
     temp = tempfile.mkdtemp(prefix="lhf-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
-             configure_logging=False, object_store_memory=256 * 2**20)  # small: other tests share the machine
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp,
+        log_to_driver=False,
+        configure_logging=False,
+        object_store_memory=256 * 2**20,
+    )  # small: other tests share the machine
     try:
         yield ray
     finally:

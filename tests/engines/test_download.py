@@ -38,7 +38,9 @@ def _table(srv, n_ok=30):
 
 
 def _keys(out: str) -> list[str]:
-    return [k for p in sorted(glob.glob(os.path.join(out, "[0-9]*.parquet"))) for k in pq.read_table(p)["key"].to_pylist()]
+    return [
+        k for p in sorted(glob.glob(os.path.join(out, "[0-9]*.parquet"))) for k in pq.read_table(p)["key"].to_pylist()
+    ]
 
 
 def test_download_matches_local_and_resumes(ray_local, server, tmp_path):
@@ -100,7 +102,8 @@ def test_parquet_folder_is_split_by_ray_tasks(ray_local, server, tmp_path):
         y = pa.ipc.open_file(tmp_path / "ray" / "_laion_hf_inputs" / f"{name}.arrow").read_all()
         assert x.schema == y.schema and x.equals(y), name
     assert json.load(open(tmp_path / "ray" / "_laion_hf_download.json")) == json.load(
-        open(tmp_path / "local" / "_laion_hf_download.json"))
+        open(tmp_path / "local" / "_laion_hf_download.json")
+    )
     assert not glob.glob(str(tmp_path / "ray" / "_laion_hf_inputs" / ".piece-*"))
     assert_same_download(str(tmp_path / "local"), str(tmp_path / "ray"))
 

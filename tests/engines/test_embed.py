@@ -89,7 +89,10 @@ def test_embed_matches_local_and_resumes(ray_local, shards, tmp_path):
     _assert_same(str(tmp_path / "local"), str(tmp_path / "ray"))
     for k in ("parts", "parts_skipped", "count", "embedded", "failed", "status_dict"):
         assert a[k] == b[k], k
-    assert b["count"] == 34 and b["failed"] == b["status_dict"].get("decode_error", 0) + b["status_dict"]["failed_to_download"]
+    assert (
+        b["count"] == 34
+        and b["failed"] == b["status_dict"].get("decode_error", 0) + b["status_dict"]["failed_to_download"]
+    )
     assert b["status_dict"]["decode_error"] >= 3 and b["engine"] == "ray"
     # row-aligned parts, every embedded row once
     keys = []

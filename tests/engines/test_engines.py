@@ -35,9 +35,7 @@ def test_filter_plan_is_picklable_and_its_orders_run_anywhere(meta, tmp_path):
         assert again == p.orders
         # an unpickled order runs in this process as in any other: it names its own builder
         r = export.run_one(again[0])
-        assert (
-            r["shard"] == 0 and r["rows"] == r["stats"]["rows_kept"] and r["stats"]["rows_in"] == 60
-        )
+        assert r["shard"] == 0 and r["rows"] == r["stats"]["rows_kept"] and r["stats"]["rows_in"] == 60
 
 
 def test_download_plan_is_picklable(tmp_path):
@@ -59,9 +57,7 @@ def test_embed_plan_is_picklable(tmp_path):
     p = embed.plan(str(shard), tmp_path / "out", model="laion-hf-tiny", device="cpu", batch_size=4)
     assert [o.part for o in p.orders] == [0]
     assert pickle.loads(pickle.dumps(p.orders)) == p.orders
-    stats = embed.run_one(
-        pickle.loads(pickle.dumps(p.orders[0]))
-    )  # the pipeline rebuilt from the spec
+    stats = embed.run_one(pickle.loads(pickle.dumps(p.orders[0])))  # the pipeline rebuilt from the spec
     assert stats["count"] == 1 and stats["embedded"] == 0
     assert embed.finish(p, [stats])["status_dict"] == {"failed_to_download": 1}
 
@@ -84,9 +80,7 @@ def test_local_and_ray_engines_write_the_same_parts(ray_local, meta, tmp_path):
     assert len(a["output_files"]) == -(-a["rows_kept"] // 45) >= 2
     for name in a["output_files"]:
         x = pq.read_table(tmp_path / "local" / name)
-        assert x.equals(pq.read_table(tmp_path / "ray" / name)) and x.equals(
-            pq.read_table(tmp_path / "stage" / name)
-        )
+        assert x.equals(pq.read_table(tmp_path / "ray" / name)) and x.equals(pq.read_table(tmp_path / "stage" / name))
 
 
 def _missing_input_order(tmp_path: Path) -> dl.DownloadOrder:
@@ -110,9 +104,7 @@ def test_a_failing_order_is_retried_then_reported_naming_it(request, engine, tmp
     # or handed to the stage's finish, which names every failed shard
     results = engines.run("download", [order], engine=engine, retries=0, raise_errors=False)
     with pytest.raises(ShardError, match="shard 00000 failed: FileNotFoundError"):
-        dl.finish(
-            dl.DownloadRun(tmp_path / "out", {"shards": 1, "rows": [1]}, [0], 0.0, [order]), results
-        )
+        dl.finish(dl.DownloadRun(tmp_path / "out", {"shards": 1, "rows": [1]}, [0], 0.0, [order]), results)
 
 
 def test_bad_input_keeps_its_error_class(tmp_path):

@@ -46,7 +46,9 @@ def test_filter_matches_local(ray_local, src, tmp_path):
     # every input row is accounted for, keys are unique, and the bad file is reported once
     assert b["rows_in"] == 600 and b["rows_kept"] + b["removed_by_filter"] == 600
     assert 0 < b["rows_kept"] < 600 and len(b["output_files"]) == -(-b["rows_kept"] // 70)
-    keys = [k for f in b["output_files"] for k in pq.read_table(tmp_path / "ray" / f, columns=["key"])["key"].to_pylist()]
+    keys = [
+        k for f in b["output_files"] for k in pq.read_table(tmp_path / "ray" / f, columns=["key"])["key"].to_pylist()
+    ]
     assert len(keys) == len(set(keys)) == b["rows_kept"]
     assert [s["file"].endswith("part-00003.parquet") for s in b["files_skipped"]] == [True]
 
@@ -72,7 +74,9 @@ def test_filter_cli_engine_ray(ray_local, src, tmp_path, capsys):
     assert stats["engine"] == "ray" and stats["rows_in"] == 600
     a = filter_to_parquet(src, str(tmp_path / "local"), where="aesthetic >= 5", on_error="skip", progress=False)
     assert a["rows_kept"] == stats["rows_kept"]
-    assert pq.read_table(tmp_path / "cli" / "part-00000.parquet").equals(pq.read_table(tmp_path / "local" / "part-00000.parquet"))
+    assert pq.read_table(tmp_path / "cli" / "part-00000.parquet").equals(
+        pq.read_table(tmp_path / "local" / "part-00000.parquet")
+    )
     assert f"kept {stats['rows_kept']:,} of 600 rows" in capsys.readouterr().out
 
 

@@ -61,9 +61,7 @@ def main() -> int:
     ds = build_wds_dataset("c", emb.preprocess, data_dir=str(tmp / "c"))
     dl = torch.utils.data.DataLoader(ds.batched(8), batch_size=None)
     dl.dataset.classes, dl.dataset.templates = ds.classes, ds.templates
-    theirs_c = zc.evaluate(
-        emb.model, dl, emb.tokenizer, ds.classes, ds.templates, device="cpu", amp=False
-    )
+    theirs_c = zc.evaluate(emb.model, dl, emb.tokenizer, ds.classes, ds.templates, device="cpu", amp=False)
     rds = build_wds_dataset("r", emb.preprocess, data_dir=str(tmp / "r"))
     rdl = torch.utils.data.DataLoader(rds, batch_size=8, collate_fn=image_captions_collate_fn)
     theirs_r = zr.evaluate(emb.model, rdl, emb.tokenizer, device="cpu", amp=False, recall_k_list=ks)
@@ -75,9 +73,7 @@ def main() -> int:
             a, b = ours[k], theirs[k]
             same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6
             bad += not same
-            print(
-                f"{k:28s} {a:14.10f} {b:14.10f} {index[k]:14.10f}  {'same' if same else 'DIFFERENT'}"
-            )
+            print(f"{k:28s} {a:14.10f} {b:14.10f} {index[k]:14.10f}  {'same' if same else 'DIFFERENT'}")
     print("all metrics equal" if not bad else f"{bad} metric(s) differ")
     return 1 if bad else 0
 

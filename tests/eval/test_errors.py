@@ -24,12 +24,8 @@ def test_missing_weights(tmp_path):
     missing = tmp_path / "gone.pt"
     with pytest.raises(ModelError, match="gone.pt does not exist"):
         load_model("laion-hf-tiny", str(missing), device="cpu")
-    with pytest.raises(
-        ModelError, match="weights for ViT-B-32 / laion2b_s34b_b79k are not on this machine"
-    ):
-        load_model(
-            "ViT-B-32", "laion2b_s34b_b79k", device="cpu", cache_dir=str(tmp_path / "empty-cache")
-        )
+    with pytest.raises(ModelError, match="weights for ViT-B-32 / laion2b_s34b_b79k are not on this machine"):
+        load_model("ViT-B-32", "laion2b_s34b_b79k", device="cpu", cache_dir=str(tmp_path / "empty-cache"))
 
 
 def test_dataset_without_classnames(tmp_path, class_dir):
@@ -54,9 +50,7 @@ def test_tar_sample_without_label(tmp_path, tiny):
     with TarWriter(str(root / "test" / "0.tar"), encoder=False) as w:
         w.write({"__key__": "ok", "png": draw(1), "cls": b"1"})
         w.write({"__key__": "lost", "png": draw(2)})
-    with pytest.raises(
-        EvalError, match=r"0\.tar: sample 'lost' has no label \(no lost\.cls member\)"
-    ):
+    with pytest.raises(EvalError, match=r"0\.tar: sample 'lost' has no label \(no lost\.cls member\)"):
         evaluate(tiny, str(root), num_workers=1)
 
 
@@ -90,8 +84,5 @@ def test_template_without_placeholder(class_dir):
 def test_cli_reports_the_culprit(class_dir, capsys):
     from laion_hf.cli import main
 
-    assert (
-        main(["eval", "--model", "ViT-Nope-99", "--dataset", str(class_dir), "--device", "cpu"])
-        == 1
-    )
+    assert main(["eval", "--model", "ViT-Nope-99", "--dataset", str(class_dir), "--device", "cpu"]) == 1
     assert "laion-hf eval: error: unknown open_clip model 'ViT-Nope-99'" in capsys.readouterr().err

@@ -44,9 +44,7 @@ def test_classification_metrics_by_hand():
 def test_acc5_is_nan_below_five_classes():
     from laion_hf.eval import classification_metrics
 
-    m = classification_metrics(
-        torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 0.0]]), torch.tensor([1, 1, 1])
-    )
+    m = classification_metrics(torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 0.0]]), torch.tensor([1, 1, 1]))
     assert m["acc1"] == 1 / 3 and math.isnan(m["acc5"]) and m["mean_per_class_recall"] == 1 / 3
 
 
@@ -55,9 +53,7 @@ def test_retrieval_metrics_by_hand():
 
     images = torch.eye(4)
     images[3] = images[2]  # images 2 and 3 tie everywhere
-    texts = torch.tensor(
-        [[1.0, 0.2, 0, 0], [0.9, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 1.0, 0.1], [0, 1.0, 0.5, 0]]
-    )
+    texts = torch.tensor([[1.0, 0.2, 0, 0], [0.9, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 1.0, 0.1], [0, 1.0, 0.5, 0]])
     owner = [0, 0, 3, 3, 1]  # image 2 has no caption
     m = retrieval_metrics(images, texts, owner, recall_k=(1, 2, 3))
     # image retrieval per caption: t0 -> img0 first; t1 -> img1 then img0 (rank 1);
@@ -98,19 +94,14 @@ def test_zeroshot_classification_equals_hand_computation(tiny, class_dir, class_
     n = len(labels)
     acc1 = sum(r[0] == y for r, y in zip(ranks, labels)) / n
     acc5 = sum(y in r[:5] for r, y in zip(ranks, labels)) / n
-    recalls = [
-        sum(r[0] == c for r, y in zip(ranks, labels) if y == c) / labels.count(c)
-        for c in sorted(set(labels))
-    ]
+    recalls = [sum(r[0] == c for r, y in zip(ranks, labels) if y == c) / labels.count(c) for c in sorted(set(labels))]
     assert any(r[0] == 0 for r in ranks) or any(r.index(0) < 5 for r in ranks)  # the tie matters
 
     got = evaluate(tiny, str(class_dir), num_workers=2)
     assert got["task"] == "zeroshot_classification" and got["dataset"] == "shapes"
     assert got["metrics"]["acc1"] == pytest.approx(acc1, abs=1e-12)
     assert got["metrics"]["acc5"] == pytest.approx(acc5, abs=1e-12)
-    assert got["metrics"]["mean_per_class_recall"] == pytest.approx(
-        sum(recalls) / len(recalls), abs=1e-12
-    )
+    assert got["metrics"]["mean_per_class_recall"] == pytest.approx(sum(recalls) / len(recalls), abs=1e-12)
     assert 0 < acc5 < 1  # the numbers are not trivially 0 or 1
 
 
@@ -126,16 +117,9 @@ def test_zeroshot_retrieval_equals_hand_computation(tiny, retrieval_dir, retriev
     got = evaluate(tiny, str(retrieval_dir), recall_k=(1, 2, 5, 10), num_workers=2)["metrics"]
     for k in (1, 2, 5, 10):
         img_hits = sum(owner[t] in ranking(scores[t])[:k] for t in range(len(captions)))
-        txt_hits = sum(
-            any(owner[t] == i for t in ranking(scores[:, i])[:k])
-            for i in range(len(retrieval_samples))
-        )
-        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(
-            img_hits / len(captions), abs=1e-6
-        ), k
-        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(
-            txt_hits / len(retrieval_samples), abs=1e-6
-        ), k
+        txt_hits = sum(any(owner[t] == i for t in ranking(scores[:, i])[:k]) for i in range(len(retrieval_samples)))
+        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(img_hits / len(captions), abs=1e-6), k
+        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(txt_hits / len(retrieval_samples), abs=1e-6), k
     assert got["image_retrieval_recall@1"] < got["image_retrieval_recall@10"]
 
 

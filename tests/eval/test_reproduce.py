@@ -22,9 +22,7 @@ def test_power_law_fit_recovers_parameters():
     noisy = 2.5 * n**-0.45 + 0.12 + np.array([0.02, -0.02, 0.015, -0.01, 0.01, -0.015])
     rough = fit_power_law(n, noisy)
     assert 0.5 < rough["r2"] < 0.999
-    assert np.allclose(
-        np.array(rough["residuals"]), noisy - (rough["a"] * n ** -rough["b"] + rough["c"])
-    )
+    assert np.allclose(np.array(rough["residuals"]), noisy - (rough["a"] * n ** -rough["b"] + rough["c"]))
 
 
 def test_loglog_fit_and_too_few_scales():
@@ -32,11 +30,7 @@ def test_loglog_fit_and_too_few_scales():
 
     n = np.array([100, 200, 400, 800], float)
     fit = fit_loglog(n, 3.0 * n**-0.3)
-    assert (
-        fit["a"] == pytest.approx(3.0)
-        and fit["b"] == pytest.approx(0.3)
-        and fit["r2_log"] == pytest.approx(1.0)
-    )
+    assert fit["a"] == pytest.approx(3.0) and fit["b"] == pytest.approx(0.3) and fit["r2_log"] == pytest.approx(1.0)
     with pytest.raises(EvalError, match="at least 3 distinct scales"):
         fit_power_law([100, 100, 200], [0.5, 0.5, 0.4])
 
@@ -67,19 +61,14 @@ def test_world_benchmark_layout(tmp_path):
     from laion_hf.eval.worldbench import write_world_benchmark
     from laion_hf.world.attributes import ZERO_SHOT_LABELS, attributes
 
-    sets = write_world_benchmark(
-        tmp_path / "bench", 24, max_side=64, attributes=("colour", "position")
-    )
+    sets = write_world_benchmark(tmp_path / "bench", 24, max_side=64, attributes=("colour", "position"))
     assert set(sets) == {"colour", "position", "retrieval"}
     colour = load_eval_dataset(str(sets["colour"]))
     assert colour.classnames == list(ZERO_SHOT_LABELS["colour"].values())
     assert colour.templates == ["a photo of a {c}"]
     samples = list(colour.samples())
     assert len(samples) == 24
-    assert all(
-        colour.classnames[s.label] == ZERO_SHOT_LABELS["colour"][attributes(s.key).colour]
-        for s in samples
-    )
+    assert all(colour.classnames[s.label] == ZERO_SHOT_LABELS["colour"][attributes(s.key).colour] for s in samples)
     position = list(load_eval_dataset(str(sets["position"])).samples())
     assert 0 < len(position) < 24 and all(attributes(s.key).count == 1 for s in position)
     retrieval = list(load_eval_dataset(str(sets["retrieval"])).samples())
@@ -90,9 +79,4 @@ def test_world_benchmark_layout(tmp_path):
         recall_k=(1, 5),
         num_workers=1,
     )
-    assert (
-        0
-        <= got["metrics"]["text_retrieval_recall@1"]
-        <= got["metrics"]["text_retrieval_recall@5"]
-        <= 1
-    )
+    assert 0 <= got["metrics"]["text_retrieval_recall@1"] <= got["metrics"]["text_retrieval_recall@5"] <= 1

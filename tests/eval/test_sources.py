@@ -73,10 +73,7 @@ def test_hf_dataset_with_classlabel_and_captions(
     folder = _hf_folder(tmp_path, class_samples, "label")
     ds = load_eval_dataset(str(folder), templates=str(_write(tmp_path / "t.txt", TEMPLATES)))
     assert ds.task == "zeroshot_classification" and ds.classnames == CLASSNAMES
-    assert (
-        evaluate(tiny, ds, num_workers=2)["metrics"]
-        == evaluate(tiny, str(class_dir), num_workers=2)["metrics"]
-    )
+    assert evaluate(tiny, ds, num_workers=2)["metrics"] == evaluate(tiny, str(class_dir), num_workers=2)["metrics"]
     rfolder = _hf_folder(tmp_path, retrieval_samples, "captions")
     got = evaluate(tiny, load_eval_dataset(str(rfolder), caption_column="captions"), num_workers=2)
     assert got["task"] == "zeroshot_retrieval"
@@ -91,10 +88,7 @@ def _write(path, lines):
 def test_templates_override_and_builtin(tmp_path, class_dir):
     from laion_hf.eval import BUILTIN_TEMPLATES, load_eval_dataset
 
-    assert (
-        load_eval_dataset(str(class_dir), templates="simple").templates
-        == BUILTIN_TEMPLATES["simple"]
-    )
+    assert load_eval_dataset(str(class_dir), templates="simple").templates == BUILTIN_TEMPLATES["simple"]
     t = _write(tmp_path / "t.txt", ["itap of a {c}", "{c} drawn"])
     assert load_eval_dataset(str(class_dir), templates=str(t)).templates == [
         "itap of a {c}",
@@ -108,8 +102,7 @@ def test_result_files_and_table(tmp_path, tiny, class_dir, retrieval_dir):
     from laion_hf.eval import build_table, evaluate, write_result, write_table
 
     paths = [
-        write_result(evaluate(tiny, str(d), num_workers=2), tmp_path / "results")
-        for d in (class_dir, retrieval_dir)
+        write_result(evaluate(tiny, str(d), num_workers=2), tmp_path / "results") for d in (class_dir, retrieval_dir)
     ]
     assert paths[0].name == "shapes_none_laion-hf-tiny_en_zeroshot_classification.json"
     record = json.loads(paths[0].read_text())
@@ -147,10 +140,7 @@ def test_cli_eval_and_build(tmp_path, class_dir, retrieval_dir, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert (
-        "shapes zeroshot_classification laion-hf-tiny: acc1" in out
-        and "text_retrieval_recall@3" in out
-    )
+    assert "shapes zeroshot_classification laion-hf-tiny: acc1" in out and "text_retrieval_recall@3" in out
     files = sorted((tmp_path / "res").glob("*.json"))
     assert len(files) == 2
     assert main(["eval", "build", *map(str, files), "--out", str(tmp_path / "t.csv")]) == 0

@@ -57,9 +57,12 @@ def other_token() -> str:
 def hub(tmp_path_factory):
     from laion_hf.testing.hub_server import HubServer
 
-    server = HubServer(tmp_path_factory.mktemp("hub"), port=PORT,
-                       tokens={TOKEN: "laion-hf", OTHER_TOKEN: "someone-else"},
-                       orgs={"laion-hf": ["laion-hf-org"]})
+    server = HubServer(
+        tmp_path_factory.mktemp("hub"),
+        port=PORT,
+        tokens={TOKEN: "laion-hf", OTHER_TOKEN: "someone-else"},
+        orgs={"laion-hf": ["laion-hf-org"]},
+    )
     server.start()
     yield server
     server.stop()
@@ -78,8 +81,9 @@ def _point_clients_at_hub(hub, monkeypatch):
 @pytest.fixture
 def shard_dir(tmp_path):
     """A finished parquet shard folder: 40 rows (8 failed fetches), 3 shards, provenance recorded."""
-    from laion_hf.shards import write_shards
     from shard_rows import PROVENANCE, make_rows
+
+    from laion_hf.shards import write_shards
 
     table = make_rows(40)
     write_shards(table, tmp_path / "out", max_shard_rows=15, provenance=PROVENANCE, progress=False)

@@ -28,13 +28,19 @@ def test_card_yaml_and_counts(shard_dir):
     assert meta["size_categories"] == ["n<1K"]
     assert meta["pretty_name"] == "cards"
     assert {"laion", "clip", "parquet"} <= set(meta["tags"])
-    assert meta["configs"] == [{"config_name": "default", "default": True,
-                                "data_files": [{"split": "train", "path": "data/default/train-*.parquet"}]}]
+    assert meta["configs"] == [
+        {
+            "config_name": "default",
+            "default": True,
+            "data_files": [{"split": "train", "path": "data/default/train-*.parquet"}],
+        }
+    ]
     feats = {f["name"]: f for f in meta["dataset_info"]["features"]}
     assert feats["image"]["dtype"] == "image"
     assert feats["image_embedding"] == {"name": "image_embedding", "list": "float32", "length": 8}
-    assert meta["dataset_info"]["splits"] == [{"name": "train", "num_bytes": meta["dataset_info"]["dataset_size"],
-                                               "num_examples": 40}]
+    assert meta["dataset_info"]["splits"] == [
+        {"name": "train", "num_bytes": meta["dataset_info"]["dataset_size"], "num_examples": 40}
+    ]
 
     # body: provenance, funnel counts, errors by class, histogram, loading, citation, safety
     assert "| metadata rows read | 1,000 |" in text
@@ -70,11 +76,11 @@ def test_card_has_no_token_or_local_path(shard_dir, token, monkeypatch):
 
 
 def test_webdataset_card_has_training_command(tmp_path):
-    from laion_hf.shards import write_shards
     from shard_rows import PROVENANCE, make_rows
 
-    write_shards(make_rows(20), tmp_path, format="webdataset", max_shard_rows=8, provenance=PROVENANCE,
-                 progress=False)
+    from laion_hf.shards import write_shards
+
+    write_shards(make_rows(20), tmp_path, format="webdataset", max_shard_rows=8, provenance=PROVENANCE, progress=False)
     text = render_card(tmp_path, "laion-hf/wds")
     meta = _front_matter(text)
     assert meta["configs"][0]["data_files"][0]["path"] == "data/default/train-*.tar"

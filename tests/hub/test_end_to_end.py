@@ -26,13 +26,29 @@ def test_metadata_images_clip_shards_push_reload(hub, token, tmp_path):
     ds = load_laion(str(tmp_path / "meta"), where="punsafe < 0.5 and similarity >= 0.3", batch_size=64)
     with ImageServer(catch_all="image", fault_rate=0.2, pool_size=8, pool_sides=(48, 96)) as images:
         ds = ds.with_format("arrow").map(lambda t: images.rewrite_column(t, "url"), batched=True, batch_size=64)
-        ds = with_images(ds, batch_size=16, image_size=32, resize_mode="center_crop", allow_private_networks=True,
-                         timeout=5, retries=0)
+        ds = with_images(
+            ds,
+            batch_size=16,
+            image_size=32,
+            resize_mode="center_crop",
+            allow_private_networks=True,
+            timeout=5,
+            retries=0,
+        )
         ds = with_clip(ds, model="laion-hf-tiny", device="cpu", precision="fp32", batch_size=16)
-        out = publish(ds, tmp_path / "out", "laion-hf/e2e", token=token, endpoint=hub.url,
-                      max_shard_rows=40, progress=False,
-                      provenance={"filters": ["punsafe < 0.5", "similarity >= 0.3"],
-                                  "clip": {"model": "laion-hf-tiny", "embedding_dim": 32}})
+        out = publish(
+            ds,
+            tmp_path / "out",
+            "laion-hf/e2e",
+            token=token,
+            endpoint=hub.url,
+            max_shard_rows=40,
+            progress=False,
+            provenance={
+                "filters": ["punsafe < 0.5", "similarity >= 0.3"],
+                "clip": {"model": "laion-hf-tiny", "embedding_dim": 32},
+            },
+        )
     stats = out["stats"]
     assert stats["rows"] > 40 and stats["num_shards"] >= 2 and out["push"]["commits"]
     assert sum(stats["status"].values()) == stats["rows"]

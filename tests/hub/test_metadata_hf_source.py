@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from huggingface_hub import HfApi
 
@@ -17,21 +16,20 @@ def metadata_repo(hub, token, tmp_path):
     synthesize(3000, src, files=2, seed=5, row_group_size=500, layout="relaion")
     api = HfApi(endpoint=hub.url, token=token)
     api.create_repo("laion-hf/relaion-sample", repo_type="dataset", exist_ok=True)
-    api.upload_folder(folder_path=str(src), repo_id="laion-hf/relaion-sample", repo_type="dataset",
-                      path_in_repo="data")
+    api.upload_folder(folder_path=str(src), repo_id="laion-hf/relaion-sample", repo_type="dataset", path_in_repo="data")
     return str(src)
 
 
 def test_hf_glob_streams_the_same_rows_as_local(metadata_repo, token, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", token)
     local = [r["url"] for r in load_laion(metadata_repo, preset="laion2b-en", columns=["url"])]
-    remote_ds = load_laion("hf://datasets/laion-hf/relaion-sample/data/*.parquet", preset="laion2b-en",
-                           columns=["url"])
+    remote_ds = load_laion("hf://datasets/laion-hf/relaion-sample/data/*.parquet", preset="laion2b-en", columns=["url"])
     assert remote_ds.num_shards == 6  # 2 files x 3 row groups, read by range requests
     remote = [r["url"] for r in remote_ds]
     assert remote == local and len(remote) > 1000
-    folder = [r["url"] for r in load_laion("hf://datasets/laion-hf/relaion-sample/data", preset="laion2b-en",
-                                           columns=["url"])]
+    folder = [
+        r["url"] for r in load_laion("hf://datasets/laion-hf/relaion-sample/data", preset="laion2b-en", columns=["url"])
+    ]
     assert folder == local
 
 

@@ -58,16 +58,12 @@ def meta(images, tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "meta.parquet")
-    (tmp_path / "iwf_md5.txt").write_text(
-        hashlib.md5(urls[7].encode()).hexdigest() + "\n"
-    )
+    (tmp_path / "iwf_md5.txt").write_text(hashlib.md5(urls[7].encode()).hexdigest() + "\n")
     return tmp_path / "meta.parquet", tmp_path / "iwf_md5.txt"
 
 
 def _card(capsys, *args: str) -> str:
-    assert (
-        main(["shards", *args, "--quiet", "--card", "--repo-id", "laion-hf/prov"]) == 0
-    ), capsys.readouterr().err
+    assert main(["shards", *args, "--quiet", "--card", "--repo-id", "laion-hf/prov"]) == 0, capsys.readouterr().err
     return (Path(args[1]) / "README.md").read_text()
 
 
@@ -120,30 +116,16 @@ def test_download_with_selection_then_shards_card(meta, tmp_path, capsys):
         assert row in card, row
     assert "not recorded" not in card and "  - none" not in card
     assert "- **CLIP model:** none (no embeddings computed)" in card
-    assert (
-        str(tmp_path) not in card
-        and str(tmp_path) not in (tmp_path / "out" / "stats.json").read_text()
-    )
+    assert str(tmp_path) not in card and str(tmp_path) not in (tmp_path / "out" / "stats.json").read_text()
 
-    record = json.loads(
-        (dl / FILENAME).read_text()
-    )  # the record itself: one small documented object
-    assert record["schema"] == "laion-hf/provenance/1" and record["stages"] == [
-        "download"
-    ]
+    record = json.loads((dl / FILENAME).read_text())  # the record itself: one small documented object
+    assert record["schema"] == "laion-hf/provenance/1" and record["stages"] == ["download"]
     scan = record["scan"]
     assert (
         scan["rows_in"]
-        == scan["rows_kept"]
-        + scan["removed_by_filter"]
-        + scan["removed_by_blocklist"]
-        + scan["removed_by_sample"]
+        == scan["rows_kept"] + scan["removed_by_filter"] + scan["removed_by_blocklist"] + scan["removed_by_sample"]
     )
-    assert (
-        record["fetch"]["rows"]
-        == scan["rows_kept"]
-        == sum(record["fetch"]["errors"].values()) + 5
-    )
+    assert record["fetch"]["rows"] == scan["rows_kept"] == sum(record["fetch"]["errors"].values()) + 5
 
     # an explicit --provenance key replaces the record's, the others stay
     card2 = _card(
@@ -198,9 +180,7 @@ def test_filter_then_download_chains_the_record(meta, tmp_path, capsys):
         "| images downloaded (status `success`) | 6 |",
     ):
         assert row in card, row
-    assert (
-        "`meta.parquet`" in card
-    )  # the metadata read first, not the intermediate folder
+    assert "`meta.parquet`" in card  # the metadata read first, not the intermediate folder
     assert "- **Blocklists** (matched before any fetch):\n  - none\n" in card
 
 
@@ -243,14 +223,8 @@ def test_embed_adds_the_clip_model(meta, tmp_path, capsys):
         "- **CLIP model:** `laion-hf-tiny`, 512-d L2-normalized embeddings; score heads: aesthetic_v1:vit_b_32 "
         "(the embeddings are not in these shards)" in card
     )
-    assert (
-        "| images downloaded (status `success`) | 8 |" in card
-        and "| images embedded with CLIP | 8 |" in card
-    )
-    assert (
-        "`preset laion2b-en: similarity >= 0.28`" in card
-        and "1 rows were skipped by this policy" in card
-    )
+    assert "| images downloaded (status `success`) | 8 |" in card and "| images embedded with CLIP | 8 |" in card
+    assert "`preset laion2b-en: similarity >= 0.28`" in card and "1 rows were skipped by this policy" in card
 
 
 def test_embedding_columns_without_clip_provenance_say_unknown(tmp_path):
@@ -262,21 +236,13 @@ def test_embedding_columns_without_clip_provenance_say_unknown(tmp_path):
     )
     card = render_card(tmp_path, "laion-hf/unknown")
     assert (
-        "- **CLIP model:** unknown (not recorded) for the embedding columns `image_embedding`, "
-        "`text_embedding`"
+        "- **CLIP model:** unknown (not recorded) for the embedding columns `image_embedding`, `text_embedding`"
     ) in card
-    assert (
-        "CLIP embeddings" not in card and "embeddings from an unrecorded model" in card
-    )
+    assert "CLIP embeddings" not in card and "embeddings from an unrecorded model" in card
     assert "none (no embeddings computed)" not in card
-    write_shards(
-        make_rows(5), tmp_path / "bare", progress=False
-    )  # nothing recorded at all
+    write_shards(make_rows(5), tmp_path / "bare", progress=False)  # nothing recorded at all
     bare = render_card(tmp_path / "bare")
-    assert (
-        "- **Filters** (applied to the metadata before any image was fetched):\n  - not recorded\n"
-        in bare
-    )
+    assert "- **Filters** (applied to the metadata before any image was fetched):\n  - not recorded\n" in bare
 
 
 def test_merge_chains_counts_so_they_sum():
@@ -309,18 +275,10 @@ def test_merge_chains_counts_so_they_sum():
     assert out["stages"] == ["filter", "download"]
     s = out["scan"]
     assert (s["rows_in"], s["rows_kept"]) == (100, 20)
-    assert (
-        s["rows_in"]
-        == s["rows_kept"]
-        + s["removed_by_filter"]
-        + s["removed_by_blocklist"]
-        + s["removed_by_sample"]
-    )
+    assert s["rows_in"] == s["rows_kept"] + s["removed_by_filter"] + s["removed_by_blocklist"] + s["removed_by_sample"]
 
 
-def test_push_leaves_the_folder_untouched_and_blames_a_rejected_token(
-    hub, token, tmp_path, monkeypatch, capsys
-):
+def test_push_leaves_the_folder_untouched_and_blames_a_rejected_token(hub, token, tmp_path, monkeypatch, capsys):
     from huggingface_hub import HfApi
 
     from laion_hf.errors import HubError
@@ -328,12 +286,8 @@ def test_push_leaves_the_folder_untouched_and_blames_a_rejected_token(
 
     folder = tmp_path / "out"
     write_shards(make_rows(6), folder, progress=False)
-    render_card(
-        folder
-    )  # README.md with the placeholder repo id, as `shards --card` writes it
-    before = {
-        p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
+    render_card(folder)  # README.md with the placeholder repo id, as `shards --card` writes it
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
     with pytest.raises(HubError) as err:
         push(
@@ -343,34 +297,20 @@ def test_push_leaves_the_folder_untouched_and_blames_a_rejected_token(
             endpoint=hub.url,
         )
     msg = str(err.value)
-    assert (
-        "HTTP 401" in msg
-        and "rejected the token" in msg
-        and "does not exist" not in msg
-    )
+    assert "HTTP 401" in msg and "rejected the token" in msg and "does not exist" not in msg
     assert "WrongToken" not in msg
     monkeypatch.setenv("HF_TOKEN", "hf_WrongTokenWrongTokenWrong123")
     assert main(["push", str(folder), "laion-hf/untouched", "--endpoint", hub.url]) == 1
     assert "rejected the token" in capsys.readouterr().err
     monkeypatch.delenv("HF_TOKEN")
-    after = {
-        p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert after == before  # README.md byte-identical, nothing added
 
-    push(
-        folder, "laion-hf/untouched", token=token, endpoint=hub.url
-    )  # a push that works: still untouched
-    assert {
-        p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    } == before
+    push(folder, "laion-hf/untouched", token=token, endpoint=hub.url)  # a push that works: still untouched
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     remote = HfApi(endpoint=hub.url).hf_hub_download(
         "laion-hf/untouched", "README.md", repo_type="dataset", cache_dir=tmp_path / "c"
     )
     assert 'load_dataset("laion-hf/untouched"' in Path(remote).read_text()
-    again = push(
-        folder, "laion-hf/untouched", token=token, endpoint=hub.url, dry_run=True
-    )
-    assert (
-        again.to_upload == []
-    )  # the in-memory card and histogram equal what was pushed
+    again = push(folder, "laion-hf/untouched", token=token, endpoint=hub.url, dry_run=True)
+    assert again.to_upload == []  # the in-memory card and histogram equal what was pushed

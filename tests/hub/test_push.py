@@ -14,11 +14,11 @@ import datasets
 import numpy as np
 import pytest
 from huggingface_hub import HfApi
+from shard_rows import PROVENANCE, make_rows, pixels
 
 from laion_hf.errors import HubError, ShardError
 from laion_hf.hub import push, reload
 from laion_hf.shards import write_shards
-from shard_rows import PROVENANCE, make_rows, pixels
 
 
 def _check_rows(rows: list[dict], table) -> None:
@@ -39,8 +39,11 @@ def test_round_trip_parquet_streaming_and_not(hub, shard_dir, token, tmp_path):
     folder, table = shard_dir
     res = push(folder, "laion-hf/round-trip", token=token, endpoint=hub.url)
     assert res.commits and set(res.to_upload) == {
-        "README.md", "stats.json", "assets/score_histograms.png",
-        *(f"data/default/train-0000{i}-of-00003.parquet" for i in range(3))}
+        "README.md",
+        "stats.json",
+        "assets/score_histograms.png",
+        *(f"data/default/train-0000{i}-of-00003.parquet" for i in range(3)),
+    }
 
     ds = datasets.load_dataset("laion-hf/round-trip", split="train", streaming=True)
     assert isinstance(ds, datasets.IterableDataset) and ds.num_shards == 3
@@ -51,8 +54,9 @@ def test_round_trip_parquet_streaming_and_not(hub, shard_dir, token, tmp_path):
     assert full.num_rows == 40 and full.features["image_embedding"].length == 8
     _check_rows(list(full), table)
     # the card on the Hub has the repo id in its snippets
-    readme = HfApi(endpoint=hub.url).hf_hub_download("laion-hf/round-trip", "README.md", repo_type="dataset",
-                                                     cache_dir=tmp_path / "c")
+    readme = HfApi(endpoint=hub.url).hf_hub_download(
+        "laion-hf/round-trip", "README.md", repo_type="dataset", cache_dir=tmp_path / "c"
+    )
     assert 'load_dataset("laion-hf/round-trip"' in Path(readme).read_text()
 
 
@@ -68,16 +72,16 @@ def test_round_trip_in_a_fresh_process_with_only_hf_endpoint(hub, shard_dir, tok
         print(len(rows), sum(r["image"] is not None for r in rows), rows[0]["caption"], rows[0]["image"].size)
     """)
     env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "home"))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split("\n")[0] == "40 32 a photo of thing number 0 (24, 16)"
 
 
 def test_round_trip_webdataset(hub, token, tmp_path):
     table = make_rows(24)
-    write_shards(table, tmp_path / "wds", format="webdataset", max_shard_rows=10, provenance=PROVENANCE,
-                 progress=False)
+    write_shards(table, tmp_path / "wds", format="webdataset", max_shard_rows=10, provenance=PROVENANCE, progress=False)
     push(tmp_path / "wds", "laion-hf/round-trip-wds", token=token, endpoint=hub.url)
     rows = list(reload("laion-hf/round-trip-wds"))
     src = {r["key"]: r for r in table.to_pylist() if r["image"] is not None}
@@ -149,13 +153,21 @@ def test_token_never_leaks(hub, shard_dir, token, monkeypatch, caplog, capsys, t
     assert main(["push", str(folder), "laion-hf/token-check", "--endpoint", hub.url]) == 0
     assert main(["push", str(folder), "nobody/x", "--endpoint", hub.url]) == 1
     out = capsys.readouterr()
-    readme = HfApi(endpoint=hub.url).hf_hub_download("laion-hf/token-check", "README.md", repo_type="dataset",
-                                                     cache_dir=tmp_path / "c")
-    stats = HfApi(endpoint=hub.url).hf_hub_download("laion-hf/token-check", "stats.json", repo_type="dataset",
-                                                    cache_dir=tmp_path / "c")
-    haystacks = {"card": Path(readme).read_text(), "stats": Path(stats).read_text(), "logs": caplog.text,
-                 "errors": "\n".join(messages), "stdout": out.out, "stderr": out.err,
-                 "server log": repr(hub.requests)}
+    readme = HfApi(endpoint=hub.url).hf_hub_download(
+        "laion-hf/token-check", "README.md", repo_type="dataset", cache_dir=tmp_path / "c"
+    )
+    stats = HfApi(endpoint=hub.url).hf_hub_download(
+        "laion-hf/token-check", "stats.json", repo_type="dataset", cache_dir=tmp_path / "c"
+    )
+    haystacks = {
+        "card": Path(readme).read_text(),
+        "stats": Path(stats).read_text(),
+        "logs": caplog.text,
+        "errors": "\n".join(messages),
+        "stdout": out.out,
+        "stderr": out.err,
+        "server log": repr(hub.requests),
+    }
     assert "pushed" in out.out and "HTTP 403" in out.err and caplog.text
     for name, text in haystacks.items():
         assert token not in text, f"token leaked into {name}"
@@ -191,8 +203,9 @@ def test_private_repo_needs_the_token_to_load(hub, shard_dir, token, other_token
         datasets.load_dataset("laion-hf/private-subset", split="train", streaming=True, token=other_token)
     rows = list(datasets.load_dataset("laion-hf/private-subset", split="train", streaming=True, token=token))
     _check_rows(rows, table)
-    readme_heads = [r["status"] for r in hub.requests
-                    if r["path"] == "/datasets/laion-hf/private-subset/resolve/main/README.md"]
+    readme_heads = [
+        r["status"] for r in hub.requests if r["path"] == "/datasets/laion-hf/private-subset/resolve/main/README.md"
+    ]
     assert readme_heads[:2] == [401, 404]  # anonymous: 401; another user's token: 404 (existence not leaked)
 
 
@@ -222,8 +235,9 @@ def test_branch_pull_request_and_dry_run(hub, shard_dir, token, capsys):
 def test_publish_local_demo_helper(tmp_path, capsys):
     from laion_hf.testing.local_hub import publish_local
 
-    summary = publish_local(make_rows(25), tmp_path / "demo", "laion-hf/demo-helper", provenance=PROVENANCE,
-                            max_shard_rows=10, show=2)
+    summary = publish_local(
+        make_rows(25), tmp_path / "demo", "laion-hf/demo-helper", provenance=PROVENANCE, max_shard_rows=10, show=2
+    )
     assert summary["rows"] == summary["reloaded_rows"] == 25 and summary["num_shards"] == 3
     assert [s["key"] for s in summary["sample"]] == ["000000000", "000000001"]
     out = capsys.readouterr().out

@@ -19,23 +19,49 @@ def test_commit_history_lfs_and_old_revisions(hub, tmp_path, token):
     api = HfApi(endpoint=hub.url, token=token)
     api.create_repo("laion-hf/history", repo_type="dataset")
     blob1, blob2 = bytes(range(256)) * 40, bytes(range(255, -1, -1)) * 50
-    c1 = api.create_commit("laion-hf/history", repo_type="dataset", commit_message="v1", operations=[
-        CommitOperationAdd("data/a.parquet", blob1), CommitOperationAdd("notes.txt", b"first\n")])
+    c1 = api.create_commit(
+        "laion-hf/history",
+        repo_type="dataset",
+        commit_message="v1",
+        operations=[CommitOperationAdd("data/a.parquet", blob1), CommitOperationAdd("notes.txt", b"first\n")],
+    )
     puts = hub.count("lfs_upload")
-    c2 = api.create_commit("laion-hf/history", repo_type="dataset", commit_message="v2", operations=[
-        CommitOperationAdd("data/a.parquet", blob2), CommitOperationDelete("notes.txt")])
+    c2 = api.create_commit(
+        "laion-hf/history",
+        repo_type="dataset",
+        commit_message="v2",
+        operations=[CommitOperationAdd("data/a.parquet", blob2), CommitOperationDelete("notes.txt")],
+    )
     assert hub.count("lfs_upload") == puts + 1  # the binary file went through the LFS batch + PUT path
 
     titles = [c.title for c in api.list_repo_commits("laion-hf/history", repo_type="dataset")]
     assert titles == ["v2", "v1", "initial commit"]
     assert api.list_repo_files("laion-hf/history", repo_type="dataset") == [".gitattributes", "data/a.parquet"]
-    old = hf_hub_download("laion-hf/history", "data/a.parquet", repo_type="dataset", revision=c1.oid,
-                          endpoint=hub.url, cache_dir=tmp_path / "c")
-    new = hf_hub_download("laion-hf/history", "data/a.parquet", repo_type="dataset", revision=c2.oid,
-                          endpoint=hub.url, cache_dir=tmp_path / "c")
+    old = hf_hub_download(
+        "laion-hf/history",
+        "data/a.parquet",
+        repo_type="dataset",
+        revision=c1.oid,
+        endpoint=hub.url,
+        cache_dir=tmp_path / "c",
+    )
+    new = hf_hub_download(
+        "laion-hf/history",
+        "data/a.parquet",
+        repo_type="dataset",
+        revision=c2.oid,
+        endpoint=hub.url,
+        cache_dir=tmp_path / "c",
+    )
     assert open(old, "rb").read() == blob1 and open(new, "rb").read() == blob2
-    notes = hf_hub_download("laion-hf/history", "notes.txt", repo_type="dataset", revision=c1.oid,
-                            endpoint=hub.url, cache_dir=tmp_path / "c")
+    notes = hf_hub_download(
+        "laion-hf/history",
+        "notes.txt",
+        repo_type="dataset",
+        revision=c1.oid,
+        endpoint=hub.url,
+        cache_dir=tmp_path / "c",
+    )
     assert open(notes, "rb").read() == b"first\n"  # deleted on main, still there at the old revision
 
     (info,) = api.get_paths_info("laion-hf/history", ["data/a.parquet"], repo_type="dataset")
@@ -69,8 +95,9 @@ def test_ranged_reads_and_404_error_codes(hub, tmp_path, token):
     r = get_session().head(f"{hub.url}/datasets/laion-hf/ranges/resolve/main/missing.bin")
     assert r.status_code == 404 and r.headers["X-Error-Code"] == "EntryNotFound"
     with pytest.raises(RemoteEntryNotFoundError):
-        hf_hub_download("laion-hf/ranges", "missing.bin", repo_type="dataset", endpoint=hub.url,
-                        cache_dir=tmp_path / "c")
+        hf_hub_download(
+            "laion-hf/ranges", "missing.bin", repo_type="dataset", endpoint=hub.url, cache_dir=tmp_path / "c"
+        )
     with pytest.raises(RepositoryNotFoundError):
         api.repo_info("laion-hf/does-not-exist", repo_type="dataset")
     for sneaky in ("/api/datasets/%2E%2E/%2E%2E", "/datasets/..%2F../x/resolve/main/meta.json"):
@@ -96,8 +123,9 @@ def test_private_repos_and_permissions(hub, token, other_token):
         HfApi(endpoint=hub.url, token=other_token).create_repo("laion-hf/not-yours", repo_type="dataset")
     assert forbidden.value.response.status_code == 403
     with pytest.raises(HfHubHTTPError) as bad_token:
-        HfApi(endpoint=hub.url, token="hf_NotARealTokenAtAllxxxxxxxxxxxx").repo_info("laion-hf/secret",
-                                                                                   repo_type="dataset")
+        HfApi(endpoint=hub.url, token="hf_NotARealTokenAtAllxxxxxxxxxxxx").repo_info(
+            "laion-hf/secret", repo_type="dataset"
+        )
     assert bad_token.value.response.status_code == 401
     # organisations the user belongs to are writable
     api.create_repo("laion-hf-org/shared", repo_type="dataset")

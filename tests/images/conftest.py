@@ -10,8 +10,14 @@ from laion_hf.testing.image_server import ImageServer
 # Tight bounds: a hung or slow request ends after TIMEOUT seconds (retries do not retry timeouts).
 TIMEOUT = 1.5
 FAST = dict(
-    allow_private_networks=True, timeout=TIMEOUT, connect_timeout=1.0, read_timeout=1.0,
-    retries=2, backoff_base=0.02, backoff_max=0.1, max_body_bytes=4 * 2**20,
+    allow_private_networks=True,
+    timeout=TIMEOUT,
+    connect_timeout=1.0,
+    read_timeout=1.0,
+    retries=2,
+    backoff_base=0.02,
+    backoff_max=0.1,
+    max_body_bytes=4 * 2**20,
 )
 
 

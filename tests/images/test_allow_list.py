@@ -52,24 +52,17 @@ def test_link_local_and_metadata_need_naming(allow):
     ):
         assert "link-local/cloud-metadata" in p.blocked_reason(addr, 80), addr
     named = AddressPolicy(["169.254.169.254/32", "fe80::/10"])
-    assert (
-        named.blocked_reason("169.254.169.254", 80) is None
-        and named.blocked_reason("fe80::9", 80) is None
-    )
+    assert named.blocked_reason("169.254.169.254", 80) is None and named.blocked_reason("fe80::9", 80) is None
     assert named.blocked_reason("169.254.169.253", 80) is not None
 
 
 def test_port_granularity_end_to_end(fresh_server):
     port = _port(fresh_server)
     url = fresh_server.image_url(40, 30)
-    wrong = fetch_table(
-        pa.table({"url": [url]}), **{**STRICT, "allow_private_networks": [f"127.0.0.1:{port + 1}"]}
-    )
+    wrong = fetch_table(pa.table({"url": [url]}), **{**STRICT, "allow_private_networks": [f"127.0.0.1:{port + 1}"]})
     assert wrong.column("status").to_pylist() == [st.SSRF_BLOCKED]
     assert fresh_server.request_count == 0
-    right = fetch_table(
-        pa.table({"url": [url]}), **{**STRICT, "allow_private_networks": [f"127.0.0.1:{port}"]}
-    )
+    right = fetch_table(pa.table({"url": [url]}), **{**STRICT, "allow_private_networks": [f"127.0.0.1:{port}"]})
     assert right.column("status").to_pylist() == [st.SUCCESS]
 
 
@@ -80,9 +73,7 @@ def test_every_redirect_hop_is_checked_against_the_ports(fresh_server):
         target = other.image_url(40, 30)
         urls = [
             fresh_server.fault_url("redirect-private", to=target),
-            fresh_server.fault_url(
-                "redirect-private", to="http://169.254.169.254/latest/meta-data/"
-            ),
+            fresh_server.fault_url("redirect-private", to="http://169.254.169.254/latest/meta-data/"),
         ]
         out = fetch_table(
             pa.table({"url": urls}),

@@ -18,9 +18,12 @@ from .conftest import FAST
 
 
 def _urls(srv):
-    return [srv.image_url(120 + i, 90) for i in range(6)] + [srv.fault_url("404"), srv.fault_url("410"),
-                                                             srv.fault_url("robots", tag="noai"),
-                                                             srv.fault_url("500")]
+    return [srv.image_url(120 + i, 90) for i in range(6)] + [
+        srv.fault_url("404"),
+        srv.fault_url("410"),
+        srv.fault_url("robots", tag="noai"),
+        srv.fault_url("500"),
+    ]
 
 
 def test_second_run_makes_no_request_for_cached_rows(fresh_server, tmp_path):

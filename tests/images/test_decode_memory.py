@@ -57,9 +57,7 @@ def _run(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-needs_proc = pytest.mark.skipif(
-    not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc"
-)
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 
 
 def test_decode_cost_counts_pillow_bytes_per_pixel():
@@ -76,13 +74,8 @@ def test_decode_cost_counts_pillow_bytes_per_pixel():
 def test_over_the_byte_limit_is_a_resize_failure_with_a_clear_error():
     r = process_image(bomb_png(4000, 4000), ResizeConfig(max_decode_bytes=64 * MiB))
     assert r.status == st.DECODE_TOO_LARGE and (r.original_width, r.original_height) == (4000, 4000)
-    assert (
-        "PNG 4000x4000 mode 1 needs ~76 MiB" in r.error and "max_decode_bytes=67108864" in r.error
-    )
-    assert (
-        process_image(bomb_png(4000, 4000), ResizeConfig(max_decode_bytes=80 * MiB)).status
-        == st.SUCCESS
-    )
+    assert "PNG 4000x4000 mode 1 needs ~76 MiB" in r.error and "max_decode_bytes=67108864" in r.error
+    assert process_image(bomb_png(4000, 4000), ResizeConfig(max_decode_bytes=80 * MiB)).status == st.SUCCESS
     assert st.summarize([st.DECODE_TOO_LARGE])["failed_to_resize"] == 1
     with pytest.raises(FetchError, match="max_decode_bytes"):
         ResizeConfig(max_decode_bytes=0)
@@ -94,9 +87,7 @@ def test_jpeg_cost_is_judged_after_draft():
     data = make_image(4000, 3000, "jpg", 2)
     cfg = ResizeConfig(image_size=64, max_decode_bytes=2 * MiB)  # full decode: 4000*3000*4 = 46 MiB
     assert process_image(data, cfg).status == st.SUCCESS
-    r = process_image(
-        data, ResizeConfig(image_size=64, max_decode_bytes=2 * MiB, fast_decode=False)
-    )
+    r = process_image(data, ResizeConfig(image_size=64, max_decode_bytes=2 * MiB, fast_decode=False))
     assert r.status == st.DECODE_TOO_LARGE
 
 
@@ -106,15 +97,11 @@ def test_budget_holds_bytes_and_serialises_decodes():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(4) as ex:
-        rs = list(
-            ex.map(lambda d: process_image(d, ResizeConfig(image_size=32), budget), [data] * 6)
-        )
+        rs = list(ex.map(lambda d: process_image(d, ResizeConfig(image_size=32), budget), [data] * 6))
     assert [r.status for r in rs] == [st.SUCCESS] * 6
     assert budget.in_use == 0 and 43 * MiB <= budget.peak <= 100 * MiB
     big = DecodeBudget(10)  # a decode larger than the whole budget still runs, alone
-    assert (
-        process_image(data, ResizeConfig(image_size=32), big).status == st.SUCCESS and big.peak > 10
-    )
+    assert process_image(data, ResizeConfig(image_size=32), big).status == st.SUCCESS and big.peak > 10
 
 
 @needs_proc
@@ -191,9 +178,7 @@ def test_download_cli_takes_max_decode_mb(server, tmp_path, capsys):
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert (
-        out["status_dict"] == {"decode_too_large": 1, "success": 1} and out["failed_to_resize"] == 1
-    )
+    assert out["status_dict"] == {"decode_too_large": 1, "success": 1} and out["failed_to_resize"] == 1
 
 
 def test_fetch_table_reports_decode_too_large(server):

@@ -27,8 +27,13 @@ OPTS = dict(FAST, progress=False, image_size=64, resize_mode="center_crop")
 def _table(srv, n_ok=8, faults=("404", "corrupt-jpeg")):
     urls = [srv.image_url(100 + i, 90, "png" if i % 2 else "jpg") for i in range(n_ok)]
     urls += [srv.fault_url(f) for f in faults] + ["ftp://example.com/x.jpg"]
-    return pa.table({"url": urls, "caption": [f"caption {i}" for i in range(len(urls))],
-                     "similarity": [0.3 + i / 100 for i in range(len(urls))]})
+    return pa.table(
+        {
+            "url": urls,
+            "caption": [f"caption {i}" for i in range(len(urls))],
+            "similarity": [0.3 + i / 100 for i in range(len(urls))],
+        }
+    )
 
 
 def test_webdataset_shards(server, tmp_path):
@@ -38,11 +43,23 @@ def test_webdataset_shards(server, tmp_path):
     assert stats["failed_to_download"] == 2 and stats["failed_to_resize"] == 1
     assert stats["status_dict"] == {"success": 8, "decode_error": 1, "http_404": 1, "unsupported_scheme": 1}
     assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "out" / "0*"))) == [
-        f"0000{i}{ext}" for i in range(3) for ext in (".parquet", ".tar", "_stats.json")]
+        f"0000{i}{ext}" for i in range(3) for ext in (".parquet", ".tar", "_stats.json")
+    ]
     meta = pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(str(tmp_path / "out" / "0*.parquet")))])
     assert meta.num_rows == 11
-    assert meta.column_names == ["url", "caption", "similarity", "key", "status", "error_message", "width",
-                                 "height", "original_width", "original_height", "sha256"]
+    assert meta.column_names == [
+        "url",
+        "caption",
+        "similarity",
+        "key",
+        "status",
+        "error_message",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+        "sha256",
+    ]
     assert meta.column("key").to_pylist()[:3] == ["000000", "000001", "000002"]
     assert meta.column("url").to_pylist() == t.column("url").to_pylist()  # input order kept
     rows = {r["key"]: r for r in meta.to_pylist()}
@@ -103,8 +120,9 @@ def test_resume_redoes_only_unfinished_shards(fresh_server, tmp_path):
 
 
 def test_retry_failed_downloads_only_failed_rows_keeping_keys(fresh_server, tmp_path):
-    urls = [fresh_server.image_url(80, 60)] * 3 + [fresh_server.fault_url("flaky", code=503, times=1, key=str(i))
-                                                   for i in range(3)]
+    urls = [fresh_server.image_url(80, 60)] * 3 + [
+        fresh_server.fault_url("flaky", code=503, times=1, key=str(i)) for i in range(3)
+    ]
     t = pa.table({"url": urls, "caption": ["c"] * 6})
     first = download(t, tmp_path / "a", shard_size=4, **{**OPTS, "retries": 0})
     assert first["successes"] == 3 and first["status_dict"]["http_503"] == 3
@@ -113,7 +131,10 @@ def test_retry_failed_downloads_only_failed_rows_keeping_keys(fresh_server, tmp_
     assert fresh_server.request_count - n == 3
     assert again["count"] == 3 and again["successes"] == 3
     meta = pq.read_table(tmp_path / "b" / "00000.parquet")
-    old = pq.read_table(tmp_path / "a" / "00000.parquet").to_pylist() + pq.read_table(tmp_path / "a" / "00001.parquet").to_pylist()
+    old = (
+        pq.read_table(tmp_path / "a" / "00000.parquet").to_pylist()
+        + pq.read_table(tmp_path / "a" / "00001.parquet").to_pylist()
+    )
     assert sorted(meta.column("key").to_pylist()) == sorted(r["key"] for r in old if r["status"] != "success")
     assert meta.column_names.count("status") == 1 and "caption" in meta.column_names
 
@@ -126,8 +147,15 @@ def test_several_processes(server, tmp_path):
 
 
 def test_a_hanging_host_does_not_hang_the_run(server, tmp_path):
-    t = pa.table({"url": [server.fault_url("hang", seconds=30), server.fault_url("slow-body", delay=1),
-                          server.image_url(50, 50)]})
+    t = pa.table(
+        {
+            "url": [
+                server.fault_url("hang", seconds=30),
+                server.fault_url("slow-body", delay=1),
+                server.image_url(50, 50),
+            ]
+        }
+    )
     t0 = time.monotonic()
     stats = download(t, tmp_path / "h", **OPTS)
     assert time.monotonic() - t0 < TIMEOUT + 3
@@ -137,8 +165,22 @@ def test_a_hanging_host_does_not_hang_the_run(server, tmp_path):
 def test_cli(server, tmp_path, capsys):
     src = tmp_path / "in.parquet"
     pq.write_table(_table(server).rename_columns(["URL", "TEXT", "similarity"]), src)
-    rc = cli_main(["download", str(src), "--out", str(tmp_path / "cli"), "--allow-private-networks",
-                   "--no-progress", "--image-size", "32", "--resize-mode", "keep_ratio", "--timeout", "2"])
+    rc = cli_main(
+        [
+            "download",
+            str(src),
+            "--out",
+            str(tmp_path / "cli"),
+            "--allow-private-networks",
+            "--no-progress",
+            "--image-size",
+            "32",
+            "--resize-mode",
+            "keep_ratio",
+            "--timeout",
+            "2",
+        ]
+    )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["count"] == 11 and printed["successes"] == 8
@@ -157,16 +199,30 @@ def test_cli_selects_metadata_rows_before_fetching(fresh_server, tmp_path, capsy
     schema): only kept rows are requested, and the selection counts add up to the input."""
     src = tmp_path / "in.parquet"
     pq.write_table(_table(fresh_server).rename_columns(["URL", "TEXT", "similarity"]), src)
-    args = ["download", str(src), "--out", str(tmp_path / "sel"), "--allow-private-networks", "127.0.0.1/32", "--no-progress",
-            "--image-size", "32", "--timeout", "2", "--where", "similarity >= 0.35"]
+    args = [
+        "download",
+        str(src),
+        "--out",
+        str(tmp_path / "sel"),
+        "--allow-private-networks",
+        "127.0.0.1/32",
+        "--no-progress",
+        "--image-size",
+        "32",
+        "--timeout",
+        "2",
+        "--where",
+        "similarity >= 0.35",
+    ]
     assert cli_main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     meta = printed["metadata"]
     assert meta["rows_in"] == 11 and meta["rows_kept"] == 6 and meta["removed_by_filter"] == 5
     assert printed["count"] == 6 and printed["successes"] == 3
     assert printed["status_dict"] == {"success": 3, "http_404": 1, "decode_error": 1, "unsupported_scheme": 1}
-    requested = {int(path.split("/")[2].split("x")[0]) for _, path, _ in fresh_server.requests
-                 if path.startswith("/img/")}
+    requested = {
+        int(path.split("/")[2].split("x")[0]) for _, path, _ in fresh_server.requests if path.startswith("/img/")
+    }
     assert requested == {105, 106, 107}  # rows with similarity < 0.35 were never fetched
     with tarfile.open(tmp_path / "sel" / "00000.tar") as tar:  # keys name the source rows
         assert sorted({n.split(".")[0] for n in tar.getnames()}) == [f"0000000000000{i}" for i in (5, 6, 7)]
@@ -174,8 +230,21 @@ def test_cli_selects_metadata_rows_before_fetching(fresh_server, tmp_path, capsy
     assert cli_main(args) == 0  # resumed: nothing left to do, the first run's selection counts
     again = json.loads(capsys.readouterr().out)
     assert again["metadata"] == meta and again["count"] == 6
-    assert cli_main(["download", str(src), "--out", str(tmp_path / "r"), "--retry-failed", str(tmp_path / "sel"),
-                     "--preset", "laion2b-en"]) == 1
+    assert (
+        cli_main(
+            [
+                "download",
+                str(src),
+                "--out",
+                str(tmp_path / "r"),
+                "--retry-failed",
+                str(tmp_path / "sel"),
+                "--preset",
+                "laion2b-en",
+            ]
+        )
+        == 1
+    )
     assert "--retry-failed" in capsys.readouterr().err
 
 

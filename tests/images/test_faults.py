@@ -110,9 +110,11 @@ def test_429_with_too_long_retry_after_gives_up_at_once(fresh_server):
 
 
 def test_gzip_body_is_decoded(server):
-    from laion_hf.testing.image_server import make_image
-    from PIL import Image
     import io
+
+    from PIL import Image
+
+    from laion_hf.testing.image_server import make_image
 
     out = fetch_table(pa.table({"url": [server.fault_url("gzip")]}), resize_mode="no", **FAST)
     img = Image.open(io.BytesIO(out.column("image")[0].as_py()["bytes"]))
@@ -142,8 +144,9 @@ def test_decompression_bomb_limit_is_configurable(server):
 
 
 def test_robots_can_be_disabled(server):
-    out = fetch_table(pa.table({"url": [server.fault_url("robots", tag="noai")]}),
-                      disallowed_header_directives=(), **FAST)
+    out = fetch_table(
+        pa.table({"url": [server.fault_url("robots", tag="noai")]}), disallowed_header_directives=(), **FAST
+    )
     assert out.column("status").to_pylist() == ["success"]
 
 

@@ -6,8 +6,8 @@ import time
 
 import pyarrow as pa
 
-from laion_hf.testing.image_server import ImageServer
 from laion_hf.images.stream import fetch_table
+from laion_hf.testing.image_server import ImageServer
 
 from .conftest import FAST
 

@@ -12,12 +12,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+import laion_hf
 from laion_hf.images.download import download
 from laion_hf.testing.image_server import ImageServer
 
 from .conftest import FAST
-
-import laion_hf
 
 # the 1k sample embedded in the package (a copy of shared/data/web_url_caption_1k.parquet)
 DATA = Path(laion_hf.__file__).parent / "data" / "web_url_caption_1k.parquet"
@@ -46,9 +45,12 @@ def test_every_real_url_ends_with_a_status(real, tmp_path):
         rewritten = [srv.rewrite_url(u) for u in urls]
         assert all(u.startswith(srv.base_url + "/") for u in rewritten)
         assert [urlsplit(u).query for u in rewritten] == [urlsplit(u).query for u in urls]
-        t = pa.table({"url": rewritten + MALFORMED, "caption": real.column("TEXT").to_pylist() + ["m"] * len(MALFORMED)})
-        stats = download(t, tmp_path / "out", shard_size=400, progress=False, **{**FAST, "concurrency": 64,
-                                                                                   "per_host": 32})
+        t = pa.table(
+            {"url": rewritten + MALFORMED, "caption": real.column("TEXT").to_pylist() + ["m"] * len(MALFORMED)}
+        )
+        stats = download(
+            t, tmp_path / "out", shard_size=400, progress=False, **{**FAST, "concurrency": 64, "per_host": 32}
+        )
         assert stats["count"] == 1000 + len(MALFORMED)
         assert stats["successes"] + stats["failed_to_download"] + stats["failed_to_resize"] == stats["count"]
         assert sum(stats["status_dict"].values()) == stats["count"]

@@ -14,10 +14,16 @@ from laion_hf.images.resize import ResizeConfig, process_image, sniff_format
 from laion_hf.testing.image_server import bomb_png, make_image
 
 
-@pytest.mark.parametrize("mode,size", [
-    ("no", (300, 100)), ("border", (64, 64)), ("keep_ratio", (192, 64)),
-    ("keep_ratio_largest", (64, 21)), ("center_crop", (64, 64)),
-])
+@pytest.mark.parametrize(
+    "mode,size",
+    [
+        ("no", (300, 100)),
+        ("border", (64, 64)),
+        ("keep_ratio", (192, 64)),
+        ("keep_ratio_largest", (64, 21)),
+        ("center_crop", (64, 64)),
+    ],
+)
 def test_resize_modes(mode, size):
     r = process_image(make_image(300, 100, "jpg"), ResizeConfig(image_size=64, resize_mode=mode))
     assert r.status == st.SUCCESS
@@ -33,8 +39,9 @@ def test_border_pads_with_black():
 
 
 def test_resize_only_if_bigger_never_upscales():
-    r = process_image(make_image(40, 30, "jpg"), ResizeConfig(image_size=64, resize_mode="keep_ratio",
-                                                             resize_only_if_bigger=True))
+    r = process_image(
+        make_image(40, 30, "jpg"), ResizeConfig(image_size=64, resize_mode="keep_ratio", resize_only_if_bigger=True)
+    )
     assert (r.width, r.height) == (40, 30)
 
 

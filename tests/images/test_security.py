@@ -30,16 +30,34 @@ def _fetch(urls, resolver=None, **over):
 
 def test_loopback_is_refused_by_default_and_never_contacted(fresh_server):
     port = fresh_server.base_url.rsplit(":", 1)[1]
-    urls = [fresh_server.image_url(50, 50), f"http://localhost:{port}/img/50x50.jpg",
-            f"http://[::1]:{port}/img/50x50.jpg", f"http://[::ffff:127.0.0.1]:{port}/img/50x50.jpg"]
+    urls = [
+        fresh_server.image_url(50, 50),
+        f"http://localhost:{port}/img/50x50.jpg",
+        f"http://[::1]:{port}/img/50x50.jpg",
+        f"http://[::ffff:127.0.0.1]:{port}/img/50x50.jpg",
+    ]
     out = fetch_table(pa.table({"url": urls}), **STRICT)
     assert out.column("status").to_pylist() == [st.SSRF_BLOCKED] * 4
     assert all("allow_private_networks" in e for e in out.column("error").to_pylist())
     assert fresh_server.request_count == 0
 
 
-@pytest.mark.parametrize("host", ["10.0.0.1", "192.168.1.1", "172.16.0.5", "169.254.169.254", "0.0.0.0",
-                                  "100.64.0.1", "224.0.0.1", "240.0.0.1", "[fe80::1]", "[fc00::1]", "[ff02::1]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "10.0.0.1",
+        "192.168.1.1",
+        "172.16.0.5",
+        "169.254.169.254",
+        "0.0.0.0",
+        "100.64.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "[fe80::1]",
+        "[fc00::1]",
+        "[ff02::1]",
+    ],
+)
 def test_private_and_special_addresses_are_refused_before_connecting(host):
     out = fetch_table(pa.table({"url": [f"http://{host}/x.jpg"]}), **STRICT)
     assert out.column("status").to_pylist() == [st.SSRF_BLOCKED]
@@ -55,13 +73,22 @@ def test_policy_allows_public_and_listed_networks():
         FetchConfig(allow_private_networks=["not-a-network"])
 
 
-@pytest.mark.parametrize("url,status", [
-    ("ftp://example.com/a.jpg", st.UNSUPPORTED_SCHEME), ("file:///etc/passwd", st.UNSUPPORTED_SCHEME),
-    ("data:image/png;base64,iVBORw0KGgo=", st.UNSUPPORTED_SCHEME), ("javascript:alert(1)", st.UNSUPPORTED_SCHEME),
-    ("http://2130706433/a.jpg", st.INVALID_URL), ("http://0x7f.1/a.jpg", st.INVALID_URL),
-    ("http://127.1/a.jpg", st.INVALID_URL), ("not a url", st.INVALID_URL), ("", st.INVALID_URL),
-    ("http:///nohost.jpg", st.INVALID_URL), (None, st.INVALID_URL),
-])
+@pytest.mark.parametrize(
+    "url,status",
+    [
+        ("ftp://example.com/a.jpg", st.UNSUPPORTED_SCHEME),
+        ("file:///etc/passwd", st.UNSUPPORTED_SCHEME),
+        ("data:image/png;base64,iVBORw0KGgo=", st.UNSUPPORTED_SCHEME),
+        ("javascript:alert(1)", st.UNSUPPORTED_SCHEME),
+        ("http://2130706433/a.jpg", st.INVALID_URL),
+        ("http://0x7f.1/a.jpg", st.INVALID_URL),
+        ("http://127.1/a.jpg", st.INVALID_URL),
+        ("not a url", st.INVALID_URL),
+        ("", st.INVALID_URL),
+        ("http:///nohost.jpg", st.INVALID_URL),
+        (None, st.INVALID_URL),
+    ],
+)
 def test_bad_urls_get_a_status_not_a_request(url, status):
     out = fetch_table(pa.table({"url": pa.array([url], pa.string())}), **STRICT)
     assert out.column("status").to_pylist() == [status]
@@ -70,7 +97,10 @@ def test_bad_urls_get_a_status_not_a_request(url, status):
 
 def test_redirect_to_private_address_is_refused(server):
     """Loopback is allowed for the test server, but the redirect target 10.0.0.1 is not."""
-    urls = [server.fault_url("redirect-private"), server.fault_url("redirect-private", to="http://169.254.169.254/latest")]
+    urls = [
+        server.fault_url("redirect-private"),
+        server.fault_url("redirect-private", to="http://169.254.169.254/latest"),
+    ]
     out = fetch_table(pa.table({"url": urls}), **{**STRICT, "allow_private_networks": ["127.0.0.0/8"]})
     assert out.column("status").to_pylist() == [st.SSRF_BLOCKED] * 2
     assert "10.0.0.1" in out.column("error")[0].as_py()

@@ -20,11 +20,22 @@ from .conftest import FAST
 
 def _ds(srv, n_ok=10, n_bad=2, shards=2):
     urls = [srv.image_url(100 + i, 80 + i) for i in range(n_ok)] + [srv.fault_url("404")] * n_bad
-    return datasets.Dataset.from_dict({
-        "key": [str(i) for i in range(len(urls))], "url": urls, "caption": [f"c{i}" for i in range(len(urls))],
-        "width": [1] * len(urls),
-    }, features=datasets.Features({"key": datasets.Value("string"), "url": datasets.Value("string"),
-                                   "caption": datasets.Value("string"), "width": datasets.Value("int32")}))
+    return datasets.Dataset.from_dict(
+        {
+            "key": [str(i) for i in range(len(urls))],
+            "url": urls,
+            "caption": [f"c{i}" for i in range(len(urls))],
+            "width": [1] * len(urls),
+        },
+        features=datasets.Features(
+            {
+                "key": datasets.Value("string"),
+                "url": datasets.Value("string"),
+                "caption": datasets.Value("string"),
+                "width": datasets.Value("int32"),
+            }
+        ),
+    )
 
 
 def test_columns_types_and_lazy_image(server):
@@ -59,8 +70,7 @@ def test_drop_failed_drops_and_counts(server):
 
 def test_next_batch_is_fetched_while_the_current_one_is_used():
     with ImageServer(latency=0.05) as srv:
-        ds = with_images(_ds(srv, n_ok=16, n_bad=0).to_iterable_dataset(num_shards=1), batch_size=4, prefetch=1,
-                         **FAST)
+        ds = with_images(_ds(srv, n_ok=16, n_bad=0).to_iterable_dataset(num_shards=1), batch_size=4, prefetch=1, **FAST)
         it = iter(ds.with_format("arrow").iter(batch_size=4))
         first = next(it)
         assert first.num_rows == 4

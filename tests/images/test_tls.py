@@ -58,8 +58,13 @@ def test_https_with_a_trusted_authority_is_fetched_under_its_host_name(https_ser
 def test_untrusted_wrong_host_and_expired_certificates_are_tls_errors(https_server, certs, tmp_path):
     port = https_server.base_url.rsplit(":", 1)[1]
     before = https_server.request_count
-    untrusted, wrong_host = _fetch([f"https://images.example:{port}/img/10x10.jpg",  # no ca_file
-                                    f"https://other.example:{port}/img/10x10.jpg"], ca_file=None)
+    untrusted, wrong_host = _fetch(
+        [
+            f"https://images.example:{port}/img/10x10.jpg",  # no ca_file
+            f"https://other.example:{port}/img/10x10.jpg",
+        ],
+        ca_file=None,
+    )
     assert untrusted.status == wrong_host.status == st.TLS_ERROR
     assert "images.example" in untrusted.error and "certificate" in untrusted.error.lower()
     trusted_wrong_host = _fetch([f"https://other.example:{port}/img/10x10.jpg"], ca_file=certs.ca_file)[0]

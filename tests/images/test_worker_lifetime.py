@@ -15,9 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir("/proc"), reason="reads the process table from /proc"
-)
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -28,12 +26,7 @@ def _children(pid: int) -> dict[int, str]:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = (
-                Path(f"/proc/{entry}/cmdline")
-                .read_bytes()
-                .replace(b"\0", b" ")
-                .decode(errors="replace")
-            )
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
@@ -77,13 +70,9 @@ def test_workers_exit_when_the_parent_is_killed(fresh_server, tmp_path):
     kids: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 120
-        while (
-            fresh_server.request_count < 2 and time.monotonic() < deadline and proc.poll() is None
-        ):
+        while fresh_server.request_count < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)  # both workers are inside a (hanging) request
-        assert fresh_server.request_count >= 2, (
-            proc.stderr.read().decode() if proc.poll() is not None else ""
-        )
+        assert fresh_server.request_count >= 2, proc.stderr.read().decode() if proc.poll() is not None else ""
         kids = _children(proc.pid)
         workers = [p for p, c in kids.items() if "spawn_main" in c]
         assert len(workers) == 2, kids
@@ -105,8 +94,6 @@ def test_workers_exit_when_the_parent_is_killed(fresh_server, tmp_path):
 
 def _cmdline(pid: int) -> str:
     try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""

@@ -86,9 +86,7 @@ def test_approximate_indexes_are_tuned_to_the_recall_target(tmp_path, options):
         # independent check: fresh queries (perturbed rows), exact search done here
         x = _npy(src, kind)
         rng = np.random.default_rng(9)
-        q = x[rng.choice(4000, 100, replace=False)] + 0.3 * rng.normal(size=(100, 32)).astype(
-            np.float32
-        )
+        q = x[rng.choice(4000, 100, replace=False)] + 0.3 * rng.normal(size=(100, 32)).astype(np.float32)
         _, truth = _exact(x, q, 10)
         got = KnnIndex(tmp_path / "idx", kind).search(q, 10)
         recall = np.mean([len(np.intersect1d(i, t)) / 10 for (_, i), t in zip(got, truth)])
@@ -169,11 +167,7 @@ def test_kill_during_index_then_rerun_gives_the_same_index(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     parts = tmp_path / "killed" / "_work" / "image"
     deadline = time.monotonic() + 240
-    while (
-        len(list(parts.glob("part-*.index"))) < 3
-        and proc.poll() is None
-        and time.monotonic() < deadline
-    ):
+    while len(list(parts.glob("part-*.index"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -186,9 +180,7 @@ def test_kill_during_index_then_rerun_gives_the_same_index(tmp_path):
     assert r.returncode == 0, r.stderr
     build_index(src, tmp_path / "fresh", index_key="IVF32,Flat", batch_rows=50)
     for name in ("image.index", "text.index", "image.missing.npy", "text.missing.npy"):
-        assert (tmp_path / "killed" / name).read_bytes() == (
-            tmp_path / "fresh" / name
-        ).read_bytes(), name
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
     assert not (tmp_path / "killed" / "_work").exists()
 
 
@@ -203,16 +195,11 @@ def test_filter_near_writes_the_nearest_rows(tiny, embedder, tmp_path):
     assert stats["rows_kept"] == 5 and stats["rows_in"] == 40
     cut = float(want_d[0][2] + want_d[0][3]) / 2
     filter_near(index, tmp_path / "min", text="a red thing", min_similarity=cut)
-    assert (
-        pq.read_table(tmp_path / "min" / "part-00000.parquet")["key"].to_pylist()
-        == table["key"].to_pylist()[:3]
-    )
+    assert pq.read_table(tmp_path / "min" / "part-00000.parquet")["key"].to_pylist() == table["key"].to_pylist()[:3]
     img = pq.read_table(tiny[0] / "00000.parquet")["image"][4].as_py()["bytes"]
     (tmp_path / "q.jpg").write_bytes(img)
     filter_near(index, tmp_path / "byimg", image=str(tmp_path / "q.jpg"), k=1)
-    assert pq.read_table(tmp_path / "byimg" / "part-00000.parquet")["key"].to_pylist() == [
-        f"{4:09d}"
-    ]
+    assert pq.read_table(tmp_path / "byimg" / "part-00000.parquet")["key"].to_pylist() == [f"{4:09d}"]
 
 
 def test_filter_verb_near_text(tiny, tmp_path, capsys):

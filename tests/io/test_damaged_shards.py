@@ -55,9 +55,7 @@ def test_shards_from_damaged_tar_is_an_error_naming_it(damaged, how, tmp_path):
 @pytest.mark.parametrize("how", ["header", "data"])
 def test_shards_cli_damaged_tar_one_line_exit_1(damaged, how, tmp_path):
     tar = damaged[how] / "00000.tar"
-    line = _one_error_line(
-        _cli("shards", str(damaged[how]), str(tmp_path / "out"), "--quiet"), "shards", tar
-    )
+    line = _one_error_line(_cli("shards", str(damaged[how]), str(tmp_path / "out"), "--quiet"), "shards", tar)
     assert "cut short" in line
 
 
@@ -80,9 +78,7 @@ def test_success_rows_missing_from_an_intact_tar_are_an_error(download_dir, tmp_
                 dst.addfile(m, src.extractfile(m))
     from laion_hf.shards import write_shards
 
-    with pytest.raises(
-        ShardError, match=r"00000.tar: 1 row\(s\) of 00000.parquet are marked success"
-    ):
+    with pytest.raises(ShardError, match=r"00000.tar: 1 row\(s\) of 00000.parquet are marked success"):
         write_shards(str(dl), tmp_path / "out", progress=False)
 
 

@@ -44,9 +44,7 @@ def uneven_parquet(tmp_path_factory, uneven_samples):
     out = root / "data" / "default"
     out.mkdir(parents=True)
     for i, sub in enumerate(_subsets(uneven_samples)):
-        (path,) = dl_shards.write_parquet_shards(
-            root / "tmp", 0, 1, row_group_size=100, samples=sub
-        )
+        (path,) = dl_shards.write_parquet_shards(root / "tmp", 0, 1, row_group_size=100, samples=sub)
         shutil.move(path, out / f"train-{i:05d}-of-{len(SIZES):05d}.parquet")
     shutil.rmtree(root / "tmp")
     return root
@@ -68,9 +66,7 @@ def _rank_keys(source, rank, **kw):
 
 
 @pytest.mark.parametrize("kind", ["webdataset", "parquet", "datasets"])
-def test_ranks_yield_equal_batch_counts_on_uneven_shards(
-    kind, uneven_tars, uneven_parquet, uneven_samples
-):
+def test_ranks_yield_equal_batch_counts_on_uneven_shards(kind, uneven_tars, uneven_parquet, uneven_samples):
     source = _source(kind, uneven_tars, uneven_parquet)
     per_rank = [_rank_keys(source, r) for r in (0, 1)]
     assert len(per_rank[0]) == len(per_rank[1]) > 0, [len(b) for b in per_rank]
@@ -85,9 +81,7 @@ def test_ranks_yield_equal_batch_counts_on_uneven_shards(
 def test_drop_last_gives_equal_full_batches_without_repeats(kind, uneven_tars, uneven_parquet):
     source = _source(kind, uneven_tars, uneven_parquet)
     per_rank = [_rank_keys(source, r, drop_last=True) for r in (0, 1)]
-    assert (
-        len(per_rank[0]) == len(per_rank[1]) == 2 * (241 // 4 // 16)
-    )  # 2 workers x 3 full batches
+    assert len(per_rank[0]) == len(per_rank[1]) == 2 * (241 // 4 // 16)  # 2 workers x 3 full batches
     keys = [k for rank in per_rank for b in rank for k in b]
     assert all(len(b) == 16 for rank in per_rank for b in rank)
     assert len(set(keys)) == len(keys)

@@ -32,8 +32,12 @@ def test_fast_path_equals_open_clip_preprocess():
         Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)),  # already the size
         Image.fromarray(rng.integers(0, 255, (100, 120), dtype=np.uint8)),  # grayscale, upscaled
     ]
-    blobs = [_encode(images[0], "JPEG"), _encode(images[1], "PNG"), _encode(images[2], "JPEG"),
-             _encode(images[3], "JPEG")]
+    blobs = [
+        _encode(images[0], "JPEG"),
+        _encode(images[1], "PNG"),
+        _encode(images[2], "JPEG"),
+        _encode(images[3], "JPEG"),
+    ]
     preprocess = open_clip.image_transform(224, is_train=False)
     want = torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in blobs])
     got, ok, errors = fast_clip_preprocess(blobs, 224, draft=False)
@@ -50,16 +54,22 @@ def test_default_is_exact_on_big_jpegs_and_palette_pngs(tmp_path):
 
     from laion_hf.testing.image_server import make_image
 
-    blobs = [make_image(1024, 768, "jpg", seed=1), make_image(600, 900, "jpg", seed=2),
-             make_image(800, 600, "png", seed=3, mode="P"), make_image(500, 700, "png", seed=4, mode="P")]
+    blobs = [
+        make_image(1024, 768, "jpg", seed=1),
+        make_image(600, 900, "jpg", seed=2),
+        make_image(800, 600, "png", seed=3, mode="P"),
+        make_image(500, 700, "png", seed=4, mode="P"),
+    ]
     assert Image.open(io.BytesIO(blobs[2])).mode == "P"
     want = torch.stack([open_clip.image_transform(224, is_train=False)(Image.open(io.BytesIO(b))) for b in blobs])
     got, ok, _ = fast_clip_preprocess(blobs, 224)
     assert ok.all()
     # float rounding only (~5e-7): one 8-bit level off would be 1 / (255 * std) > 0.014
     assert (got - want).abs().max().item() < 1e-5
-    pq.write_table(pa.table({"key": [str(i) for i in range(4)], "image": blobs, "caption": ["x"] * 4}),
-                   tmp_path / "train-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"key": [str(i) for i in range(4)], "image": blobs, "caption": ["x"] * 4}),
+        tmp_path / "train-00000-of-00001.parquet",
+    )
     batch = next(iter(LaionTorchDataset(tmp_path, batch_size=4, shuffle=False, tokenizer=None)))
     assert batch["key"] == ["0", "1", "2", "3"]
     assert (batch["image"] - want).abs().max().item() < 1e-5
@@ -76,8 +86,9 @@ def test_draft_decoding_stays_close_to_open_clip():
 
 
 def test_tokens_and_extra_columns(parquet_dir):
-    ds = LaionTorchDataset(parquet_dir, batch_size=32, image_size=32, columns=["image_embedding", "status"],
-                           shuffle=False)
+    ds = LaionTorchDataset(
+        parquet_dir, batch_size=32, image_size=32, columns=["image_embedding", "status"], shuffle=False
+    )
     batch = next(iter(ds))
     assert torch.equal(batch["text"], open_clip.tokenize(batch["caption"]))
     assert batch["text"].shape == (32, 77) and batch["text"].dtype == torch.long
@@ -92,17 +103,18 @@ def test_tokens_and_extra_columns(parquet_dir):
 
 def test_custom_preprocess_callable(parquet_dir):
     preprocess = open_clip.image_transform(32, is_train=False)
-    slow = next(iter(LaionTorchDataset(parquet_dir, batch_size=8, preprocess=preprocess, tokenizer=None,
-                                       shuffle=False)))
-    fast = next(iter(LaionTorchDataset(parquet_dir, batch_size=8, image_size=32, draft=False, tokenizer=None,
-                                       shuffle=False)))
+    slow = next(
+        iter(LaionTorchDataset(parquet_dir, batch_size=8, preprocess=preprocess, tokenizer=None, shuffle=False))
+    )
+    fast = next(
+        iter(LaionTorchDataset(parquet_dir, batch_size=8, image_size=32, draft=False, tokenizer=None, shuffle=False))
+    )
     assert slow["key"] == fast["key"]
     assert torch.allclose(slow["image"], fast["image"], atol=1e-5)
 
 
 def test_corrupt_and_missing_images_are_skipped_and_counted(corrupt_dir):
-    loader = make_dataloader(corrupt_dir, batch_size=8, image_size=32, buffer_size=10, num_workers=2,
-                             tokenizer=None)
+    loader = make_dataloader(corrupt_dir, batch_size=8, image_size=32, buffer_size=10, num_workers=2, tokenizer=None)
     keys, skipped = [], 0
     for batch in loader:
         keys += batch["key"]
@@ -114,8 +126,9 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(corrupt_dir):
 
 
 def test_corrupt_and_missing_images_are_marked(corrupt_dir):
-    loader = make_dataloader(corrupt_dir, batch_size=8, image_size=32, buffer_size=10, num_workers=2,
-                             tokenizer=None, on_error="mark")
+    loader = make_dataloader(
+        corrupt_dir, batch_size=8, image_size=32, buffer_size=10, num_workers=2, tokenizer=None, on_error="mark"
+    )
     seen = {}
     for batch in loader:
         assert batch["num_skipped"] == 0

@@ -20,12 +20,8 @@ def test_truncated_tar_is_an_error_naming_it(wds_dir, tmp_path, how):
     with tarfile.open(tar) as tf:
         ms = tf.getmembers()
     m = ms[len(ms) // 2]
-    tar.write_bytes(
-        tar.read_bytes()[: m.offset + 100 if how == "header" else m.offset_data + m.size // 2]
-    )
-    loader = make_dataloader(
-        str(root), batch_size=8, image_size=32, num_workers=0, tokenizer=None, shuffle=False
-    )
+    tar.write_bytes(tar.read_bytes()[: m.offset + 100 if how == "header" else m.offset_data + m.size // 2])
+    loader = make_dataloader(str(root), batch_size=8, image_size=32, num_workers=0, tokenizer=None, shuffle=False)
     with pytest.raises(ShardError, match=f"{tar}: cannot read the tar shard: .*cut short"):
         for _ in loader:
             pass

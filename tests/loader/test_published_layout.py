@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dl_shards
 import pyarrow as pa
 import pytest
 
-import dl_shards
 from laion_hf.shards import write_shards
 from laion_hf.torch import make_dataloader
 
@@ -14,10 +14,14 @@ from laion_hf.torch import make_dataloader
 def test_reads_write_shards_output(tmp_path, fmt):
     keys, images, captions, statuses = dl_shards.make_samples(90, size=40, missing=(4,))
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({
-        "key": keys, "caption": captions, "status": statuses,
-        "image": pa.array([None if b is None else {"bytes": b, "path": None} for b in images], image_type),
-    })
+    table = pa.table(
+        {
+            "key": keys,
+            "caption": captions,
+            "status": statuses,
+            "image": pa.array([None if b is None else {"bytes": b, "path": None} for b in images], image_type),
+        }
+    )
     stats = write_shards(table, tmp_path, format=fmt, max_shard_rows=20, progress=False)
     # balance=False: every row exactly once (the default pads ranks to equal batch counts, see test_balance)
     kw = dict(batch_size=16, image_size=32, num_workers=2, world_size=2, balance=False)

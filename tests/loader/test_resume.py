@@ -56,8 +56,9 @@ def test_resume_after_k_batches_equals_uninterrupted_run(parquet_dir, k):
 
 
 def test_resume_webdataset_and_datasets_stream(wds_dir, parquet_dir):
-    stream = datasets.load_dataset("parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))),
-                                   split="train", streaming=True)
+    stream = datasets.load_dataset(
+        "parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))), split="train", streaming=True
+    )
     for source in (wds_dir, stream):
         full, _ = run(source)
         _, state = run(source, stop_after=5)

@@ -37,8 +37,9 @@ def source(request, parquet_dir, one_unit_dir, wds_dir):
         return one_unit_dir  # 1 unit < 4 readers: split by row ranges
     if request.param == "webdataset":
         return wds_dir  # 3 tars < 4 readers: split by row strides
-    return datasets.load_dataset("parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))),
-                                 split="train", streaming=True)
+    return datasets.load_dataset(
+        "parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))), split="train", streaming=True
+    )
 
 
 def test_two_ranks_two_workers_see_every_sample_once_per_epoch(source, all_keys):
@@ -108,8 +109,10 @@ def test_samples_per_epoch_resamples_whole_batches(parquet_dir, all_keys):
     assert all(len(batch) == 16 for rank in per_rank for batch in rank)
     keys = flat(per_rank[0]) + flat(per_rank[1])
     assert set(keys) <= all_keys
-    assert LaionTorchDataset(parquet_dir, samples_per_epoch=100, batch_size=16, world_size=2,
-                             rank=0).batches_per_rank() == 4
+    assert (
+        LaionTorchDataset(parquet_dir, samples_per_epoch=100, batch_size=16, world_size=2, rank=0).batches_per_rank()
+        == 4
+    )
     other = flat(epoch_batches(parquet_dir, rank=0, world_size=2, samples_per_epoch=100, epoch=1))
     assert other != flat(per_rank[0])
     # more samples than the dataset holds: resampling goes on past one pass
@@ -130,7 +133,8 @@ def test_bad_sources_name_the_culprit(tmp_path, parquet_dir):
 
 
 def test_map_style_dataset_source(parquet_dir, all_keys):
-    table_ds = datasets.load_dataset("parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))),
-                                     split="train")
+    table_ds = datasets.load_dataset(
+        "parquet", data_files=sorted(map(str, parquet_dir.rglob("*.parquet"))), split="train"
+    )
     keys = flat(epoch_batches(table_ds, rank=0, world_size=2)) + flat(epoch_batches(table_ds, rank=1, world_size=2))
     assert sorted(keys) == sorted(all_keys)

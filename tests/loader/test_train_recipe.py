@@ -18,8 +18,7 @@ SCRIPT = ROOT / "loading_scripts" / "train_open_clip.py"
 
 def train(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=240)
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -36,8 +35,14 @@ def published(tmp_path_factory, samples):
 
     keys, images, captions, statuses = samples
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({"key": keys, "caption": captions, "status": statuses,
-                      "image": pa.array([{"bytes": b, "path": None} for b in images], image_type)})
+    table = pa.table(
+        {
+            "key": keys,
+            "caption": captions,
+            "status": statuses,
+            "image": pa.array([{"bytes": b, "path": None} for b in images], image_type),
+        }
+    )
     out = tmp_path_factory.mktemp("published")
     write_shards(table, out, max_shard_rows=60, progress=False)
     return out
@@ -46,8 +51,22 @@ def published(tmp_path_factory, samples):
 @pytest.mark.slow
 def test_loss_decreases_and_training_resumes(published, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    common = ["--data", str(published), "--batch-size", "24", "--workers", "2", "--lr", "2e-3",
-              "--epochs", "3", "--checkpoint", str(ckpt), "--buffer-size", "100"]
+    common = [
+        "--data",
+        str(published),
+        "--batch-size",
+        "24",
+        "--workers",
+        "2",
+        "--lr",
+        "2e-3",
+        "--epochs",
+        "3",
+        "--checkpoint",
+        str(ckpt),
+        "--buffer-size",
+        "100",
+    ]
     first = train(*common, "--steps", "6", "--save-every", "6")
     assert ckpt.exists()
     second = train(*common, "--steps", "12", "--resume")
@@ -62,8 +81,20 @@ def test_loss_decreases_and_training_resumes(published, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_real_model_on_gpu(published):
-    out = train("--data", str(published), "--model", "ViT-B-32", "--batch-size", "32", "--steps", "6",
-                "--epochs", "3", "--lr", "1e-4")
+    out = train(
+        "--data",
+        str(published),
+        "--model",
+        "ViT-B-32",
+        "--batch-size",
+        "32",
+        "--steps",
+        "6",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-4",
+    )
     assert "model ViT-B-32 on cuda" in out
     got = losses(out)
     assert sorted(got) == list(range(1, 7))

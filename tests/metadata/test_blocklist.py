@@ -13,7 +13,9 @@ from laion_hf.errors import BlocklistError
 def test_md5_and_sha256_lists_remove_rows_and_count(tmp_path, synth_dir):
     urls = [r["url"] for r in load_laion(synth_dir, columns=["url"])]
     md5 = tmp_path / "md5.txt"
-    md5.write_text("# IWF-style list\n\n" + "\n".join(hashlib.md5(u.encode()).hexdigest().upper() for u in urls[:7]) + "\n")
+    md5.write_text(
+        "# IWF-style list\n\n" + "\n".join(hashlib.md5(u.encode()).hexdigest().upper() for u in urls[:7]) + "\n"
+    )
     sha = tmp_path / "sha.txt"
     sha.write_text("\n".join(hashlib.sha256(u.encode()).hexdigest() for u in urls[5:12]) + "\n")
     b = make_builder(synth_dir, blocklist=[str(md5), str(sha)], columns=["url"])

@@ -1,12 +1,12 @@
 import os
 
 import datasets
-from datasets.distributed import split_dataset_by_node
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from datasets.distributed import split_dataset_by_node
 
 from laion_hf import load_laion
 from laion_hf.builder import make_builder
@@ -15,8 +15,13 @@ from laion_hf.schema import normalize_table
 
 
 def _all_rows(synth_dir):
-    return pa.concat_tables([normalize_table(pq.read_table(os.path.join(synth_dir, f)))
-                             for f in sorted(os.listdir(synth_dir)) if f.endswith(".parquet")])
+    return pa.concat_tables(
+        [
+            normalize_table(pq.read_table(os.path.join(synth_dir, f)))
+            for f in sorted(os.listdir(synth_dir))
+            if f.endswith(".parquet")
+        ]
+    )
 
 
 def test_stream_equals_reference_filter(synth_dir):
@@ -160,12 +165,21 @@ def test_serial_and_parallel_readers_agree(synth_dir, tmp_path, threads):
 def _one_big_row_group(path, rows: int, page_rows: int = 20_000) -> None:
     """A parquet file with a single row group of ``rows`` rows and ~100-byte unique URLs, in
     data pages of ``page_rows`` rows (no dictionary)."""
-    urls = pc.binary_join_element_wise("http://img.example/", pc.cast(pa.array(np.arange(rows)), pa.string()),
-                                       "/" + "x" * 80 + ".jpg", "")
-    table = pa.table({"URL": urls, "TEXT": pa.array(["a caption"] * rows),
-                      "similarity": pa.array(np.linspace(0, 1, rows))})
-    pq.write_table(table, path, row_group_size=rows, use_dictionary=False, compression="none",
-                   data_page_size=page_rows * 100, write_statistics=True)
+    urls = pc.binary_join_element_wise(
+        "http://img.example/", pc.cast(pa.array(np.arange(rows)), pa.string()), "/" + "x" * 80 + ".jpg", ""
+    )
+    table = pa.table(
+        {"URL": urls, "TEXT": pa.array(["a caption"] * rows), "similarity": pa.array(np.linspace(0, 1, rows))}
+    )
+    pq.write_table(
+        table,
+        path,
+        row_group_size=rows,
+        use_dictionary=False,
+        compression="none",
+        data_page_size=page_rows * 100,
+        write_statistics=True,
+    )
 
 
 _PEAK_ARROW_MEMORY = """
@@ -190,8 +204,9 @@ def test_big_row_group_is_streamed_batch_by_batch(tmp_path, threads):
     _one_big_row_group(path, 400_000)
     chunk = pq.ParquetFile(path).metadata.row_group(0).column(0).total_compressed_size
     assert chunk > 40_000_000
-    out = subprocess.run([sys.executable, "-c", _PEAK_ARROW_MEMORY, str(path), str(threads)],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_ARROW_MEMORY, str(path), str(threads)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert int(out[0]) == 400_000
     assert int(out[1]) < chunk / 4, f"peak Arrow memory {int(out[1]):,} B for a {chunk:,} B column chunk"
 
@@ -208,7 +223,7 @@ def test_file_breaking_mid_row_group_names_it_and_keeps_counts(tmp_path, threads
     meta = pq.ParquetFile(d / "b_broken.parquet").metadata.row_group(0).column(0)
     raw = bytearray((d / "b_broken.parquet").read_bytes())
     middle = meta.data_page_offset + meta.total_compressed_size * 2 // 3
-    raw[middle:middle + 4096] = b"\xff" * 4096  # page headers/data in the last third
+    raw[middle : middle + 4096] = b"\xff" * 4096  # page headers/data in the last third
     (d / "b_broken.parquet").write_bytes(bytes(raw))
 
     with pytest.raises(SourceError, match="b_broken.parquet"):
@@ -229,7 +244,7 @@ def _break_row_group(path, rg: int, fraction: float = 2 / 3) -> None:
     meta = pq.ParquetFile(path).metadata.row_group(rg).column(0)
     raw = bytearray(path.read_bytes())
     at = meta.data_page_offset + int(meta.total_compressed_size * fraction)
-    raw[at:at + 4096] = b"\xff" * 4096
+    raw[at : at + 4096] = b"\xff" * 4096
     path.write_bytes(bytes(raw))
 
 
@@ -261,10 +276,16 @@ def test_skip_accounting_with_row_group_shards_and_a_filter(tmp_path):
     unknown (None) and listed; filtered rows count as read."""
     d = tmp_path / "d"
     d.mkdir()
-    table = pa.table({"URL": [f"http://x/{i}.jpg" for i in range(30_000)], "TEXT": ["c"] * 30_000,
-                      "similarity": np.linspace(0, 1, 30_000)})
-    pq.write_table(table, d / "a.parquet", row_group_size=10_000, use_dictionary=False, compression="none",
-                   data_page_size=100_000)
+    table = pa.table(
+        {
+            "URL": [f"http://x/{i}.jpg" for i in range(30_000)],
+            "TEXT": ["c"] * 30_000,
+            "similarity": np.linspace(0, 1, 30_000),
+        }
+    )
+    pq.write_table(
+        table, d / "a.parquet", row_group_size=10_000, use_dictionary=False, compression="none", data_page_size=100_000
+    )
     _break_row_group(d / "a.parquet", 1, fraction=0.5)
     (d / "b.parquet").write_text("not parquet")
     b = make_builder(str(d), batch_size=1000, threads=1, on_error="skip", where="similarity >= 0.1")

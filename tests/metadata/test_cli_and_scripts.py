@@ -9,6 +9,7 @@ import pytest
 
 from laion_hf.cli import main
 
+
 def read_parts(folder):
     import glob
 
@@ -38,15 +39,29 @@ def test_synth_stats_filter_roundtrip(tmp_path, capsys):
     assert main(["synth", "--rows", "3000", "--files", "2", "--out", str(src), "--layout", "relaion"]) == 0
     assert main(["stats", str(src), "--json", "--plot", str(tmp_path / "h.png")]) == 0
     out = capsys.readouterr().out
-    stats = json.loads(out[out.index("{"): out.rindex("}") + 1])
+    stats = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert stats["rows"] == 3000 and stats["columns"]["similarity"]["count"] == 3000
     q = stats["columns"]["similarity"]["quantiles"]
     assert q["0.1"] < q["0.5"] < q["0.9"]
     assert sum(stats["columns"]["width"]["histogram"]["counts"]) == 3000
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out_dir = tmp_path / "f"
-    assert main(["filter", str(src), "--where", "similarity >= 0.3 and min(width, height) >= 300",
-                 "--out", str(out_dir), "--rows-per-file", "500", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "filter",
+                str(src),
+                "--where",
+                "similarity >= 0.3 and min(width, height) >= 300",
+                "--out",
+                str(out_dir),
+                "--rows-per-file",
+                "500",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     st = json.loads((out_dir / "stats.json").read_text())
     assert st["rows_in"] == 3000 == st["rows_kept"] + st["removed_by_filter"]
     kept = read_parts(out_dir)
@@ -69,16 +84,24 @@ def test_presets_verb_lists_sources(capsys):
     assert "research-safe" in out and "punsafe <= 0.45" in out and "laion.ai" in out
 
 
-@pytest.mark.parametrize("script,args,expect", [
-    ("stream_laion2b_en.py", ["--source", "sample", "--batches", "0"], "with similarity >= 0.28"),
-    ("build_high_resolution.py", ["--source", "sample", "--research-safe"], "preset high-resolution"),
-    ("build_aesthetics_subset.py", ["--source", "sample", "--threshold", "6.5"], "aesthetic >= 6.5"),
-])
+@pytest.mark.parametrize(
+    "script,args,expect",
+    [
+        ("stream_laion2b_en.py", ["--source", "sample", "--batches", "0"], "with similarity >= 0.28"),
+        ("build_high_resolution.py", ["--source", "sample", "--research-safe"], "preset high-resolution"),
+        ("build_aesthetics_subset.py", ["--source", "sample", "--threshold", "6.5"], "aesthetic >= 6.5"),
+    ],
+)
 def test_loading_scripts_run_on_the_embedded_sample(tmp_path, script, args, expect):
     if "--source" in args and script != "stream_laion2b_en.py":
         args = args + ["--out", str(tmp_path / "out")]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "loading_scripts", script), *args],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "loading_scripts", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert expect in r.stdout
     if script == "stream_laion2b_en.py":
@@ -122,7 +145,8 @@ def test_filter_rerun_into_the_same_folder_leaves_no_stale_parts(tmp_path):
     synthesize(2000, tmp_path / "src", seed=2)
     first = filter_to_parquet(str(tmp_path / "src"), str(tmp_path / "out"), rows_per_file=300, progress=False)
     assert len(first["output_files"]) > 2
-    second = filter_to_parquet(str(tmp_path / "src"), str(tmp_path / "out"), where="similarity > 0.35",
-                               rows_per_file=300, progress=False)
+    second = filter_to_parquet(
+        str(tmp_path / "src"), str(tmp_path / "out"), where="similarity > 0.35", rows_per_file=300, progress=False
+    )
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*.parquet")) == second["output_files"]
     assert read_parts(tmp_path / "out").num_rows == second["rows_kept"]

@@ -53,8 +53,19 @@ def test_unknown_column_lists_known_columns():
     assert "'simlarity'" in msg and "known columns: key, url, caption" in msg
 
 
-@pytest.mark.parametrize("bad", ["similarity >=", "similarity >= 0.28 and", "(width > 1", "width > 1)",
-                                 "__import__('os').system('x')", "width ; 1", "foo(width)", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "similarity >=",
+        "similarity >= 0.28 and",
+        "(width > 1",
+        "width > 1)",
+        "__import__('os').system('x')",
+        "width ; 1",
+        "foo(width)",
+        "",
+    ],
+)
 def test_malformed_expressions_are_filter_errors(bad):
     with pytest.raises(FilterError):
         parse_filter(bad, CANONICAL_COLUMNS)
@@ -100,8 +111,11 @@ def test_high_resolution_needs_both_sides():
 
 
 def test_laion_aesthetic_v1_thresholds():
-    t = _table(aesthetic=[7.0, 7.01, 7.01, 7.01, 7.01],
-               punsafe=[0.0, 0.0, 0.5, 0.49, 0.0], pwatermark=[0.0, 0.0, 0.0, 0.0, 0.8])
+    t = _table(
+        aesthetic=[7.0, 7.01, 7.01, 7.01, 7.01],
+        punsafe=[0.0, 0.0, 0.5, 0.49, 0.0],
+        pwatermark=[0.0, 0.0, 0.0, 0.0, 0.8],
+    )
     spec = combine_filters(preset="laion-aesthetic", known_columns=t.column_names)
     # > 7 strictly; punsafe < 0.5 strictly; pwatermark < 0.8 strictly
     assert apply_filter(t, spec.expression).column("url").to_pylist() == ["u1", "u3"]
@@ -110,8 +124,17 @@ def test_laion_aesthetic_v1_thresholds():
 def test_every_preset_documents_its_source():
     for p in PRESETS.values():
         assert p.source and p.description and parse_filter(p.where, CANONICAL_COLUMNS)
-    assert set(PRESETS) >= {"laion2b-en", "laion-multi", "laion400m", "high-resolution", "aesthetics-v2-5plus",
-                            "aesthetics-v2-6plus", "aesthetics-v2-6.5plus", "laion-aesthetic", "research-safe"}
+    assert set(PRESETS) >= {
+        "laion2b-en",
+        "laion-multi",
+        "laion400m",
+        "high-resolution",
+        "aesthetics-v2-5plus",
+        "aesthetics-v2-6plus",
+        "aesthetics-v2-6.5plus",
+        "laion-aesthetic",
+        "research-safe",
+    }
 
 
 def test_unknown_preset_lists_known():
@@ -123,26 +146,39 @@ def test_keyword_filters_and_combination_with_pyarrow_expression():
     import pyarrow.compute as pc
 
     assert keyword_filters(min_similarity=0.28, max_punsafe=0.1, language=["en", "de"], min_size=512) == [
-        "similarity >= 0.28", "punsafe <= 0.1", "language in ('en', 'de')", "min(width, height) >= 512"]
+        "similarity >= 0.28",
+        "punsafe <= 0.1",
+        "language in ('en', 'de')",
+        "min(width, height) >= 512",
+    ]
     t = _table(similarity=[0.3, 0.3, 0.2], language=["en", "fr", "en"], width=[600, 600, 600], height=[600] * 3)
-    spec = combine_filters(where=pc.field("width") > 500, known_columns=t.column_names,
-                           min_similarity=0.28, language=["en"])
+    spec = combine_filters(
+        where=pc.field("width") > 500, known_columns=t.column_names, min_similarity=0.28, language=["en"]
+    )
     assert apply_filter(t, spec.expression).column("url").to_pylist() == ["u0"]
     assert len(spec.descriptions) == 3
 
 
-@pytest.mark.parametrize("text", [
-    "similarity >= 0.28 and punsafe < 0.1 and min(width, height) >= 1024 and language in ('en', 'de')",
-    "not (similarity > 0.4 or width == 10) or caption is null",
-    "width / height >= 2 and len(caption) > 3 and startswith(lower(caption), 'a')",
-    "-similarity < -0.3 and language not in ('fr')",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "similarity >= 0.28 and punsafe < 0.1 and min(width, height) >= 1024 and language in ('en', 'de')",
+        "not (similarity > 0.4 or width == 10) or caption is null",
+        "width / height >= 2 and len(caption) > 3 and startswith(lower(caption), 'a')",
+        "-similarity < -0.3 and language not in ('fr')",
+    ],
+)
 def test_direct_evaluation_equals_the_pyarrow_expression(text):
     """The hot path evaluates the tree with pyarrow compute; push-down uses the Expression:
     both must keep the same rows."""
-    t = _table(similarity=[0.1, 0.5, 0.3, None, 0.29], width=[10, 2048, 30, 4000, 1100],
-               height=[10, 1024, 30, 1024, 1100], caption=["a cat", None, "dog", "a big one", "an apple"],
-               language=["en", "de", "fr", None, "en"], punsafe=[0.0, 0.05, 0.5, 0.0, 0.01])
+    t = _table(
+        similarity=[0.1, 0.5, 0.3, None, 0.29],
+        width=[10, 2048, 30, 4000, 1100],
+        height=[10, 1024, 30, 1024, 1100],
+        caption=["a cat", None, "dog", "a big one", "an apple"],
+        language=["en", "de", "fr", None, "en"],
+        punsafe=[0.0, 0.05, 0.5, 0.0, 0.01],
+    )
     spec = combine_filters(text, known_columns=t.column_names)
     assert spec.apply(t).equals(apply_filter(t, spec.expression))
 
@@ -158,8 +194,20 @@ def test_a_thousand_or_terms_work_and_deep_nesting_blames_the_expression(tmp_pat
     terms = " or ".join(["similarity == -1.0"] * 999 + ["similarity == 0.5"])
     wide = f"({terms}) or similarity >= 0.3"
     assert main(["filter", str(tmp_path / "m"), "--where", wide, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
-    assert main(["filter", str(tmp_path / "m"), "--where", "similarity >= 0.3 or similarity == 0.5",
-                 "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "filter",
+                str(tmp_path / "m"),
+                "--where",
+                "similarity >= 0.3 or similarity == 0.5",
+                "--out",
+                str(tmp_path / "b"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     a, b = pq.read_table(tmp_path / "a" / "part-00000.parquet"), pq.read_table(tmp_path / "b" / "part-00000.parquet")
     assert a.num_rows == b.num_rows > 0 and a.column("key").equals(b.column("key"))
     capsys.readouterr()

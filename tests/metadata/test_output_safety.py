@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from laion_hf.cli import main
-from laion_hf.errors import OutputError
+from laion_hf.errors import OutputError, SourceError
 from laion_hf.export import filter_to_parquet
 from laion_hf.synth import synthesize
 
@@ -55,8 +55,7 @@ def test_rerun_replaces_only_files_laion_hf_wrote(laion_dl, tmp_path):
     (out / "part-00007-user.snappy.parquet").write_bytes(b"a user's file")
     first = filter_to_parquet(str(laion_dl), str(out), rows_per_file=100, progress=False)
     assert len(first["output_files"]) >= 3
-    second = filter_to_parquet(str(laion_dl), str(out), where="similarity > 0.33", rows_per_file=100,
-                               progress=False)
+    second = filter_to_parquet(str(laion_dl), str(out), where="similarity > 0.33", rows_per_file=100, progress=False)
     assert len(second["output_files"]) < len(first["output_files"])
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "part-00007-user.snappy.parquet").read_bytes() == b"a user's file"
@@ -84,7 +83,7 @@ def test_a_failed_rerun_keeps_the_previous_output_whole(laion_dl, tmp_path):
     broken.mkdir()
     synthesize(300, broken, files=1, seed=1)
     (broken / "part-00001.parquet").write_bytes(b"PAR1 not really parquet")
-    with pytest.raises(Exception):
+    with pytest.raises(SourceError, match="part-00001.parquet"):
         filter_to_parquet(str(broken), str(out), rows_per_file=50, progress=False)
     assert _digests(out) == before  # old parts and stats.json untouched, nothing mixed in
     assert not [p for p in out.iterdir() if p.name.startswith(".laion-hf-staging")]
@@ -104,8 +103,9 @@ def test_a_killed_run_leaves_no_complete_looking_output_and_is_cleaned_next_time
     assert not list(out.glob("part-*.parquet")) and not (out / "stats.json").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".laion-hf-staging")]
     result = filter_to_parquet(str(laion_dl), str(out), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*result["output_files"], "stats.json",
-                                                             ".laion-hf-manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*result["output_files"], "stats.json", ".laion-hf-manifest.json"]
+    )
     assert pq.read_table(out / "part-00000.parquet").num_rows == result["rows_kept"]
 
 
@@ -136,9 +136,23 @@ def test_interrupted_synth_leaves_no_temporary_file_and_keeps_the_old_output(tmp
     out = tmp_path / "meta"
     synthesize(50, out, seed=1)
     before = _digests(out)
-    proc = subprocess.Popen([sys.executable, "-m", "laion_hf.cli", "synth", "--rows", "5000000",
-                             "--row-group-size", "20000", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "laion_hf.cli",
+            "synth",
+            "--rows",
+            "5000000",
+            "--row-group-size",
+            "20000",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".laion-hf-staging-*/part-*.parquet")):
         time.sleep(0.05)

@@ -46,8 +46,10 @@ def test_http_parquet_streams_filtered(http_root, synth_dir, monkeypatch, prebuf
 
     if not prebuffer:
         monkeypatch.setattr(laion_hf.sources, "PREBUFFER_MAX", 0)
-    local = [r["url"] for r in load_laion(os.path.join(synth_dir, "part-00002.parquet"),
-                                          preset="laion2b-en", columns=["url"])]
+    local = [
+        r["url"]
+        for r in load_laion(os.path.join(synth_dir, "part-00002.parquet"), preset="laion2b-en", columns=["url"])
+    ]
     remote = [r["url"] for r in load_laion(f"{http_root}/part-00002.parquet", preset="laion2b-en", columns=["url"])]
     assert remote == local and len(remote) > 100
 

@@ -33,8 +33,9 @@ def test_every_release_maps_to_the_canonical_schema(layout, release):
     if layout == "datacomp":
         # DataComp keeps its own columns as passthrough and maps the B/32 score to similarity
         assert "clip_l14_similarity_score" in out.column_names
-        np.testing.assert_allclose(out.column("similarity").to_numpy(),
-                                   src.column("clip_b32_similarity_score").to_numpy(), rtol=1e-7)
+        np.testing.assert_allclose(
+            out.column("similarity").to_numpy(), src.column("clip_b32_similarity_score").to_numpy(), rtol=1e-7
+        )
         assert out.column("key").to_pylist() == src.column("uid").to_pylist()
     if layout == "laion-original":
         assert out.column("key").to_pylist() == [str(i) for i in src.column("SAMPLE_ID").to_pylist()]
@@ -43,8 +44,14 @@ def test_every_release_maps_to_the_canonical_schema(layout, release):
 
 
 def test_float_sizes_are_rounded_and_nan_becomes_null():
-    t = pa.table({"URL": ["a", "b", "c"], "TEXT": ["x", "y", "z"],
-                  "WIDTH": [640.0, float("nan"), 1023.6], "HEIGHT": pa.array([480, None, 2], pa.int64())})
+    t = pa.table(
+        {
+            "URL": ["a", "b", "c"],
+            "TEXT": ["x", "y", "z"],
+            "WIDTH": [640.0, float("nan"), 1023.6],
+            "HEIGHT": pa.array([480, None, 2], pa.int64()),
+        }
+    )
     out = normalize_table(t)
     assert out.column("width").to_pylist() == [640, None, 1024]
     assert out.column("height").to_pylist() == [480, None, 2]

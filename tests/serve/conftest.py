@@ -48,9 +48,7 @@ def clip_client(tmp_path_factory):
     (the package's ``__init__`` needs flask; this file needs only requests)."""
     wheels = glob.glob(os.path.join(WHEELS, "clip_retrieval-2.45.0-*.whl"))
     if not wheels:
-        pytest.fail(
-            f"clip-retrieval's wheel is not in {WHEELS}: run .ci/fetch_test_wheels.sh first"
-        )
+        pytest.fail(f"clip-retrieval's wheel is not in {WHEELS}: run .ci/fetch_test_wheels.sh first")
     path = tmp_path_factory.mktemp("clip_retrieval") / "clip_client.py"
     path.write_bytes(zipfile.ZipFile(wheels[0]).read("clip_retrieval/clip_client.py"))
     spec = importlib.util.spec_from_file_location("clip_client", path)
@@ -137,9 +135,7 @@ def shards_index(tiny, tmp_path_factory):
         t = pq.read_table(shard)
         for col, sub in (("image_embedding", "img_emb"), ("text_embedding", "text_emb")):
             x = np.load(embed / sub / f"{sub}_{n}.npy")
-            t = t.append_column(
-                col, pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
-            )
+            t = t.append_column(col, pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
         pq.write_table(t, root / "shards" / f"train-{n:05d}.parquet", row_group_size=5)
     build_index(root / "shards", root / "index", clip_model="laion-hf-tiny")
     return root / "shards", root / "index"

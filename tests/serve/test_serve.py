@@ -27,9 +27,7 @@ def _npy(embed: Path, kind: str) -> np.ndarray:
 
 
 def _meta(embed: Path) -> list[dict]:
-    files = sorted(
-        (embed / "metadata").glob("*.parquet"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
-    )
+    files = sorted((embed / "metadata").glob("*.parquet"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     return [r for f in files for r in pq.read_table(f).to_pylist()]
 
 
@@ -124,9 +122,7 @@ def test_routes_of_clip_back_and_metadata(served, tiny):
     assert cfg == {"defaultBackend": served, "defaultIndex": "index", "urlColumn": "url"}
     assert requests.get(f"{served}/health", timeout=10).text == "ok"
     assert "laion-hf explorer" in requests.get(f"{served}/", timeout=10).text  # the page (serve/page.py)
-    r = requests.post(
-        f"{served}/metadata", data=json.dumps({"ids": [3, 0], "indice_name": "index"}), timeout=10
-    )
+    r = requests.post(f"{served}/metadata", data=json.dumps({"ids": [3, 0], "indice_name": "index"}), timeout=10)
     assert r.json() == [{"id": 3, "metadata": meta[3]}, {"id": 0, "metadata": meta[0]}]
 
 
@@ -180,9 +176,7 @@ def test_bad_metadata_and_raw_bodies_get_400(served, data, culprit):
 
 def test_image_url_to_a_private_address_is_refused_by_default(served, clip_client, image_server):
     url = image_server.image_url(64, 64)
-    got = _client(clip_client, served).query(
-        image=url
-    )  # ClipClient sends http(s) images as image_url
+    got = _client(clip_client, served).query(image=url)  # ClipClient sends http(s) images as image_url
     assert isinstance(got, dict) and "ssrf_blocked" in got["error"]
 
 
@@ -198,9 +192,7 @@ def test_image_url_fetched_by_the_guarded_fetcher_when_allowed(served_private, c
         requests.post(
             f"{served_private}/knn-service",
             timeout=30,
-            data=json.dumps(
-                {**GOOD, "text": None, "image_url": image_server.url("/nothing-here.jpg")}
-            ),
+            data=json.dumps({**GOOD, "text": None, "image_url": image_server.url("/nothing-here.jpg")}),
         ).status_code
         == 400
     )

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from shard_rows import PROVENANCE, make_rows, pixels
 
 from laion_hf.errors import ShardError
 from laion_hf.shards import read_stats, write_shards
-from shard_rows import PROVENANCE, make_rows, pixels
 
 
 def _files(d: Path) -> list[str]:
@@ -49,8 +49,9 @@ def test_parquet_shards_named_sized_and_decodable(tmp_path):
     feats = datasets.Features.from_arrow_schema(schema)  # features declared in the schema metadata
     assert isinstance(feats["image"], datasets.Image)
 
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data/default/*.parquet"), split="train",
-                               cache_dir=str(tmp_path / "cache"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "data/default/*.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert ds.num_rows == 50
     src = table.to_pylist()
     for i in (0, 4, 7, 49):
@@ -77,12 +78,22 @@ def test_shards_by_bytes(tmp_path):
 
 def test_streaming_dataset_input_with_declared_image_feature(tmp_path):
     table = make_rows(30, fail_every=0)
-    feats = datasets.Features({"key": datasets.Value("string"), "caption": datasets.Value("string"),
-                               "image": datasets.Image(), "image_embedding": datasets.List(datasets.Value("float32"))})
+    feats = datasets.Features(
+        {
+            "key": datasets.Value("string"),
+            "caption": datasets.Value("string"),
+            "image": datasets.Image(),
+            "image_embedding": datasets.List(datasets.Value("float32")),
+        }
+    )
     ds = datasets.Dataset.from_dict(
-        {"key": table["key"].to_pylist(), "caption": table["caption"].to_pylist(),
-         "image": [{"bytes": b, "path": None} for b in table["image"].to_pylist()],
-         "image_embedding": table["image_embedding"].to_pylist()}, features=feats,
+        {
+            "key": table["key"].to_pylist(),
+            "caption": table["caption"].to_pylist(),
+            "image": [{"bytes": b, "path": None} for b in table["image"].to_pylist()],
+            "image_embedding": table["image_embedding"].to_pylist(),
+        },
+        features=feats,
     ).to_iterable_dataset(num_shards=3)
     stats = write_shards(ds, tmp_path, config="stream", progress=False, batch_size=8)
     assert stats["rows"] == 30 and stats["data_files"] == "data/stream/train-*.parquet"
@@ -94,18 +105,21 @@ def test_webdataset_tars(tmp_path):
     table = make_rows(25)
     stats = write_shards(table, tmp_path, format="webdataset", max_shard_rows=10, progress=False)
     assert [p for p in _files(tmp_path) if p.endswith(".tar")] == [
-        f"data/default/train-0000{i}-of-00003.tar" for i in range(3)]
+        f"data/default/train-0000{i}-of-00003.tar" for i in range(3)
+    ]
     assert stats["rows"] == 25 and stats["rows_written"] == 20
     # failures are counted by class, not silently dropped
     assert stats["skipped"] == stats["errors"] and sum(stats["skipped"].values()) == 5
     with tarfile.open(tmp_path / stats["shards"][0]["path"]) as tf:
         names = tf.getnames()
-    assert {"000000000.jpg", "000000000.txt", "000000000.json", "000000000.npy",
-            "000000000.text_embedding.npy"} <= set(names)
+    assert {"000000000.jpg", "000000000.txt", "000000000.json", "000000000.npy", "000000000.text_embedding.npy"} <= set(
+        names
+    )
     assert not any(n.startswith("000000004.") for n in names)  # row 4 failed: no sample
 
-    ds = datasets.load_dataset("webdataset", data_files=str(tmp_path / "data/default/*.tar"), split="train",
-                               cache_dir=str(tmp_path / "cache"))
+    ds = datasets.load_dataset(
+        "webdataset", data_files=str(tmp_path / "data/default/*.tar"), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert ds.num_rows == 20
     src = {r["key"]: r for r in table.to_pylist()}
     for row in ds.select(range(5)):
@@ -154,8 +168,10 @@ def test_provenance_keeps_no_local_path(tmp_path):
     write_shards(make_rows(5), tmp_path / "out", provenance=prov, progress=False)
     text = (tmp_path / "out" / "stats.json").read_text()
     assert str(tmp_path) not in text
-    assert json.loads(text)["configs"]["default"]["provenance"]["sources"] == ["part-0.parquet",
-                                                                                "hf://datasets/laion/x/a.parquet"]
+    assert json.loads(text)["configs"]["default"]["provenance"]["sources"] == [
+        "part-0.parquet",
+        "hf://datasets/laion/x/a.parquet",
+    ]
 
 
 def test_cli_shards_verb(tmp_path):
@@ -163,8 +179,22 @@ def test_cli_shards_verb(tmp_path):
 
     src = tmp_path / "in.parquet"
     pq.write_table(make_rows(30), src)
-    assert main(["shards", str(src), str(tmp_path / "out"), "--max-shard-rows", "12", "--quiet", "--card",
-                 "--repo-id", "org/name"]) == 0
+    assert (
+        main(
+            [
+                "shards",
+                str(src),
+                str(tmp_path / "out"),
+                "--max-shard-rows",
+                "12",
+                "--quiet",
+                "--card",
+                "--repo-id",
+                "org/name",
+            ]
+        )
+        == 0
+    )
     stats = read_stats(tmp_path / "out")["configs"]["default"]
     assert stats["num_shards"] == 3 and stats["rows"] == 30
     assert 'load_dataset("org/name"' in (tmp_path / "out" / "README.md").read_text()
@@ -183,8 +213,13 @@ def test_memory_is_flat_in_the_row_count(tmp_path):
         stats = write_shards(batches(), {str(tmp_path)!r}, max_shard_bytes="40MB", row_group_rows=2000, progress=False)
         print(stats["rows"], stats["num_shards"], pa.default_memory_pool().max_memory())
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows, shards, peak = map(int, out.stdout.split()[-3:])
     assert rows == 75_000 and shards >= 3
@@ -200,15 +235,27 @@ def test_from_an_img2dataset_download_folder(tmp_path, output_format):
     with ImageServer(catch_all="image", fault_rate=0.25, pool_size=4, pool_sides=(40, 60)) as srv:
         urls = [srv.url(f"/photos/{i}.jpg") for i in range(30)]
         meta = pa.table({"url": urls, "caption": [f"caption {i}" for i in range(30)]})
-        run = download(meta, tmp_path / "dl", output_format=output_format, shard_size=12, progress=False,
-                       allow_private_networks=True, timeout=5, retries=0, image_size=32, resize_mode="center_crop")
+        run = download(
+            meta,
+            tmp_path / "dl",
+            output_format=output_format,
+            shard_size=12,
+            progress=False,
+            allow_private_networks=True,
+            timeout=5,
+            retries=0,
+            image_size=32,
+            resize_mode="center_crop",
+        )
     stats = write_shards(str(tmp_path / "dl"), tmp_path / "out", progress=False)
     assert stats["rows"] == run["count"] == 30
     assert stats["status"].get("success", 0) == run["successes"] and 0 < run["successes"] < 30
     table = pa.concat_tables(pq.read_table(tmp_path / "out" / s["path"]) for s in stats["shards"])
     ok = pa.compute.equal(table["status"], "success")
-    assert table.filter(ok)["image"].null_count == 0 and table.filter(pa.compute.invert(ok))["image"].null_count \
-        == 30 - run["successes"]
+    assert (
+        table.filter(ok)["image"].null_count == 0
+        and table.filter(pa.compute.invert(ok))["image"].null_count == 30 - run["successes"]
+    )
     assert pixels(table.filter(ok)["image"][0]["bytes"].as_py()).shape == (32, 32, 3)
 
 
@@ -231,8 +278,7 @@ def test_null_image_structs_are_not_written_as_empty_samples(tmp_path):
 def test_row_groups_have_the_requested_size(tmp_path):
     """Row groups are the loaders' unit of sharding: 1,000-row input batches still give
     10-row groups."""
-    stats = write_shards(make_rows(95), tmp_path, row_group_rows=10, max_shard_rows=60, progress=False,
-                         batch_size=1000)
+    stats = write_shards(make_rows(95), tmp_path, row_group_rows=10, max_shard_rows=60, progress=False, batch_size=1000)
     sizes = []
     for shard in stats["shards"]:
         md = pq.ParquetFile(tmp_path / shard["path"]).metadata

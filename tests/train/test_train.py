@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "dataloader"))
-import dl_shards
+sys.path.insert(0, str(ROOT / "tests" / "loader"))
+import dl_shards  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
@@ -112,9 +112,7 @@ def losses(out: Path) -> dict[int, float]:
 @pytest.mark.timeout(1500)
 def test_train_eval_kill_resume(published, colour_bench, tmp_path):
     ref = tmp_path / "ref"
-    subprocess.run(
-        command(published, colour_bench, ref), env=ENV, check=True, timeout=600, capture_output=True
-    )
+    subprocess.run(command(published, colour_bench, ref), env=ENV, check=True, timeout=600, capture_output=True)
     ref_losses = losses(ref)
     assert sorted(ref_losses) == list(range(1, 13))
     evals = [r for r in records(ref) if "eval" in r]

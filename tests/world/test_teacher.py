@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from laion_hf.clip.model import ClipEmbedder, shipped_weights
-from laion_hf.world.teacher import (
+from laion_hf.clip.model import ClipEmbedder, shipped_weights  # noqa: E402
+from laion_hf.world.teacher import (  # noqa: E402
     TEACHER_MODEL,
     evaluate_teacher,
     filter_scores,

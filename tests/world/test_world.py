@@ -17,9 +17,7 @@ from laion_hf.world.attributes import COLOURS
 def test_render_is_byte_identical_and_realistic():
     rows = world_rows(40, seed=3, noise=0.0)
     sizes, qualities = set(), set()
-    for key, w, h in zip(
-        rows["key"].to_pylist(), rows["width"].to_pylist(), rows["height"].to_pylist()
-    ):
+    for key, w, h in zip(rows["key"].to_pylist(), rows["width"].to_pylist(), rows["height"].to_pylist()):
         data = render(key)
         assert data == render(key)
         img = Image.open(io.BytesIO(data))
@@ -32,9 +30,7 @@ def test_render_is_byte_identical_and_realistic():
 
 def test_small_render_shows_the_same_picture():
     key = "w3-0000007"
-    big = np.asarray(
-        Image.open(io.BytesIO(render(key))).convert("RGB").resize((64, 64)), np.float32
-    )
+    big = np.asarray(Image.open(io.BytesIO(render(key))).convert("RGB").resize((64, 64)), np.float32)
     small = np.asarray(
         Image.open(io.BytesIO(render(key, max_side=128))).convert("RGB").resize((64, 64)),
         np.float32,
@@ -77,9 +73,7 @@ def test_noise_is_controllable_and_nested():
     all_noisy = world_rows(500, seed=6, noise=1.0)
     assert clean["matched"].to_pylist() == [True] * 500
     assert all_noisy["matched"].to_pylist() == [False] * 500
-    for c, s, m in zip(
-        clean["caption"].to_pylist(), some["caption"].to_pylist(), some["matched"].to_pylist()
-    ):
+    for c, s, m in zip(clean["caption"].to_pylist(), some["caption"].to_pylist(), some["matched"].to_pylist()):
         if m:
             assert c == s
     assert some["key"].equals(clean["key"])

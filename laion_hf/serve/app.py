@@ -398,7 +398,7 @@ async def preflight(request: web.Request) -> web.Response:
 
 @web.middleware
 async def errors_and_cors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bad requests as 400 JSON errors; CORS headers on every answer."""
+    """Bad requests as 400 JSON errors; CORS headers on clip back's API routes."""
     try:
         response = await handler(request)
     except BadRequest as e:
@@ -409,9 +409,15 @@ async def errors_and_cors(request: web.Request, handler: Any) -> web.StreamRespo
             response = web.json_response({"error": f"the request body is larger than {limit:,} bytes"}, status=400)
         else:
             raise
-    response.headers.setdefault("Access-Control-Allow-Origin", "*")
-    response.headers.setdefault("Access-Control-Expose-Headers", UNAVAILABLE_HEADER)
+    if request.path in CORS_PATHS:  # clip back's API, for clip front on another origin; the page's
+        # own routes (export, images, overview) stay same-origin, so no web site can read them
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
+        response.headers.setdefault("Access-Control-Expose-Headers", UNAVAILABLE_HEADER)
     return response
+
+
+#: The routes of clip back's API, which any origin may call (as clip back allows).
+CORS_PATHS = frozenset({"/knn-service", "/metadata", "/indices-list", "/config.json", "/health"})
 
 
 def _name(path: str) -> tuple[str, str]:

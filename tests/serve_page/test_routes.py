@@ -150,3 +150,14 @@ def test_overview_has_the_cards_figures(server, subset_dir, tmp_path, h):
     assert computed["source"] == "metadata" and computed["histograms"] == stats["histograms"]
     assert dict(computed["counts"]) == {"rows": h.subset.N, "status success": h.subset.N}
     assert get(server, "/overview?indice_name=nope")[0] == 400
+
+
+def test_only_clip_backs_api_is_readable_from_other_origins(server, h):
+    """The page's own routes (images, overview, the page) carry no CORS header, so a web site
+    open in the same browser cannot read a user's local subset; clip back's API keeps `*`."""
+    _, headers, _ = get(server, f"/image/{h.INDEX}/3")
+    assert "Access-Control-Allow-Origin" not in headers
+    _, headers, _ = get(server, "/")
+    assert "Access-Control-Allow-Origin" not in headers
+    _, headers, _ = get(server, "/indices-list")
+    assert headers["Access-Control-Allow-Origin"] == "*"

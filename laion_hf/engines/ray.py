@@ -567,6 +567,6 @@ def build_index_ray(
 
     init_ray(address)
     orders = build.plan(src, out, **kwargs)
-    results = with_retries(functools.partial(map_ray, workers=workers), build.run_one, list(orders), 2)
+    results = with_retries(functools.partial(map_ray, workers=workers), _unary(build.run_one), list(orders), 2)
     raise_failures(results, "index")
     return build.finish(orders, results)

@@ -39,7 +39,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def _shardgen():
-    spec = importlib.util.spec_from_file_location("dl_shards", ROOT / "tests" / "dataloader" / "dl_shards.py")
+    spec = importlib.util.spec_from_file_location("dl_shards", ROOT / "tests" / "loader" / "dl_shards.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

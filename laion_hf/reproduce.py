@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from laion_hf._util.atomic import atomic_write_json
 from laion_hf.errors import EvalError
 
 __all__ = ["VARIANTS", "ReproduceConfig", "fit_loglog", "fit_power_law", "reproduce"]
@@ -121,7 +122,7 @@ def build_subsets(cfg: ReproduceConfig, emit: Emit) -> dict[str, Any]:
         stats[name] = {"rows": t.num_rows, "matched_fraction": float(matched.mean()) if len(matched) else 0.0,
                        "path": str(data / name)}  # fmt: skip
     stats["seconds"] = round(time.perf_counter() - t0, 1)
-    done.write_text(json.dumps(stats, indent=1))
+    atomic_write_json(done, stats, indent=1)  # the step's completion marker: whole or absent
     emit(f"subsets: pool {table.num_rows} pairs ({cfg.noise:.0%} noisy), teacher threshold {threshold:.3f}: "
          f"filtered keeps {stats['filtered']['rows']} ({stats['filtered']['matched_fraction']:.1%} matched) "
          f"vs unfiltered {stats['unfiltered']['matched_fraction']:.1%} matched [{stats['seconds']} s]")  # fmt: skip

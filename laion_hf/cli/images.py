@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from laion_hf._util.atomic import atomic_write_json
 from laion_hf.cli import _args as A
 from laion_hf.cli._options import add_engine_arguments, add_load_arguments, engine_call, load_kwargs_from_args
 from laion_hf.errors import FetchError
@@ -213,7 +214,7 @@ def _cli(args: Any) -> int:
     }
     selection = Path(args.out) / METADATA_STATS
     if builder is not None and builder.stats.rows_in:  # this run read and filtered SOURCE
-        selection.write_text(json.dumps(builder.stats.as_dict(), indent=2))
+        atomic_write_json(selection, builder.stats.as_dict(), indent=2)
     if builder is not None and selection.exists():  # else a resumed run: the first run's counts
         report["metadata"] = json.loads(selection.read_text())
     _write_provenance(args, stats, builder, report.get("metadata"))

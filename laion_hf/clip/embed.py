@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
-from laion_hf._util.atomic import atomic_write
+from laion_hf._util.atomic import atomic_write, atomic_write_json
 from laion_hf._util.workers import map_orders, raise_failures
 from laion_hf.errors import ShardError
 from laion_hf.sources import open_parquet
@@ -259,7 +259,7 @@ class PartAccumulator:
         out = Path(out)
         atomic_write(out / "img_emb" / f"img_emb_{n}.npy", lambda p: _save_npy(p, img_all))
         atomic_write(out / "text_emb" / f"text_emb_{n}.npy", lambda p: _save_npy(p, txt_all))
-        atomic_write(out / "stats" / f"stats_{n}.json", lambda p: p.write_text(json.dumps(stats, indent=2)))
+        atomic_write_json(out / "stats" / f"stats_{n}.json", stats, indent=2)
         atomic_write(out / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(meta, p))
         return stats
 
@@ -279,7 +279,7 @@ def prepare_output(out: Path, config: dict[str, Any]) -> None:
                 f"{ {k: old.get(k) for k in diff} }); use a new --out folder or the same settings to resume"
             )
     else:  # a new folder, or one whose earlier run finished no part: nothing to protect yet
-        atomic_write(cfg_path, lambda p: p.write_text(json.dumps(config, indent=2)))
+        atomic_write_json(cfg_path, config, indent=2)
 
 
 def part_done(out: Path, n: int) -> bool:

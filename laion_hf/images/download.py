@@ -562,8 +562,7 @@ class DownloadRun:
             out_dir=str(self.out),
             **extra,
         )
-        with open(self.out / "_laion_hf_stats.json", "w") as f:
-            json.dump(stats, f, indent=2)
+        atomic_write_json(self.out / "_laion_hf_stats.json", stats, indent=2)
         return stats
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from laion_hf._util.atomic import atomic_write
+from laion_hf._util.atomic import atomic_write, atomic_write_json
 from laion_hf.errors import KnnIndexError, LaionHFError
 from laion_hf.index.layout import IMAGES_FILE, INFOS, index_family, index_file
 from laion_hf.index.source import EmbeddingSource, metadata_fingerprint, open_source
@@ -149,7 +149,7 @@ def plan(
     outp = Path(out)
     if not _reuse(outp, config):
         (outp / WORK).mkdir(parents=True, exist_ok=True)
-        atomic_write(outp / WORK / "plan.json", lambda p: p.write_text(json.dumps(config, indent=2)))
+        atomic_write_json(outp / WORK / "plan.json", config, indent=2)
         for kind in want:
             _train(source, kind, key, outp)
     chunks = source.chunks(batch_rows)
@@ -237,7 +237,7 @@ def run_one(order: WorkOrder) -> dict[str, Any]:
     np.save(part.with_suffix(".missing.npy"), missing.astype(np.int64))
     atomic_write(part, lambda p: faiss.write_index(index, str(p)))
     stats = {"kind": order.kind, "number": order.number, "rows": len(x), "missing": len(missing)}
-    atomic_write(stats_path, lambda p: p.write_text(json.dumps(stats)))
+    atomic_write_json(stats_path, stats)
     return {**stats, "skipped": False}
 
 
@@ -280,7 +280,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
         images=IMAGES_FILE if images else None,
         config=config,
     )
-    atomic_write(out / INFOS, lambda p: p.write_text(json.dumps(infos, indent=2)))
+    atomic_write_json(out / INFOS, infos, indent=2)
     shutil.rmtree(out / WORK, ignore_errors=True)
     return infos
 

@@ -26,6 +26,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from laion_hf._util.atomic import atomic_write_json
 from laion_hf.errors import ShardError
 from laion_hf.provenance import read_provenance
 from laion_hf.shards.columns import (
@@ -612,9 +613,7 @@ def _write_stats_file(
     stats["laion_hf_version"] = __version__
     stats["format"] = format
     stats["configs"][config] = cfg_stats
-    tmp = out / f".{STATS_FILENAME}.tmp"
-    tmp.write_text(json.dumps(stats, indent=1, sort_keys=False))
-    os.replace(tmp, out / STATS_FILENAME)
+    atomic_write_json(out / STATS_FILENAME, stats, indent=1, sort_keys=False)
 
 
 def write_shards(

@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     import webdataset as wds
     from torch.utils.data import DataLoader
 
+    from laion_hf.loader import make_dataloader
     from laion_hf.testing.hub_server import DEFAULT_TEST_TOKEN, HubServer, configure_client
-    from laion_hf.torch import make_dataloader
 
     workdir = Path(args.workdir or f"/tmp/laion-hf-bench-dataloader-{args.samples}")
     parquet, wds_dir = prepare(workdir, args.samples, args.shards)

@@ -32,8 +32,8 @@ from PIL import Image
 
 from laion_hf.clip import ClipEmbedder
 from laion_hf.clip.decode import prepare_pil
+from laion_hf.loader import fast_clip_preprocess
 from laion_hf.testing.image_server import make_image
-from laion_hf.torch import fast_clip_preprocess
 
 SIZES = [(600, 520), (800, 600), (1024, 768), (1600, 1200), (700, 1400), (1200, 1000)]
 

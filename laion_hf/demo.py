@@ -236,7 +236,7 @@ def run_demo(
     if stages_through == "publish":
         return _finish(out_dir, summary)
     _step("7. PyTorch DataLoader on the published shards (2 workers, exact resume)")
-    from laion_hf.torch import loader_demo
+    from laion_hf.loader import loader_demo
 
     ld = loader_demo(os.path.join(out_dir, "published"), batch_size=16, num_workers=2, image_size=64)
     print(f"   {ld}")

@@ -100,7 +100,7 @@ class Trainer:
         import open_clip
 
         from laion_hf.clip.model import TINY_MODEL
-        from laion_hf.torch import make_dataloader
+        from laion_hf.loader import make_dataloader
 
         self.args, self.ranks = args, ranks
         on_gpu = ranks.device.type == "cuda"

@@ -5,7 +5,7 @@ Recipe (everything fixed here, so a rerun on one CPU thread reproduces the shipp
 * data: ``TRAIN_ROWS`` clean pairs of the world drawn with ``TRAIN_SEED`` (keys ``w1000001-*``,
   disjoint from the demo's, the tests' and the benchmark's), rendered at ``RENDER_SIDE`` px
   (the same pictures as the full-size images, fewer pixels), written as parquet shards and
-  read back with laion-hf's own training loader (``laion_hf.torch.LaionTorchDataset``:
+  read back with laion-hf's own training loader (``laion_hf.loader.LaionTorchDataset``:
   shuffle buffer, resize + center crop to 64 px, OpenAI mean/std, the model's tokenizer);
 * model: ``laion_hf/clip/configs/laion-hf-world.json`` (open_clip's ModifiedResNet image tower,
   layers [1, 1, 1, 1], width 16, attention pooling, 64 px input; text transformer 2 layers /
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from laion_hf.clip.model import ClipEmbedder
-from laion_hf.torch import LaionTorchDataset
+from laion_hf.loader import LaionTorchDataset
 from laion_hf.world import render, world_rows
 from laion_hf.world.attributes import PROMPT, ZERO_SHOT_LABELS, attributes
 from laion_hf.world.captions import noisy_caption

@@ -28,7 +28,7 @@ class TrainConfig:
 
     ``steps`` > 0 stops after that many optimizer steps in total (else after ``epochs``);
     ``samples_per_epoch`` resamples (the loader's option). ``eval_every`` = 0 evaluates only
-    at the end. ``threads``: torch's intra-op threads (1 is best for tiny models on a busy CPU). ``loader`` holds extra options of ``laion_hf.torch.LaionTorchDataset``.
+    at the end. ``threads``: torch's intra-op threads (1 is best for tiny models on a busy CPU). ``loader`` holds extra options of ``laion_hf.loader.LaionTorchDataset``.
     """
 
     data: str
@@ -82,7 +82,7 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, Any, Any, 
     import open_clip
 
     from laion_hf.clip.model import register_tiny_config
-    from laion_hf.torch import make_dataloader
+    from laion_hf.loader import make_dataloader
 
     register_tiny_config()
     quiet = _RandomInitFilter()

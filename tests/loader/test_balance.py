@@ -10,7 +10,7 @@ import datasets
 import dl_shards
 import pytest
 
-from laion_hf.torch import LaionTorchDataset, make_dataloader
+from laion_hf.loader import LaionTorchDataset, make_dataloader
 
 SIZES = (151, 60, 30)  # 241 rows: not a multiple of 2 ranks x 2 workers
 KW = {"batch_size": 16, "image_size": 32, "buffer_size": 40, "tokenizer": None, "num_workers": 2}

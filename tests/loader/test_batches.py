@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from laion_hf.torch import LaionTorchDataset, fast_clip_preprocess, make_dataloader
+from laion_hf.loader import LaionTorchDataset, fast_clip_preprocess, make_dataloader
 
 CORRUPT = {"000000003", "000000017"}
 MISSING = {"000000005"}
@@ -155,7 +155,7 @@ def test_all_bad_batch_carries_its_count(corrupt_dir):
 
 
 def test_loader_demo_summary(parquet_dir):
-    from laion_hf.torch import loader_demo
+    from laion_hf.loader import loader_demo
 
     out = loader_demo(parquet_dir, batch_size=8, image_size=32)
     assert out["resume_exact"] is True

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from laion_hf.errors import ShardError
-from laion_hf.torch import make_dataloader
+from laion_hf.loader import make_dataloader
 
 
 @pytest.mark.parametrize("how", ["header", "data"])

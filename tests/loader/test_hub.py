@@ -7,7 +7,7 @@ import collections
 
 import datasets
 
-from laion_hf.torch import make_dataloader
+from laion_hf.loader import make_dataloader
 
 KW = dict(batch_size=16, image_size=32, buffer_size=40, tokenizer=None, num_workers=2)
 

@@ -6,8 +6,8 @@ import dl_shards
 import pyarrow as pa
 import pytest
 
+from laion_hf.loader import make_dataloader
 from laion_hf.shards import write_shards
-from laion_hf.torch import make_dataloader
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "webdataset"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from laion_hf.errors import LoaderError
-from laion_hf.torch import make_dataloader
+from laion_hf.loader import make_dataloader
 
 KW = dict(batch_size=16, image_size=32, buffer_size=40, tokenizer=None, num_workers=2, seed=7)
 
@@ -96,13 +96,13 @@ def test_resume_with_other_topology_is_refused(parquet_dir):
 def eager_compaction(monkeypatch):
     """Compact the shuffle buffer as soon as it holds more than 2 x buffer_size rows (the default
     slack of 2,048 rows is larger than these test shards)."""
-    import laion_hf.torch as lt
+    import laion_hf.loader.stream as lt
 
     monkeypatch.setattr(lt, "_COMPACT_SLACK", 0)
 
 
 def test_compaction_bounds_memory_and_keeps_the_stream(parquet_dir, all_keys, eager_compaction):
-    from laion_hf.torch import LaionTorchDataset
+    from laion_hf.loader import LaionTorchDataset
 
     ds = LaionTorchDataset(parquet_dir, batch_size=8, image_size=32, buffer_size=30, tokenizer=None, seed=3)
     keys, most_held = [], 0

@@ -1,4 +1,4 @@
-"""Node and worker splitting, per-epoch shuffling and resampling of laion_hf.torch."""
+"""Node and worker splitting, per-epoch shuffling and resampling of laion_hf.loader."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from laion_hf.errors import LoaderError
-from laion_hf.torch import LaionTorchDataset, make_dataloader
+from laion_hf.loader import LaionTorchDataset, make_dataloader
 
 KW = dict(batch_size=16, image_size=32, buffer_size=40, tokenizer=None)
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from datasets.builder import Key
 from datasets.iterable_dataset import ArrowExamplesIterable
 
+from laion_hf._util.on_error import check_on_error
 from laion_hf.blocklist import Blocklist
 from laion_hf.errors import LaionHFError, SchemaError, SourceError
 from laion_hf.filters import FilterSpec, combine_filters
@@ -125,7 +126,9 @@ class LaionConfig(datasets.BuilderConfig):
         sample_seed: change which rows ``sample`` picks.
         batch_size: rows per Arrow batch read from parquet.
         shard_by_row_group: one shard per (file, row group) instead of per file.
-        on_error: "raise" (default) or "skip"/"warn": skip a bad file and count it.
+        on_error: "raise" (default) stops at a bad file with an error naming it; "skip" skips it,
+            counts its rows as ``rows_lost`` and logs a warning ("warn" is the deprecated spelling
+            of "skip"; see :mod:`laion_hf._util.on_error`).
         threads: shards (row groups) read, normalized and filtered at once in a thread
             pool, ahead of the consumer and yielded in order (pyarrow releases the GIL);
             default one per core (at most 8); 0 or 1 reads in the consumer's thread.
@@ -141,14 +144,13 @@ class LaionConfig(datasets.BuilderConfig):
     sample_seed: int = 0
     batch_size: int = 65_536
     shard_by_row_group: bool = True
-    on_error: Literal["raise", "skip", "warn"] = "raise"
+    on_error: Literal["raise", "skip"] = "raise"
     storage_options: dict | None = None
     threads: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        if self.on_error not in ("raise", "skip", "warn"):
-            raise SourceError(f"on_error must be 'raise', 'skip' or 'warn', got {self.on_error!r}")
+        self.on_error = check_on_error(self.on_error, ("raise", "skip"), "the metadata builder", SourceError)
         if self.release is not None:
             release_info(self.release)
 
@@ -439,8 +441,7 @@ class LaionBuilder(datasets.ArrowBasedBuilder):
             stats.rows_lost += lost or 0
             stats.skip({"file": str(file), "error": str(error), "rows": rows,
                         "rows_read": None if rows is None else rows - lost, "rows_lost": lost})  # fmt: skip
-        if self.config.on_error == "warn":
-            logger.warning("skipping %s", error)
+        logger.warning("skipping %s", error)
 
     # -- reading -----------------------------------------------------------------------
     def _threads(self) -> int:
@@ -674,7 +675,7 @@ def load_laion(
     sample_seed: int = 0,
     batch_size: int = 65_536,
     threads: int | None = None,
-    on_error: Literal["raise", "skip", "warn"] = "raise",
+    on_error: Literal["raise", "skip"] = "raise",
     storage_options: dict | None = None,
     cache_dir: str | None = None,
     **filters: Any,

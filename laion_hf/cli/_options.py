@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -39,8 +40,20 @@ def add_load_arguments(p) -> None:
         "--on-error",
         choices=["raise", "skip", "warn"],
         default="raise",
-        help="what to do with an unreadable file (default raise)",
+        help="what to do with an unreadable file: raise (default) or skip it, counted and logged "
+        "(warn: deprecated spelling of skip)",
     )
+
+
+def on_error_from_args(args: argparse.Namespace) -> str:
+    """``--on-error``, with the deprecated ``warn`` mapped to ``skip`` and said once on stderr."""
+    if args.on_error == "warn":
+        print(
+            f"laion-hf {args.command}: --on-error warn is deprecated, use --on-error skip (it also logs)",
+            file=sys.stderr,
+        )
+        return "skip"
+    return args.on_error
 
 
 def load_kwargs_from_args(args) -> dict[str, Any]:
@@ -53,7 +66,7 @@ def load_kwargs_from_args(args) -> dict[str, Any]:
         "sample": args.sample,
         "columns": args.columns.split(",") if args.columns else None,
         "release": args.release,
-        "on_error": args.on_error,
+        "on_error": on_error_from_args(args),
     }
 
 

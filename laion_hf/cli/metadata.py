@@ -13,6 +13,7 @@ from laion_hf.cli._options import (
     engine_call,
     load_kwargs_from_args,
     near_kwargs_from_args,
+    on_error_from_args,
 )
 from laion_hf.export import filter_to_parquet
 from laion_hf.filters import PRESETS
@@ -81,14 +82,19 @@ def _register_stats(sub) -> None:
     p.add_argument("--preset", action="append", help="preset name (repeatable)")
     p.add_argument("--plot", metavar="PNG", help="draw the histograms into this PNG file")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise")
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip", "warn"],
+        default="raise",
+        help="what to do with an unreadable file: raise (default) or skip it (warn: deprecated spelling of skip)",
+    )
     p.set_defaults(func=_run_stats)
 
 
 def _run_stats(args) -> int:
     from laion_hf.builder import make_builder
 
-    builder = make_builder(args.source, where=args.where, preset=args.preset, on_error=args.on_error)
+    builder = make_builder(args.source, where=args.where, preset=args.preset, on_error=on_error_from_args(args))
     acc = StatsAccumulator()
     for table in builder.iter_tables():
         acc.update(table)

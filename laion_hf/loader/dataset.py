@@ -13,6 +13,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from laion_hf._util.on_error import check_on_error
 from laion_hf.errors import LoaderError
 from laion_hf.loader.preprocess import OPENAI_MEAN, OPENAI_STD, _alloc, fast_clip_preprocess
 from laion_hf.loader.sources import (
@@ -54,7 +55,8 @@ class LaionTorchDataset(IterableDataset):
             the ``RANK`` / ``WORLD_SIZE`` environment variables, else a single rank.
         on_error: ``"skip"`` drops rows whose image is missing or undecodable and counts them
             in ``batch["num_skipped"]``; ``"mark"`` keeps them as zero images with
-            ``batch["valid"]`` False and ``batch["error"]`` naming the error class.
+            ``batch["valid"]`` False and ``batch["error"]`` naming the error class; ``"raise"``
+            stops with a :class:`LoaderError` naming the first such row's key.
         columns: extra columns to pass through (numbers and fixed-length lists become tensors).
         image_column, caption_column, key_column: override column detection.
         config, split: pick ``data/{config}/{split}-*`` in a folder of published shards.
@@ -95,8 +97,7 @@ class LaionTorchDataset(IterableDataset):
         super().__init__()
         if batch_size < 1:
             raise LoaderError(f"batch_size must be >= 1, got {batch_size}")
-        if on_error not in ("skip", "mark"):
-            raise LoaderError(f"on_error must be 'skip' or 'mark', got {on_error!r}")
+        on_error = check_on_error(on_error, ("raise", "skip", "mark"), "the loader", LoaderError)
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise LoaderError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
         if buffer_size < 0:
@@ -262,6 +263,12 @@ class LaionTorchDataset(IterableDataset):
         else:
             pixels, ok, errors = self._slow_preprocess(images)
         n_bad = int((~ok).sum())
+        if self.on_error == "raise" and n_bad:
+            bad = int(np.nonzero(~ok)[0][0])
+            key = table.column("key")[bad].as_py()
+            raise LoaderError(
+                f"row {key!r}: image cannot be used ({errors[bad]}); pass on_error='skip' or 'mark' to go on without it"
+            )
         if self.on_error == "skip" and n_bad:
             keep = np.nonzero(ok)[0]
             if len(keep) == 0 and not keep_empty:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from laion_hf.errors import LoaderError
 from laion_hf.loader import LaionTorchDataset, fast_clip_preprocess, make_dataloader
 
 CORRUPT = {"000000003", "000000017"}
@@ -171,3 +172,15 @@ def test_webdataset_json_passes_through(wds_dir):
     metas = [json.loads(m) for m in batch["json"]]
     assert [m["key"] for m in metas] == batch["key"]
     assert [m["caption"] for m in metas] == batch["caption"]
+
+
+def test_on_error_raise_names_the_first_bad_row(corrupt_dir):
+    """The one on_error vocabulary (issue 17): the loader also takes ``raise``."""
+    ds = LaionTorchDataset(corrupt_dir, batch_size=60, image_size=32, buffer_size=1, tokenizer=None, on_error="raise")
+    with pytest.raises(LoaderError, match=r"row '0000000(03|05|17)'.*(UnidentifiedImageError|MissingImage)"):
+        list(ds)
+
+
+def test_an_unknown_on_error_gets_the_one_message(corrupt_dir):
+    with pytest.raises(LoaderError, match=r"the loader: on_error='ignore' is unknown; use one of 'raise', 'skip'"):
+        LaionTorchDataset(corrupt_dir, on_error="ignore")

@@ -374,3 +374,27 @@ def test_filter_cli_skip_writes_and_prints_rows_read_and_lost(tmp_path, capsys):
     assert written == st["rows_kept"] == st["rows_in"]
     printed = capsys.readouterr().out
     assert f"({e['rows_read']:,} of 40,000 rows read, {e['rows_lost']:,} lost)" in printed
+
+
+def test_one_on_error_vocabulary_warn_is_deprecated_skip_and_mark_is_refused(tmp_path, synth_dir, caplog):
+    """Issue 17: raise / skip / mark across the library; the builder's old ``warn`` still works
+    as ``skip`` with a deprecation warning, and ``mark`` (no rows to mark in a bad file) is
+    refused naming the builder."""
+    d = _bad_files(tmp_path, synth_dir)
+    with pytest.warns(DeprecationWarning, match="on_error='warn' is deprecated, use on_error='skip'"):
+        b = make_builder(str(d), on_error="warn", columns=["key"])
+    assert b.config.on_error == "skip"
+    with caplog.at_level("WARNING", logger="laion_hf.builder"):
+        assert sum(t.num_rows for t in b.iter_tables()) == 4000
+    assert "b_truncated.parquet" in caplog.text and "c_not_parquet.parquet" in caplog.text
+    with pytest.raises(SourceError, match="the metadata builder: on_error='mark' is not supported here"):
+        make_builder(str(d), on_error="mark")
+
+
+def test_cli_on_error_warn_still_works_and_says_it_is_deprecated(tmp_path, synth_dir, capsys):
+    from laion_hf.cli import main
+
+    d = _bad_files(tmp_path, synth_dir)
+    assert main(["stats", str(d), "--on-error", "warn"]) == 0
+    err = capsys.readouterr().err
+    assert "--on-error warn is deprecated, use --on-error skip" in err

@@ -15,7 +15,6 @@ from laion_hf.cli._options import (
     near_kwargs_from_args,
     on_error_from_args,
 )
-from laion_hf.export import filter_to_parquet
 from laion_hf.filters import PRESETS
 from laion_hf.stats import StatsAccumulator, format_stats, plot_stats
 from laion_hf.synth import LAYOUTS, synthesize
@@ -142,6 +141,7 @@ def _run_filter(args) -> int:
         stats = filter_near(args.source, args.out, **near)
         print(f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows nearest the query -> {args.out}")
         return 0
+    from laion_hf.export import filter_to_parquet  # datasets: imported only by the verbs that read metadata
     from laion_hf.provenance import merge, read_provenance, selection_record, write_provenance
 
     run = engine_call(args, filter_to_parquet, "filter")  # the local function, or its Ray Data twin

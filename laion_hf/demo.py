@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -62,6 +63,23 @@ def _step(title: str) -> float:
 STAGES = ("metadata", "images", "clip", "publish", "dataloader")
 
 
+@dataclass
+class _Demo:
+    """What the demo's steps share: where it writes, its options and the summary it builds."""
+
+    out_dir: str
+    rows: int
+    seed: int
+    clip_model: str
+    clip_pretrained: str | None
+    clip_device: str
+    stages_through: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out_dir, *parts)
+
+
 def run_demo(
     out_dir: str = "demo_out",
     rows: int = 2000,
@@ -75,46 +93,77 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` up to stage ``stages_through`` (one of :data:`STAGES`);
     return a summary dict (also written as ``summary.json``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from laion_hf.errors import LaionHFError
 
     if stages_through not in STAGES:
         raise LaionHFError(f"unknown demo stage {stages_through!r}; stages: {', '.join(STAGES)}")
-    from laion_hf.blocklist import Blocklist
-    from laion_hf.builder import make_builder
-    from laion_hf.stats import StatsAccumulator, format_stats
+    prepare_demo_dir(out_dir, keep=keep)
+    demo = _Demo(out_dir, rows, seed, clip_model, clip_pretrained, clip_device, stages_through)
+    meta_dir = _synthesize_step(demo)
+    builder, subset = _scan_step(demo, meta_dir)
+    if stages_through == "metadata":
+        return _finish(out_dir, demo.summary)
+    from laion_hf.testing.image_server import ImageServer
+
+    with ImageServer(latency=(0.005, 0.03), catch_all="image", seed=seed) as srv:
+        subset_dir, cache, resize = _download_step(demo, subset, srv)
+        if stages_through != "images":
+            _clip_and_publish_step(demo, builder, subset_dir, cache, resize)
+    if stages_through in ("images", "clip", "publish"):
+        return _finish(out_dir, demo.summary)
+    _step("7. PyTorch DataLoader on the published shards (2 workers, exact resume)")
+    from laion_hf.loader import loader_demo
+
+    ld = loader_demo(demo.path("published"), batch_size=16, num_workers=2, image_size=64)
+    print(f"   {ld}")
+    demo.summary["dataloader"] = ld
+    _step("8. kNN index over the published shards, to explore them in the browser")
+    demo.summary["explore"] = _index_for_page(out_dir, clip_model)
+    return _finish(out_dir, demo.summary)
+
+
+def _synthesize_step(demo: _Demo) -> str:
+    """Step 1: metadata of the embedded world, with LAION-like caption noise."""
     from laion_hf.synth import synthesize
 
-    prepare_demo_dir(out_dir, keep=keep)
-    summary: dict[str, Any] = {}
-
     t = _step(
-        f"1. synthesize {rows:,} rows of LAION metadata from the embedded image world "
+        f"1. synthesize {demo.rows:,} rows of LAION metadata from the embedded image world "
         f"(captions describe the images; {WORLD_NOISE:.0%} carry LAION-like noise)"
     )
-    meta_dir = os.path.join(out_dir, "metadata")
-    synthesize(rows, meta_dir, files=2, seed=seed, row_group_size=max(1, rows // 4), world=True, noise=WORLD_NOISE)
+    meta_dir = demo.path("metadata")
+    rg = max(1, demo.rows // 4)
+    synthesize(demo.rows, meta_dir, files=2, seed=demo.seed, row_group_size=rg, world=True, noise=WORLD_NOISE)
     print(f"   wrote {meta_dir} in {time.time() - t:.2f}s")
+    return meta_dir
+
+
+def _write_blocklist(demo: _Demo, meta_dir: str) -> str:
+    """A blocklist file of the MD5 digests of the first 5 URLs."""
+    import hashlib
+
+    from laion_hf.builder import make_builder
+
+    urls = next(make_builder(meta_dir, columns=["url"]).iter_tables()).column("url").to_pylist()[:5]
+    path = demo.path("blocklist_md5.txt")
+    with open(path, "w") as f:
+        f.write("# demo blocklist: MD5 of 5 URLs\n")
+        f.writelines(hashlib.md5(u.encode()).hexdigest() + "\n" for u in urls)
+    return path
+
+
+def _scan_step(demo: _Demo, meta_dir: str) -> tuple[Any, "pa.Table"]:
+    """Steps 2-3: stream the metadata through a preset, a filter and a blocklist; print stats."""
+    from laion_hf.blocklist import Blocklist
+    from laion_hf.builder import make_builder
+    from laion_hf.errors import LaionHFError
+    from laion_hf.stats import StatsAccumulator, format_stats
 
     t = _step(
         "2. stream (LaionBuilder, as load_laion): preset laion2b-en + 'punsafe < 0.5 and min(width, height) >= 256' + blocklist"
     )
-    first_urls = make_builder(meta_dir, columns=["url"]).iter_tables()
-    urls = next(first_urls).column("url").to_pylist()[:5]
-    import hashlib
-
-    blocklist_path = os.path.join(out_dir, "blocklist_md5.txt")
-    with open(blocklist_path, "w") as f:
-        f.write("# demo blocklist: MD5 of 5 URLs\n")
-        f.writelines(hashlib.md5(u.encode()).hexdigest() + "\n" for u in urls)
-    builder = make_builder(
-        meta_dir,
-        preset="laion2b-en",
-        where="punsafe < 0.5 and min(width, height) >= 256",
-        blocklist=Blocklist.from_files(blocklist_path),
-    )
+    where = "punsafe < 0.5 and min(width, height) >= 256"
+    blocklist = Blocklist.from_files(_write_blocklist(demo, meta_dir))
+    builder = make_builder(meta_dir, preset="laion2b-en", where=where, blocklist=blocklist)
     acc = StatsAccumulator()
     tables = []
     for table in builder.iter_tables():
@@ -126,124 +175,103 @@ def run_demo(
         f"   rows in {scan['rows_in']:,} -> kept {scan['rows_kept']:,} (filter -{scan['removed_by_filter']:,}, "
         f"blocklist -{scan['removed_by_blocklist']:,}) in {time.time() - t:.2f}s"
     )
-    assert (
-        scan["rows_in"]
-        == scan["rows_kept"] + scan["removed_by_filter"] + scan["removed_by_blocklist"] + scan["removed_by_sample"]
-    ), "stats must sum to the input count"
-    summary["scan"] = scan
-
+    removed = scan["removed_by_filter"] + scan["removed_by_blocklist"] + scan["removed_by_sample"]
+    assert scan["rows_in"] == scan["rows_kept"] + removed, "stats must sum to the input count"
+    demo.summary["scan"] = scan
     _step("3. stats of the filtered stream")
     stats = acc.result()
     print(format_stats(stats))
-    summary["stats"] = {"rows": stats["rows"], "languages": stats["languages"]}
+    demo.summary["stats"] = {"rows": stats["rows"], "languages": stats["languages"]}
     subset = pa.concat_tables(tables) if tables else None
     if subset is None or subset.num_rows == 0:
         raise LaionHFError("the demo's filters kept no rows; use more --rows")
-    if stages_through == "metadata":
-        return _finish(out_dir, summary)
+    return builder, subset
+
+
+def _download_step(demo: _Demo, subset: "pa.Table", srv: Any) -> tuple[str, str, Any]:
+    """Step 4: fetch the subset's images from the loopback server into img2dataset shards."""
+    import pyarrow.parquet as pq
 
     from laion_hf.images.download import download
     from laion_hf.images.resize import ResizeConfig
-    from laion_hf.testing.image_server import ImageServer
 
-    with ImageServer(latency=(0.005, 0.03), catch_all="image", seed=seed) as srv:
-        t = _step(f"4. fetch images from the loopback image server {srv.base_url} (URLs rewritten, paths kept)")
-        subset = _rewrite_urls(subset, srv, fault_every=25)
-        srv.prerender_world(subset.column("world_key").to_pylist())
-        subset_dir = os.path.join(out_dir, "subset")
-        os.makedirs(subset_dir, exist_ok=True)
-        pq.write_table(subset, os.path.join(subset_dir, "part-00000.parquet"))
-        cache = os.path.join(out_dir, "image_cache")
-        resize = ResizeConfig(image_size=256, resize_mode="center_crop")
-        dl = download(
-            subset_dir,
-            os.path.join(out_dir, "images_webdataset"),
-            output_format="webdataset",
-            processes=1,
-            shard_size=500,
-            cache_dir=cache,
-            resize=resize,
-            progress=False,
-            allow_private_networks=["127.0.0.0/8"],
-        )
-        print(
-            f"   img2dataset-compatible shards in {os.path.join(out_dir, 'images_webdataset')}: "
-            f"{dl['count']:,} rows, {dl['successes']:,} successes, errors by class: "
-            f"{ {k: v for k, v in dl['status_dict'].items() if k != 'success'} } in {time.time() - t:.2f}s"
-        )
-        assert dl["count"] == subset.num_rows, "download stats must sum to the input count"
-        summary["download"] = {k: dl[k] for k in ("count", "successes", "status_dict")}
-        if stages_through == "images":
-            return _finish(out_dir, summary)
+    t = _step(f"4. fetch images from the loopback image server {srv.base_url} (URLs rewritten, paths kept)")
+    subset = _rewrite_urls(subset, srv, fault_every=25)
+    srv.prerender_world(subset.column("world_key").to_pylist())
+    subset_dir = demo.path("subset")
+    os.makedirs(subset_dir, exist_ok=True)
+    pq.write_table(subset, os.path.join(subset_dir, "part-00000.parquet"))
+    cache, shards = demo.path("image_cache"), demo.path("images_webdataset")
+    resize = ResizeConfig(image_size=256, resize_mode="center_crop")
+    dl = download(subset_dir, shards, output_format="webdataset", processes=1, shard_size=500, cache_dir=cache,
+                  resize=resize, progress=False, allow_private_networks=["127.0.0.0/8"])  # fmt: skip
+    errors = {k: v for k, v in dl["status_dict"].items() if k != "success"}
+    print(
+        f"   img2dataset-compatible shards in {shards}: {dl['count']:,} rows, {dl['successes']:,} successes, "
+        f"errors by class: {errors} in {time.time() - t:.2f}s"
+    )
+    assert dl["count"] == subset.num_rows, "download stats must sum to the input count"
+    demo.summary["download"] = {k: dl[k] for k in ("count", "successes", "status_dict")}
+    return subset_dir, cache, resize
 
-        t = _step(f"5. stream: load_laion -> with_images (cache from step 4) -> with_clip ({clip_model})")
-        from laion_hf import load_laion, with_images
-        from laion_hf.clip import clip_stage
-        from laion_hf.clip.stream import SimilarityStats, format_similarity_summary
 
-        stream = with_images(
-            load_laion(subset_dir), cache_dir=cache, resize=resize, allow_private_networks=["127.0.0.0/8"]
-        )
-        stream, embedder = clip_stage(stream, clip_model, clip_pretrained, device=clip_device)
-        print(f"   {_heads_note(embedder)}")
-        sim = SimilarityStats()
-        report = _filter_report(clip_model, clip_pretrained)
-        sheet_dirs = [out_dir] + ([os.path.join(out_dir, "published", "assets")] if stages_through != "clip" else [])
+def _provenance(demo: _Demo, builder: Any, embed_dim: int) -> dict[str, Any]:
+    """The record the dataset card renders."""
+    scan = demo.summary["scan"]
+    return {
+        "release": builder.release,
+        "sources": ["synthetic LAION metadata (laion-hf synth --world: the embedded image world)"],
+        "preset": "laion2b-en",
+        "filters": builder.filter_spec.descriptions,
+        "blocklists": [
+            {"name": "blocklist_md5.txt", "entries": 5, "column": "url", "removed": scan["removed_by_blocklist"]}
+        ],
+        "scan": scan,
+        "clip": {"model": demo.clip_model, "pretrained": demo.clip_pretrained, "embedding_dim": embed_dim},
+        "robots": {"disallowed_header_directives": ["noai", "noimageai", "noindex", "noimageindex"]},
+        "pretty_name": "laion-hf demo subset",
+    }
 
-        def observed(ds):
-            for table in ds.with_format("arrow").iter(batch_size=256):
-                sim.update(table)
-                report.update(table)
-                yield table
-            summary["clip_filter"] = _write_report(report, clip_model, sheet_dirs)
 
-        if stages_through == "clip":
-            for _ in observed(stream):
-                pass
-            print(format_similarity_summary(sim.result()))
-            _print_report(summary["clip_filter"])
-            return _finish(out_dir, summary)
+def _clip_and_publish_step(demo: _Demo, builder: Any, subset_dir: str, cache: str, resize: Any) -> None:
+    """Steps 5-6: stream images + CLIP scores, score the filter against the ground truth,
+    then (unless the demo stops at ``clip``) publish shards with a card and reload them."""
+    from laion_hf import load_laion, with_images
+    from laion_hf.clip import clip_stage
+    from laion_hf.clip.stream import SimilarityStats, format_similarity_summary
 
+    _step(f"5. stream: load_laion -> with_images (cache from step 4) -> with_clip ({demo.clip_model})")
+    stream = with_images(load_laion(subset_dir), cache_dir=cache, resize=resize, allow_private_networks=["127.0.0.0/8"])
+    stream, embedder = clip_stage(stream, demo.clip_model, demo.clip_pretrained, device=demo.clip_device)
+    print(f"   {_heads_note(embedder)}")
+    sim, report = SimilarityStats(), _filter_report(demo.clip_model, demo.clip_pretrained)
+    publish = demo.stages_through != "clip"
+    sheet_dirs = [demo.out_dir] + ([demo.path("published", "assets")] if publish else [])
+
+    def observed(ds):
+        for table in ds.with_format("arrow").iter(batch_size=256):
+            sim.update(table)
+            report.update(table)
+            yield table
+        demo.summary["clip_filter"] = _write_report(report, demo.clip_model, sheet_dirs)
+
+    if not publish:
+        for _ in observed(stream):
+            pass
+    else:
         _step("6. shards + dataset card -> push to the local Hub server -> reload with plain load_dataset")
         from laion_hf.testing.local_hub import publish_local
 
-        provenance = {
-            "release": builder.release,
-            "sources": ["synthetic LAION metadata (laion-hf synth --world: the embedded image world)"],
-            "preset": "laion2b-en",
-            "filters": builder.filter_spec.descriptions,
-            "blocklists": [
-                {"name": "blocklist_md5.txt", "entries": 5, "column": "url", "removed": scan["removed_by_blocklist"]}
-            ],
-            "scan": scan,
-            "clip": {"model": clip_model, "pretrained": clip_pretrained, "embedding_dim": embedder.embed_dim},
-            "robots": {"disallowed_header_directives": ["noai", "noimageai", "noindex", "noimageindex"]},
-            "pretty_name": "laion-hf demo subset",
+        pub = publish_local(observed(stream), demo.path("published"), "laion-hf/demo-subset",
+                            provenance=_provenance(demo, builder, embedder.embed_dim),
+                            hub_root=demo.path("hub"), show=3)  # fmt: skip
+        demo.summary["publish"] = {
+            k: pub[k] for k in ("repo_id", "rows", "rows_written", "num_shards", "reloaded_rows")
         }
-        pub = publish_local(
-            observed(stream),
-            os.path.join(out_dir, "published"),
-            "laion-hf/demo-subset",
-            provenance=provenance,
-            hub_root=os.path.join(out_dir, "hub"),
-            show=3,
-        )
-        print(format_similarity_summary(sim.result()))
-        _print_report(summary["clip_filter"])
-        summary["publish"] = {k: pub[k] for k in ("repo_id", "rows", "rows_written", "num_shards", "reloaded_rows")}
-        summary["clip_similarity"] = {k: v for k, v in sim.result().items() if not isinstance(v, (list, dict))}
-
-    if stages_through == "publish":
-        return _finish(out_dir, summary)
-    _step("7. PyTorch DataLoader on the published shards (2 workers, exact resume)")
-    from laion_hf.loader import loader_demo
-
-    ld = loader_demo(os.path.join(out_dir, "published"), batch_size=16, num_workers=2, image_size=64)
-    print(f"   {ld}")
-    summary["dataloader"] = ld
-    _step("8. kNN index over the published shards, to explore them in the browser")
-    summary["explore"] = _index_for_page(out_dir, clip_model)
-    return _finish(out_dir, summary)
+    print(format_similarity_summary(sim.result()))
+    _print_report(demo.summary["clip_filter"])
+    if publish:
+        demo.summary["clip_similarity"] = {k: v for k, v in sim.result().items() if not isinstance(v, (list, dict))}
 
 
 def _index_for_page(out_dir: str, clip_model: str) -> dict[str, Any]:

@@ -67,6 +67,16 @@ def synthesize_table(
     if layout not in LAYOUTS:
         raise LaionHFError(f"unknown synth layout {layout!r}; known: {', '.join(LAYOUTS)}")
     rng = np.random.default_rng([seed, start])
+    truth = _world_truth(rows, seed, start, noise) if world else None
+    v = _values(rows, start, rng, truth)
+    cols = _LAYOUT_COLUMNS[layout](v, rng, rows)
+    if truth is not None:
+        cols.update({name: truth.column(src) for name, src in WORLD_COLUMNS.items()})
+    return pa.table(cols)
+
+
+def _values(rows: int, start: int, rng: np.random.Generator, truth: pa.Table | None) -> dict:
+    """The values every layout shares (drawn in a fixed order: same seed, same rows)."""
     sample = embedded_sample()
     captions = sample.column("TEXT").combine_chunks()
     paths = pa.array(_paths(sample.column("URL").to_pylist()))
@@ -79,7 +89,6 @@ def synthesize_table(
         "https://", hosts, path_col, sep, "laion_id=", pc.cast(pa.array(ids), pa.string()), ""
     )
     caption = captions.take(pa.array(pick))
-    truth = _world_truth(rows, seed, start, noise) if world else None
     if truth is not None:
         url, caption = truth.column("url"), truth.column("caption")
     # sizes: log-normal around 500 px with a High-Resolution tail, aspect ratios 1:3..3:1
@@ -89,76 +98,83 @@ def synthesize_table(
     height = np.maximum(1, np.round(np.where(aspect >= 1, long_side / aspect, long_side))).astype(np.int32)
     if truth is not None:
         width, height = truth.column("width").to_numpy(), truth.column("height").to_numpy()
-    similarity = np.clip(rng.normal(0.305, 0.035, rows), 0.05, 0.55)
-    punsafe = np.clip(rng.beta(0.35, 6.0, rows), 0, 1).astype(np.float32)
-    pwatermark = np.clip(rng.beta(0.6, 3.0, rows), 0, 1).astype(np.float32)
-    aesthetic = np.clip(rng.normal(5.0, 0.85, rows), 1, 10).astype(np.float32)
-    language = _LANGUAGES[rng.choice(len(_LANGUAGES), rows, p=_LANG_P)]
-    hash_ = stable_hash64(pc.binary_join_element_wise(url, caption, "")).view(np.int64)
-    if layout == "laion-aesthetics":
-        cols = {
-            "URL": url,
-            "TEXT": caption,
-            "WIDTH": width.astype(np.float64),
-            "HEIGHT": height.astype(np.float64),
-            "similarity": similarity,
-            "hash": hash_,
-            "punsafe": punsafe,
-            "pwatermark": pwatermark,
-            "LANGUAGE": language,
-            "aesthetic": aesthetic,
-        }
-    elif layout == "laion-original":
-        nsfw = np.where(punsafe > 0.5, "NSFW", np.where(punsafe > 0.3, "UNSURE", "UNLIKELY"))
-        cols = {
-            "SAMPLE_ID": ids,
-            "URL": url,
-            "TEXT": caption,
-            "HEIGHT": height,
-            "WIDTH": width,
-            "LICENSE": _LICENSES[rng.integers(0, len(_LICENSES), rows)],
-            "NSFW": nsfw,
-            "similarity": similarity,
-        }
-    elif layout == "laion2b-multi-joined":
-        cols = {
-            "URL": url,
-            "TEXT": caption,
-            "WIDTH": width,
-            "HEIGHT": height,
-            "similarity": similarity,
-            "hash": hash_,
-            "punsafe": punsafe,
-            "pwatermark": pwatermark,
-            "LANGUAGE": language,
-        }
-    elif layout == "relaion":
-        cols = {
-            "url": url,
-            "caption": caption,
-            "width": width,
-            "height": height,
-            "similarity": similarity,
-            "hash": hash_,
-            "punsafe": punsafe,
-            "pwatermark": pwatermark,
-        }
-    else:  # datacomp
-        uid = pc.utf8_lpad(pc.cast(pa.array(ids), pa.string()), 32, "0")
-        cols = {
-            "uid": uid,
-            "url": url,
-            "text": caption,
-            "original_width": width,
-            "original_height": height,
-            "clip_b32_similarity_score": similarity.astype(np.float32),
-            "clip_l14_similarity_score": np.clip(similarity - 0.02 + rng.normal(0, 0.01, rows), 0, 1).astype(
-                np.float32
-            ),
-        }
-    if truth is not None:
-        cols.update({name: truth.column(src) for name, src in WORLD_COLUMNS.items()})
-    return pa.table(cols)
+    return {
+        "ids": ids,
+        "url": url,
+        "caption": caption,
+        "width": width,
+        "height": height,
+        "similarity": np.clip(rng.normal(0.305, 0.035, rows), 0.05, 0.55),
+        "punsafe": np.clip(rng.beta(0.35, 6.0, rows), 0, 1).astype(np.float32),
+        "pwatermark": np.clip(rng.beta(0.6, 3.0, rows), 0, 1).astype(np.float32),
+        "aesthetic": np.clip(rng.normal(5.0, 0.85, rows), 1, 10).astype(np.float32),
+        "language": _LANGUAGES[rng.choice(len(_LANGUAGES), rows, p=_LANG_P)],
+        "hash": stable_hash64(pc.binary_join_element_wise(url, caption, "")).view(np.int64),
+    }
+
+
+def _aesthetics_columns(v: dict, rng: np.random.Generator, rows: int) -> dict:
+    return {
+        "URL": v["url"],
+        "TEXT": v["caption"],
+        "WIDTH": v["width"].astype(np.float64),
+        "HEIGHT": v["height"].astype(np.float64),
+        "similarity": v["similarity"],
+        "hash": v["hash"],
+        "punsafe": v["punsafe"],
+        "pwatermark": v["pwatermark"],
+        "LANGUAGE": v["language"],
+        "aesthetic": v["aesthetic"],
+    }
+
+
+def _original_columns(v: dict, rng: np.random.Generator, rows: int) -> dict:
+    punsafe = v["punsafe"]
+    nsfw = np.where(punsafe > 0.5, "NSFW", np.where(punsafe > 0.3, "UNSURE", "UNLIKELY"))
+    return {
+        "SAMPLE_ID": v["ids"],
+        "URL": v["url"],
+        "TEXT": v["caption"],
+        "HEIGHT": v["height"],
+        "WIDTH": v["width"],
+        "LICENSE": _LICENSES[rng.integers(0, len(_LICENSES), rows)],
+        "NSFW": nsfw,
+        "similarity": v["similarity"],
+    }
+
+
+def _multi_joined_columns(v: dict, rng: np.random.Generator, rows: int) -> dict:
+    names = ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark", "LANGUAGE")
+    keys = ("url", "caption", "width", "height", "similarity", "hash", "punsafe", "pwatermark", "language")
+    return {name: v[key] for name, key in zip(names, keys)}
+
+
+def _relaion_columns(v: dict, rng: np.random.Generator, rows: int) -> dict:
+    keys = ("url", "caption", "width", "height", "similarity", "hash", "punsafe", "pwatermark")
+    return {key: v[key] for key in keys}
+
+
+def _datacomp_columns(v: dict, rng: np.random.Generator, rows: int) -> dict:
+    similarity = v["similarity"]
+    l14 = np.clip(similarity - 0.02 + rng.normal(0, 0.01, rows), 0, 1).astype(np.float32)
+    return {
+        "uid": pc.utf8_lpad(pc.cast(pa.array(v["ids"]), pa.string()), 32, "0"),
+        "url": v["url"],
+        "text": v["caption"],
+        "original_width": v["width"],
+        "original_height": v["height"],
+        "clip_b32_similarity_score": similarity.astype(np.float32),
+        "clip_l14_similarity_score": l14,
+    }
+
+
+_LAYOUT_COLUMNS = {
+    "laion-aesthetics": _aesthetics_columns,
+    "laion-original": _original_columns,
+    "laion2b-multi-joined": _multi_joined_columns,
+    "relaion": _relaion_columns,
+    "datacomp": _datacomp_columns,
+}
 
 
 #: Passthrough columns of ``--world`` rows (name -> column of :func:`laion_hf.world.world_rows`).

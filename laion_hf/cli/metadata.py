@@ -103,9 +103,7 @@ def _run_stats(args) -> int:
         print(json.dumps(stats, indent=2))
     else:
         print(format_stats(stats))
-        if builder.stats.files_skipped:
-            for s in builder.stats.files_skipped:
-                print(f"skipped {s['file']}: {s['error']}")
+        _print_skipped(builder.stats.files_skipped)
     if args.plot:
         plot_stats(stats, args.plot)
         print(f"histograms: {args.plot}")
@@ -154,10 +152,15 @@ def _run_filter(args) -> int:
         f"(filter removed {stats['removed_by_filter']:,}, blocklist {stats['removed_by_blocklist']:,}, "
         f"sample {stats['removed_by_sample']:,}) -> {args.out} ({len(stats['output_files'])} file(s))"
     )
-    for s in stats["files_skipped"]:
+    _print_skipped(stats["files_skipped"])
+    return 0
+
+
+def _print_skipped(files_skipped: list[dict]) -> None:
+    """One line per file skipped with ``--on-error skip``: rows read of rows, rows lost, why."""
+    for s in files_skipped:
         rows = "rows unknown" if s.get("rows") is None else f"{s['rows_read']:,} of {s['rows']:,} rows read"
         print(f"skipped {s['file']} ({rows}, {s.get('rows_lost') or 0:,} lost): {s['error']}")
-    return 0
 
 
 def _run_presets(args) -> int:

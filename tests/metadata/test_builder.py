@@ -398,3 +398,15 @@ def test_cli_on_error_warn_still_works_and_says_it_is_deprecated(tmp_path, synth
     assert main(["stats", str(d), "--on-error", "warn"]) == 0
     err = capsys.readouterr().err
     assert "--on-error warn is deprecated, use --on-error skip" in err
+
+
+def test_cli_stats_lists_skipped_files_with_their_rows(tmp_path, synth_dir, capsys):
+    """`laion-hf stats --on-error skip` says, as `filter` does, how many rows of a skipped file
+    were read and lost."""
+    from laion_hf.cli import main
+
+    d = _bad_files(tmp_path, synth_dir)
+    assert main(["stats", str(d), "--on-error", "skip"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("skipped ")]
+    assert len(lines) == 2, lines
+    assert all(" lost): " in ln and ("rows read" in ln or "rows unknown" in ln) for ln in lines), lines

@@ -59,16 +59,31 @@ class KnnIndex:
         path = index_file(self.out, kind)
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (self.out / f"{kind}.ivfdata").exists() else 0
         try:
-            self.index = faiss.read_index(str(path), flags)
+            index = faiss.read_index(str(path), flags)
         except RuntimeError as e:
             raise KnnIndexError(f"cannot read {path}: {e}") from None
+        missing_path = self.out / f"{kind}.missing.npy"
+        self._attach(index, np.load(missing_path) if missing_path.exists() else np.zeros(0, np.int64))
+
+    @classmethod
+    def in_memory(cls, index: Any, key: str, kind: str, missing: np.ndarray, params: dict | None = None) -> KnnIndex:
+        """A faiss ``index`` being built (not read from a folder), searched like a finished one:
+        the tuning of a graph index on the rows added so far."""
+        self = cls.__new__(cls)
+        self.out, self.kind, self.infos = None, kind, {}
+        self.key, self.family, self.params = key, index_family(key), dict(params or {})
+        self._attach(index, np.asarray(missing, np.int64))
+        return self
+
+    def _attach(self, index: Any, missing: np.ndarray) -> None:
+        import faiss
+
+        self.index, self.missing = index, missing
         self._hnsw_quantizer = False
         if self.family == "ivf":
             ivf = faiss.extract_index_ivf(self.index)
             ivf.make_direct_map(True)
             self._hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
-        missing_path = self.out / f"{kind}.missing.npy"
-        self.missing = np.load(missing_path) if missing_path.exists() else np.zeros(0, np.int64)
 
     @property
     def ntotal(self) -> int:
@@ -109,14 +124,24 @@ class KnnIndex:
 
 
 def exact_search(
-    source: EmbeddingSource, kind: str, queries: np.ndarray, k: int, batch_rows: int = 16384
+    source: EmbeddingSource,
+    kind: str,
+    queries: np.ndarray,
+    k: int,
+    batch_rows: int = 16384,
+    stop_row: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top ``k`` over every vector of ``source`` (rows without a vector
-    excluded), reading chunk by chunk: ``(similarities, ids)``, ``-1`` ids where fewer exist."""
+    excluded; only rows before ``stop_row`` when given), reading chunk by chunk:
+    ``(similarities, ids)``, ``-1`` ids where fewer exist."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     best_d = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.full((len(q), k), -1, np.int64)
     for part, a, b, g in source.chunks(batch_rows):
+        if stop_row is not None:
+            if g >= stop_row:
+                break
+            b = min(b, a + stop_row - g)
         x = source.read(kind, part, a, b)
         sims = q @ x.T
         sims[:, ~(np.abs(x).sum(axis=1) > 0)] = -np.inf

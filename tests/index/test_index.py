@@ -250,3 +250,58 @@ def test_filter_verb_near_text(tiny, tmp_path, capsys):
     got = pq.read_table(tmp_path / "cli" / "part-00000.parquet")
     assert got.equals(pq.read_table(tmp_path / "lib" / "part-00000.parquet"))
     assert got.column_names[-1] == "similarity" and "url" in got.column_names
+
+
+def _dedup_reference(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """The all-pairs definition, written here: float64 products of the normalized vectors,
+    components by union-find, every member but the best-ranked (first) dropped."""
+    x = emb.astype(np.float64) / np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    parent = list(range(len(x)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(x @ x.T > threshold, 1))):
+        a, b = root(int(i)), root(int(j))
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) != i for i in range(len(x))])
+
+
+def _dedup_set(dim: int = 24, seed: int = 0) -> np.ndarray:
+    """Tight clusters, scattered points, chains one step under 0.94 apart (components through
+    several balls) and pairs a hair either side of 0.94, shuffled."""
+    rng = np.random.default_rng(seed)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    centres = unit(rng.normal(size=(30, dim)))
+    spread = np.repeat(np.tile([0.02, 0.07], 15), 40)[:, None]  # tight balls and looser ones
+    clusters = unit(np.repeat(centres, 40, axis=0) + spread * rng.normal(size=(1200, dim)))
+    scattered = unit(rng.normal(size=(300, dim)))
+    chains = []
+    for _ in range(6):
+        a, b = unit(rng.normal(size=(2, dim)))
+        b = unit(b - (a @ b) * a)
+        step = np.arccos(0.94) * 0.999
+        chains.append(np.cos(np.arange(12) * step)[:, None] * a + np.sin(np.arange(12) * step)[:, None] * b)
+    pairs = []
+    for eps in (-1e-9, 1e-9, -1e-8, -1e-6, 1e-6, -3e-5, 3e-5) * 20:
+        a, b = unit(rng.normal(size=(2, dim)))
+        b = unit(b - (a @ b) * a)
+        pairs += [a, (0.94 + eps) * a + np.sqrt(1 - (0.94 + eps) ** 2) * b]
+    x = np.concatenate([clusters, scattered, *chains, np.array(pairs)])
+    return (x[rng.permutation(len(x))] * rng.uniform(0.5, 2, size=(len(x), 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("threshold", [0.94, 0.8, 0.97])
+def test_dedup_equals_the_all_pairs_definition(threshold):
+    from laion_hf.index.search import _DEDUP_DIRECT_MAX, duplicates
+
+    x = _dedup_set()
+    assert len(x) > _DEDUP_DIRECT_MAX  # the ball cover path
+    want = _dedup_reference(x, threshold)
+    assert 0 < want.sum() < len(x) - 300
+    np.testing.assert_array_equal(duplicates(x, threshold), want)
+    small = x[:300]  # the direct path
+    np.testing.assert_array_equal(duplicates(small, threshold), _dedup_reference(small, threshold))

@@ -124,14 +124,17 @@ def plan(
     recall_target: float = 0.95,
     latency_budget_ms: float = 10.0,
     clip_model: str | None = None,
+    clip_pretrained: str | None = None,
     storage_options: dict | None = None,
 ) -> list[WorkOrder]:
     """Open ``src``, choose and train the indexes, and list the row ranges to add.
 
     ``index_key`` forces a faiss factory string for every kind (``Flat``, ``HNSW32``,
-    ``IVF256,Flat``, ...). A folder holding a run with other settings is refused.
+    ``IVF256,Flat``, ...). ``clip_model`` / ``clip_pretrained``: the CLIP model (and its
+    weights) of the embeddings, recorded in ``infos.json`` for text and image queries, where the
+    source does not record them. A folder holding a run with other settings is refused.
     """
-    source = open_source(src, storage_options, clip_model)
+    source = open_source(src, storage_options, clip_model, clip_pretrained)
     if source.rows == 0:
         raise KnnIndexError(f"{src}: no rows to index")
     want = tuple(kinds) if kinds else source.kinds

@@ -183,6 +183,30 @@ def test_shards_with_embedding_columns_and_null_vectors(tmp_path):
     assert i[0] == 41 and len(i) == 58 and not {5, 40} & set(i.tolist())
 
 
+def test_the_clip_model_of_shards_is_recorded(tmp_path):
+    """``laion-hf shards`` records the model under ``configs.<config>.provenance.clip`` of its
+    ``stats.json``: the index finds it from the shards folder and from ``data/<config>/``."""
+    import pyarrow as pa
+
+    from laion_hf.shards.writer import write_shards
+
+    x = np.random.default_rng(2).normal(size=(40, 8)).astype(np.float32)
+    table = pa.table({"key": [str(i) for i in range(40)], "caption": ["c"] * 40,
+                      "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)})  # fmt: skip
+    clip = {"model": "laion-hf-tiny", "pretrained": "tiny.pt"}
+    write_shards(table, tmp_path / "shards", provenance={"clip": clip}, progress=False)
+    for n, src in enumerate([tmp_path / "shards", tmp_path / "shards" / "data" / "default"]):
+        infos = build_index(src, tmp_path / f"idx{n}")
+        assert (infos["clip_model"], infos["clip_pretrained"]) == ("laion-hf-tiny", "tiny.pt"), src
+    infos = build_index(tmp_path / "shards", tmp_path / "other", clip_model="ViT-B-32", clip_pretrained="openai")
+    assert (infos["clip_model"], infos["clip_pretrained"]) == ("ViT-B-32", "openai")
+    infos = build_index(tmp_path / "shards", tmp_path / "weights", clip_pretrained="other.pt")
+    assert (infos["clip_model"], infos["clip_pretrained"]) == ("laion-hf-tiny", "other.pt")
+    src = write_embed_folder(tmp_path / "emb", parts=1, rows=20, dim=8)  # no embed_config.json: no model
+    with pytest.raises(KnnIndexError, match="give clip_model with clip_pretrained"):
+        build_index(src, tmp_path / "none", clip_pretrained="openai")
+
+
 def test_kill_during_index_then_rerun_gives_the_same_index(tmp_path):
     src = write_embed_folder(tmp_path / "emb", parts=6, rows=1000, dim=32, seed=5)
     args = [str(src), "--index-key", "IVF32,Flat", "--batch-rows", "50", "--no-progress"]

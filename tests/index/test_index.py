@@ -329,3 +329,31 @@ def test_dedup_equals_the_all_pairs_definition(threshold):
     np.testing.assert_array_equal(duplicates(x, threshold), want)
     small = x[:300]  # the direct path
     np.testing.assert_array_equal(duplicates(small, threshold), _dedup_reference(small, threshold))
+
+
+def test_filter_near_with_where_keeps_the_nearest_rows_that_match(tiny, embedder, tmp_path, capsys):
+    from laion_hf.cli import main
+
+    _, embed, index = tiny
+    meta = pq.read_table(embed / "metadata")
+    want_d, want_i = _exact(_npy(embed, "image"), embedder.encode_text(["a red thing"]), 12)
+    keep = [n for n, i in enumerate(want_i[0]) if meta["punsafe"][int(i)].as_py() < 0.5]
+    assert 0 < len(keep) < 12  # the filter removes some of the nearest rows
+    stats = filter_near(index, tmp_path / "lib", text="a red thing", k=12, where="punsafe < 0.5")
+    table = pq.read_table(tmp_path / "lib" / "part-00000.parquet")
+    assert table["key"].to_pylist() == [meta["key"][int(want_i[0][n])].as_py() for n in keep]
+    np.testing.assert_allclose(table["similarity"].to_numpy(), want_d[0][keep], rtol=1e-5)
+    assert stats["rows_kept"] == len(keep) and stats["removed_by_filter"] == 12 - len(keep)
+    assert stats["rows_kept"] + stats["removed_by_filter"] + stats["removed_by_query"] == stats["rows_in"] == 40
+    args = ["filter", str(index), "--near", "a red thing", "--k", "12", "--where", "punsafe < 0.5"]
+    assert main([*args, "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        f"kept {len(keep)} of 40 rows nearest the query (12 nearest, {12 - len(keep)} removed"
+        in capsys.readouterr().out
+    )
+    assert pq.read_table(tmp_path / "cli" / "part-00000.parquet").equals(table)
+    assert main([*args, "--sample", "0.5", "--out", str(tmp_path / "sampled")]) != 0
+    assert "--sample cannot be combined with --near" in capsys.readouterr().err
+    assert not (tmp_path / "sampled").exists()
+    with pytest.raises(Exception, match="unknown column.*'nope'"):
+        filter_near(index, tmp_path / "bad", text="a red thing", k=3, where="nope > 1")

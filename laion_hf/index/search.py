@@ -154,7 +154,7 @@ def exact_search(
 
 
 #: below this many results, all pairs are compared directly (no grouping)
-_DEDUP_DIRECT_MAX = 1024
+_DEDUP_DIRECT_MAX = 256
 #: centres sampled per round of the ball cover; a round that covers fewer than
 #: ``_COVER_MIN_GAIN`` points per centre ends the cover (the rest is compared with everything)
 _COVER_CENTRES, _COVER_MIN_GAIN, _COVER_ROUNDS = 64, 4, 16
@@ -237,7 +237,7 @@ def _ball_cover(x32: np.ndarray, radius: float, pad: float) -> tuple[list, np.nd
         for i in range(1, len(cand)):  # one centre per ball: drop those close to a kept one
             keep[i] = not (close[i, :i] & keep[:i]).any()
         cand = cand[keep]
-        sims = _gram(x32[todo], x32[cand])
+        sims = x32[todo] @ x32[cand].T  # one product per round: BLAS
         best = sims.argmax(axis=1)
         cos = sims[np.arange(len(todo)), best]
         ok = cos >= np.cos(radius)
@@ -275,6 +275,8 @@ def similarity_graph(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nd
     # |arccos(a) - arccos(b)| <= arccos(1 - |a - b|): the angles' error from float32 products
     pad = float(np.arccos(1.0 - finder.margin)) + 1e-9
     groups, centres, radii, rest, angle = _ball_cover(finder.x32, min(delta, 0.5), pad)
+    if len(rest) > 0.75 * n:  # little structure: the balls would cost more than they save
+        groups, rest = [], np.arange(n)
     if groups:
         c = x[centres]
         gap = np.arccos(np.clip(c @ c.T, -1.0, 1.0)) - radii[:, None] - radii[None, :]

@@ -347,6 +347,7 @@ def _add_hnsw(
     for p in parts:
         part = faiss.read_index(p)
         x = part.reconstruct_n(0, part.ntotal)
+        del part  # not held while tuning
         head = int(np.clip(cut - index.ntotal, 0, len(x)))
         if head < len(x) and index.ntotal + head == cut and cut < config["rows"]:
             if head:

@@ -218,7 +218,8 @@ def filter_near(
     preset: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write the rows nearest a text, an image (bytes or a path) or an embedding as
-    ``OUT/part-00000.parquet`` (score order, with a ``similarity`` column) and ``stats.json``.
+    ``OUT/part-00000.parquet`` (score order, with a ``similarity`` column: ``query_similarity``
+    when the metadata has a ``similarity`` column of its own, as LAION's does) and ``stats.json``.
 
     ``modality`` picks the image index (default) or the text index. ``where`` / ``preset``
     (``laion-hf filter``'s expressions, ANDed) then keep the nearest rows whose metadata matches
@@ -237,7 +238,9 @@ def filter_near(
     sims, ids = nearest(folder.index(modality), q, k, min_similarity)
     near = folder.metadata.take(pa.array(ids, pa.int64())).append_column(_QUERY_COLUMN, pa.array(sims, pa.float32()))
     table = spec.apply(near)  # the expressions read metadata columns only: the query's column is hidden
-    table = table.rename_columns([*table.column_names[:-1], "similarity"])
+    # LAION metadata has its own `similarity` (caption-image CLIP score): the query's goes beside it
+    name = "query_similarity" if "similarity" in folder.metadata.column_names else "similarity"
+    table = table.rename_columns([*table.column_names[:-1], name])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "part-00000.parquet"

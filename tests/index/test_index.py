@@ -358,3 +358,25 @@ def test_filter_near_with_where_keeps_the_nearest_rows_that_match(tiny, embedder
     assert not (tmp_path / "sampled").exists()
     with pytest.raises(Exception, match="unknown column.*'nope'"):
         filter_near(index, tmp_path / "bad", text="a red thing", k=3, where="nope > 1")
+
+
+def test_filter_near_keeps_laion_similarity_beside_the_query_similarity(tmp_path):
+    """LAION metadata has a ``similarity`` column (the caption-image score): the query's score is
+    written beside it as ``query_similarity`` (two columns of one name cannot be read back)."""
+    import pyarrow as pa
+
+    src = write_embed_folder(tmp_path / "emb", parts=1, rows=30, dim=8)
+    meta = pq.read_table(src / "metadata" / "metadata_0.parquet")
+    laion = np.linspace(0.2, 0.4, 30)
+    pq.write_table(meta.append_column("similarity", pa.array(laion)), src / "metadata" / "metadata_0.parquet")
+    build_index(src, tmp_path / "idx")
+    q = np.load(src / "img_emb" / "img_emb_0.npy")[20].astype(np.float32)
+    filter_near(tmp_path / "idx", tmp_path / "near", embedding=q.tolist(), k=8, where="similarity >= 0.3")
+    got = pq.read_table(tmp_path / "near" / "part-00000.parquet")
+    assert got.column_names[-2:] == ["similarity", "query_similarity"]
+    assert all(v >= 0.3 for v in got["similarity"].to_pylist())  # --where reads LAION's column
+    want_d, want_i = _exact(_npy(src, "image"), q[None] / np.linalg.norm(q), 8)
+    keep = [n for n, i in enumerate(want_i[0]) if laion[i] >= 0.3]
+    assert 0 < len(keep) < 8
+    assert got["key"].to_pylist() == [f"0_{want_i[0][n]}" for n in keep]
+    np.testing.assert_allclose(got["query_similarity"].to_numpy(), want_d[0][keep], rtol=1e-4)

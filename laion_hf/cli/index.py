@@ -49,6 +49,11 @@ def _register_index(sub: Any) -> None:
         default=None,
         help="CLIP model of the embeddings when the source does not say",
     )
+    p.add_argument(
+        "--clip-pretrained",
+        default=None,
+        help="its weights (a tag or a checkpoint file) when the source does not say",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from laion_hf.cli._options import add_engine_arguments  # --engine local|ray (no ray import)
 
@@ -71,7 +76,8 @@ def _run_index(args: argparse.Namespace) -> int:
     infos = run(
         args.source, args.out, max_index_memory=args.max_index_memory, memory_mappable=args.memory_mappable,
         index_key=args.index_key, kinds=args.kind, recall_target=args.recall, batch_rows=args.batch_rows,
-        latency_budget_ms=args.latency_budget_ms, clip_model=args.clip_model, progress=not args.no_progress,
+        latency_budget_ms=args.latency_budget_ms, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+        progress=not args.no_progress,
     )  # fmt: skip
     for kind, k in infos["kinds"].items():
         print(f"{kind}: {k['index_key']} {k['search_params'] or ''} over {k['count']:,} vectors "

@@ -134,11 +134,7 @@ def _register_filter(sub) -> None:
 def _run_filter(args) -> int:
     near = near_kwargs_from_args(args)
     if near is not None:  # SOURCE is an index folder: clip-retrieval's `clip filter`
-        from laion_hf.index.query import filter_near
-
-        stats = filter_near(args.source, args.out, **near)
-        print(f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows nearest the query -> {args.out}")
-        return 0
+        return _run_filter_near(args, near)
     from laion_hf.export import filter_to_parquet  # datasets: imported only by the verbs that read metadata
     from laion_hf.provenance import merge, read_provenance, selection_record, write_provenance
 
@@ -161,6 +157,24 @@ def _print_skipped(files_skipped: list[dict]) -> None:
     for s in files_skipped:
         rows = "rows unknown" if s.get("rows") is None else f"{s['rows_read']:,} of {s['rows']:,} rows read"
         print(f"skipped {s['file']} ({rows}, {s.get('rows_lost') or 0:,} lost): {s['error']}")
+
+
+def _run_filter_near(args, near: dict) -> int:
+    """``--near``: the nearest rows of an index folder, then ``--where`` / ``--preset`` on them."""
+    from laion_hf.errors import KnnIndexError
+    from laion_hf.index.query import filter_near
+
+    ignored = [flag for flag, value in (("--blocklist", args.blocklist), ("--sample", args.sample),
+               ("--columns", args.columns), ("--release", args.release), ("--engine ray", args.engine == "ray"))
+               if value]  # fmt: skip
+    if ignored:
+        raise KnnIndexError(f"{', '.join(ignored)} cannot be combined with --near (--where and --preset can): "
+                            "filter the --near output again with `laion-hf filter`")  # fmt: skip
+    stats = filter_near(args.source, args.out, where=args.where, preset=args.preset, **near)
+    nearest = stats["rows_kept"] + stats["removed_by_filter"]
+    how = f" ({nearest:,} nearest, {stats['removed_by_filter']:,} removed by the filter)" if stats["filters"] else ""
+    print(f"kept {stats['rows_kept']:,} of {stats['rows_in']:,} rows nearest the query{how} -> {args.out}")
+    return 0
 
 
 def _run_presets(args) -> int:

@@ -124,14 +124,17 @@ def plan(
     recall_target: float = 0.95,
     latency_budget_ms: float = 10.0,
     clip_model: str | None = None,
+    clip_pretrained: str | None = None,
     storage_options: dict | None = None,
 ) -> list[WorkOrder]:
     """Open ``src``, choose and train the indexes, and list the row ranges to add.
 
     ``index_key`` forces a faiss factory string for every kind (``Flat``, ``HNSW32``,
-    ``IVF256,Flat``, ...). A folder holding a run with other settings is refused.
+    ``IVF256,Flat``, ...). ``clip_model`` / ``clip_pretrained``: the CLIP model (and its
+    weights) of the embeddings, recorded in ``infos.json`` for text and image queries, where the
+    source does not record them. A folder holding a run with other settings is refused.
     """
-    source = open_source(src, storage_options, clip_model)
+    source = open_source(src, storage_options, clip_model, clip_pretrained)
     if source.rows == 0:
         raise KnnIndexError(f"{src}: no rows to index")
     want = tuple(kinds) if kinds else source.kinds
@@ -263,7 +266,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
     for kind in config["kinds"]:
         mine = sorted((o for o in orders if o.kind == kind), key=lambda o: o.number)
         t0 = time.perf_counter()
-        _assemble(out, kind, mine, config)
+        _assemble(out, kind, mine, config, source)
         kinds[kind] = {"assemble_seconds": round(time.perf_counter() - t0, 3)}
         if index_family(config["index_keys"][kind]) == "hnsw":
             kinds[kind]["build_params"] = {"efConstruction": HNSW_EF_CONSTRUCTION}
@@ -271,7 +274,10 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
     from laion_hf.index.tune import tune_kind
 
     for kind in config["kinds"]:
-        kinds[kind].update(tune_kind(out, kind, source, config, _train_size(config["index_keys"][kind], source.rows)))
+        tuned_path = _tuned_path(out, kind)
+        tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else None
+        trained_on = _train_size(config["index_keys"][kind], source.rows)
+        kinds[kind].update(tune_kind(out, kind, source, config, trained_on, tuned))
     infos = {k: config[k] for k in ("version", "rows", "dim", "clip_model", "clip_pretrained", "layout", "source")}
     infos.update(
         metadata=config["metadata"],
@@ -285,7 +291,7 @@ def finish(orders: Sequence[WorkOrder], results: Sequence[dict]) -> dict[str, An
     return infos
 
 
-def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> None:
+def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict, source: EmbeddingSource) -> None:
     import faiss
 
     final_path = index_file(out, kind)
@@ -310,20 +316,47 @@ def _assemble(out: Path, kind: str, orders: list[WorkOrder], config: dict) -> No
             part = faiss.read_index(p)
             ivf.merge_from(faiss.extract_index_ivf(part), 0)
         index.ntotal = ivf.ntotal
+    elif family == "hnsw":
+        index = faiss.index_factory(config["dim"], key, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        _add_hnsw(out, kind, index, parts, config, missing_all, source)
     else:
-        index = (
-            faiss.IndexFlatIP(config["dim"])
-            if family == "flat"
-            else faiss.index_factory(config["dim"], key, faiss.METRIC_INNER_PRODUCT)
-        )
-        if family == "hnsw":
-            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index = faiss.IndexFlatIP(config["dim"])
         for p in parts:
             part = faiss.read_index(p)
             index.add(part.reconstruct_n(0, part.ntotal))
     if index.ntotal != config["rows"]:
         raise KnnIndexError(f"{kind} index holds {index.ntotal} vectors, the metadata {config['rows']} rows")
     atomic_write(final_path, lambda p: faiss.write_index(index, str(p)))
+
+
+def _tuned_path(out: Path, kind: str) -> Path:
+    return out / WORK / f"{kind}.tuned.json"
+
+
+def _add_hnsw(
+    out: Path, kind: str, index: Any, parts: list[str], config: dict, missing: np.ndarray, source: EmbeddingSource
+) -> None:
+    """Add the parts' vectors in row order, tuning the search parameter on the way: once the rows
+    before the tail are in, on the tail's vectors (fresh queries, see ``tune.tune_prefix``)."""
+    import faiss
+
+    from laion_hf.index.tune import tail_cut, tune_prefix
+
+    cut = tail_cut(config["rows"])
+    for p in parts:
+        part = faiss.read_index(p)
+        x = part.reconstruct_n(0, part.ntotal)
+        del part  # not held while tuning
+        head = int(np.clip(cut - index.ntotal, 0, len(x)))
+        if head < len(x) and index.ntotal + head == cut and cut < config["rows"]:
+            if head:
+                index.add(x[:head])
+            tuned = tune_prefix(index, kind, source, config, missing)
+            if tuned is not None:
+                atomic_write_json(_tuned_path(out, kind), tuned, indent=2)
+            x = x[head:]
+        index.add(x)
 
 
 def _write_ipc(path: Path, tables: Any) -> None:

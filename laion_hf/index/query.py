@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,6 +199,10 @@ def nearest(index: KnnIndex, q: np.ndarray, k: int | None, min_similarity: float
         want *= 4
 
 
+#: the query's similarity column while the filter runs (not a name a filter can read)
+_QUERY_COLUMN = "\x00query similarity"
+
+
 def filter_near(
     index_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -211,27 +214,42 @@ def filter_near(
     min_similarity: float | None = None,
     modality: str = "image",
     metadata: str | None = None,
+    where: str | Sequence[str] | None = None,
+    preset: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write the rows nearest a text, an image (bytes or a path) or an embedding as
-    ``OUT/part-00000.parquet`` (score order, with a ``similarity`` column) and ``stats.json``.
+    ``OUT/part-00000.parquet`` (score order, with a ``similarity`` column: ``query_similarity``
+    when the metadata has a ``similarity`` column of its own, as LAION's does) and ``stats.json``.
 
-    ``modality`` picks the image index (default) or the text index. Returns the stats:
-    ``rows_in`` (rows searched) = ``rows_kept`` + ``removed_by_query``, ``output_files``.
+    ``modality`` picks the image index (default) or the text index. ``where`` / ``preset``
+    (``laion-hf filter``'s expressions, ANDed) then keep the nearest rows whose metadata matches
+    them: the ``k`` nearest are searched first, so fewer than ``k`` may remain. Returns the
+    stats: ``rows_in`` (rows searched) = ``rows_kept`` + ``removed_by_query`` +
+    ``removed_by_filter``, ``output_files``.
     """
     import pyarrow.parquet as pq
 
+    from laion_hf._util.atomic import atomic_write_json
+    from laion_hf.filters import combine_filters
+
     folder = IndexFolder(index_dir, metadata)
+    spec = combine_filters(where, preset, known_columns=folder.metadata.column_names)
     q = _query_vector(folder, text, image, embedding)
     sims, ids = nearest(folder.index(modality), q, k, min_similarity)
-    table = folder.metadata.take(pa.array(ids, pa.int64())).append_column("similarity", pa.array(sims, pa.float32()))
+    near = folder.metadata.take(pa.array(ids, pa.int64())).append_column(_QUERY_COLUMN, pa.array(sims, pa.float32()))
+    table = spec.apply(near)  # the expressions read metadata columns only: the query's column is hidden
+    # LAION metadata has its own `similarity` (caption-image CLIP score): the query's goes beside it
+    name = "query_similarity" if "similarity" in folder.metadata.column_names else "similarity"
+    table = table.rename_columns([*table.column_names[:-1], name])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "part-00000.parquet"
     pq.write_table(table, path)
-    stats = {"rows_in": folder.rows, "rows_kept": table.num_rows,
-             "removed_by_query": folder.rows - table.num_rows, "output_files": [str(path)],
+    stats = {"rows_in": folder.rows, "rows_kept": table.num_rows, "removed_by_query": folder.rows - near.num_rows,
+             "removed_by_filter": near.num_rows - table.num_rows, "filters": spec.descriptions,
+             "output_files": [str(path)],
              "query": {"text": text, "image": image if isinstance(image, str) else None,
                        "embedding": embedding is not None, "k": k, "min_similarity": min_similarity,
                        "modality": modality}, "index": str(index_dir)}  # fmt: skip
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    atomic_write_json(out / "stats.json", stats, indent=2)
     return stats

@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,9 +162,14 @@ def is_embed_layout(src: str, storage_options: dict | None = None) -> bool:
 
 
 def open_source(
-    src: str | os.PathLike, storage_options: dict | None = None, clip_model: str | None = None
+    src: str | os.PathLike,
+    storage_options: dict | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
 ) -> EmbeddingSource:
-    """Open ``src`` (embed output folder, or parquet shards with embedding columns)."""
+    """Open ``src`` (embed output folder, or parquet shards with embedding columns).
+    ``clip_model`` / ``clip_pretrained`` name the CLIP model of the embeddings where the source
+    does not (or override what it records)."""
     src = os.fspath(src)
     if "://" not in src:
         src = os.path.abspath(src)
@@ -172,7 +178,11 @@ def open_source(
     else:
         source = _open_shards(src, storage_options)
     if clip_model:
-        source = dataclasses.replace(source, model=clip_model, pretrained=None)
+        source = dataclasses.replace(source, model=clip_model, pretrained=clip_pretrained)
+    elif clip_pretrained:
+        if not source.model:
+            raise KnnIndexError(f"{src} records no CLIP model: give clip_model with clip_pretrained")
+        source = dataclasses.replace(source, pretrained=clip_pretrained)
     return source
 
 
@@ -240,22 +250,47 @@ def _open_shards(src: str, so: dict | None) -> EmbeddingSource:
         groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         parts.append(Part(path, meta.num_rows, {k: SHARD_COLUMNS[k] for k in have}, groups))
         images = images and "image" in schema.names
-    model, pretrained = _shards_model(src, so)
+    model, pretrained = _shards_model(src, files, so)
     return EmbeddingSource(src, "shards", tuple(parts), int(dim), kinds, model, pretrained, so, images)
 
 
-def _shards_model(src: str, so: dict | None) -> tuple[str | None, str | None]:
-    """The CLIP model recorded in ``stats.json`` (``laion-hf shards`` provenance), if any."""
+def _shards_model(src: str, files: Sequence[str], so: dict | None) -> tuple[str | None, str | None]:
+    """The CLIP model recorded in the shards' ``stats.json`` (``laion-hf shards`` writes it under
+    ``configs.<config>.provenance.clip``), found in SRC or above the files (``OUT/data/<config>/``)."""
     fs, root = _fs(src, so)
-    try:
-        with fs.open(f"{root.rstrip('/')}/stats.json", "rb") as f:
-            stats = json.load(f)
-    except (OSError, ValueError):
+    first = _fs(files[0], so)[1] if files else root
+    folders = [root.rstrip("/"), posixpath.dirname(first)]
+    folders += [posixpath.dirname(folders[-1]), posixpath.dirname(posixpath.dirname(folders[-1]))]
+    for folder in dict.fromkeys(f for f in folders if f):
+        try:
+            with fs.open(f"{folder}/stats.json", "rb") as f:
+                stats = json.load(f)
+        except (OSError, ValueError):
+            continue
+        found = _clip_of_stats(stats, first)
+        if found[0]:
+            return found
+    return None, None
+
+
+def _clip_of_stats(stats: Any, first_file: str) -> tuple[str | None, str | None]:
+    """``(model, pretrained)`` of a ``stats.json``: the config whose ``data/<config>/`` holds
+    ``first_file``, else the one model every config that names one agrees on."""
+    if not isinstance(stats, dict):
         return None, None
-    for cfg in [stats] + [v for v in stats.values() if isinstance(v, dict)]:
-        clip = (cfg.get("provenance") or {}).get("clip") if isinstance(cfg.get("provenance"), dict) else None
+    configs = stats.get("configs") if isinstance(stats.get("configs"), dict) else {}
+    candidates = {name: cfg for name, cfg in configs.items() if isinstance(cfg, dict)}
+    found = {}
+    for name, cfg in [("", stats), *candidates.items()]:
+        prov = cfg.get("provenance")
+        clip = prov.get("clip") if isinstance(prov, dict) else None
         if isinstance(clip, dict) and clip.get("model"):
-            return clip["model"], clip.get("pretrained")
+            found[name] = (clip["model"], clip.get("pretrained"))
+    mine = [name for name in found if name and f"/data/{name}/" in first_file]
+    if mine:
+        return found[mine[0]]
+    if len(set(found.values())) == 1:
+        return next(iter(found.values()))
     return None, None
 
 

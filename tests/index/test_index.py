@@ -96,6 +96,30 @@ def test_approximate_indexes_are_tuned_to_the_recall_target(tmp_path, options):
         assert infos["kinds"]["image"]["index_key"].startswith("IVF")
 
 
+def test_graph_index_is_tuned_on_fresh_queries(tmp_path):
+    """Fresh queries (drawn like the rows, not in the index) reach the recall target with the
+    tuned efSearch. Leave-one-out queries (rows of the graph) tuned this data to efSearch 16,
+    recall@10 0.99 on themselves but ~0.8 on fresh queries."""
+    import pyarrow as pa
+
+    from laion_hf.testing.knn import clustered
+
+    n, dim = 3000, 128
+    x = clustered(n + 300, dim, seed=4, clusters=10, spread=3.0)
+    (tmp_path / "emb" / "img_emb").mkdir(parents=True)
+    (tmp_path / "emb" / "metadata").mkdir()
+    np.save(tmp_path / "emb" / "img_emb" / "img_emb_0.npy", x[:n].astype(np.float16))
+    pq.write_table(pa.table({"key": [str(i) for i in range(n)]}), tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    k = build_index(tmp_path / "emb", tmp_path / "idx", index_key="HNSW32")["kinds"]["image"]
+    assert k["queries_from"] == f"rows {n - 300}-{n - 1}" and k["tuned_on_rows"] == n - 300
+    assert k["target_met"] and k["recall_at_10_low"] >= 0.95, k["sweep"]
+    fresh = x[n:]
+    _, truth = _exact(x[:n].astype(np.float16).astype(np.float32), fresh, 10)
+    got = KnnIndex(tmp_path / "idx", "image").search(fresh, 10)
+    recall = np.mean([len(np.intersect1d(i, t)) / 10 for (_, i), t in zip(got, truth)])
+    assert recall >= k["recall_target"], (recall, k["search_params"], k["sweep"])
+
+
 def test_index_type_follows_count_and_memory():
     gb = 10**9
     assert choose_index_key(5_000, 512, 8 * gb) == "Flat"
@@ -157,6 +181,30 @@ def test_shards_with_embedding_columns_and_null_vectors(tmp_path):
     assert infos["kinds"]["image"]["missing"] == 2 and infos["clip_model"] == "laion-hf-tiny"
     _, i = KnnIndex(tmp_path / "idx", "image").search(x[41][None], 60)[0]
     assert i[0] == 41 and len(i) == 58 and not {5, 40} & set(i.tolist())
+
+
+def test_the_clip_model_of_shards_is_recorded(tmp_path):
+    """``laion-hf shards`` records the model under ``configs.<config>.provenance.clip`` of its
+    ``stats.json``: the index finds it from the shards folder and from ``data/<config>/``."""
+    import pyarrow as pa
+
+    from laion_hf.shards.writer import write_shards
+
+    x = np.random.default_rng(2).normal(size=(40, 8)).astype(np.float32)
+    table = pa.table({"key": [str(i) for i in range(40)], "caption": ["c"] * 40,
+                      "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)})  # fmt: skip
+    clip = {"model": "laion-hf-tiny", "pretrained": "tiny.pt"}
+    write_shards(table, tmp_path / "shards", provenance={"clip": clip}, progress=False)
+    for n, src in enumerate([tmp_path / "shards", tmp_path / "shards" / "data" / "default"]):
+        infos = build_index(src, tmp_path / f"idx{n}")
+        assert (infos["clip_model"], infos["clip_pretrained"]) == ("laion-hf-tiny", "tiny.pt"), src
+    infos = build_index(tmp_path / "shards", tmp_path / "other", clip_model="ViT-B-32", clip_pretrained="openai")
+    assert (infos["clip_model"], infos["clip_pretrained"]) == ("ViT-B-32", "openai")
+    infos = build_index(tmp_path / "shards", tmp_path / "weights", clip_pretrained="other.pt")
+    assert (infos["clip_model"], infos["clip_pretrained"]) == ("laion-hf-tiny", "other.pt")
+    src = write_embed_folder(tmp_path / "emb", parts=1, rows=20, dim=8)  # no embed_config.json: no model
+    with pytest.raises(KnnIndexError, match="give clip_model with clip_pretrained"):
+        build_index(src, tmp_path / "none", clip_pretrained="openai")
 
 
 def test_kill_during_index_then_rerun_gives_the_same_index(tmp_path):
@@ -226,3 +274,109 @@ def test_filter_verb_near_text(tiny, tmp_path, capsys):
     got = pq.read_table(tmp_path / "cli" / "part-00000.parquet")
     assert got.equals(pq.read_table(tmp_path / "lib" / "part-00000.parquet"))
     assert got.column_names[-1] == "similarity" and "url" in got.column_names
+
+
+def _dedup_reference(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """The all-pairs definition, written here: float64 products of the normalized vectors,
+    components by union-find, every member but the best-ranked (first) dropped."""
+    x = emb.astype(np.float64) / np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    parent = list(range(len(x)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(x @ x.T > threshold, 1))):
+        a, b = root(int(i)), root(int(j))
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) != i for i in range(len(x))])
+
+
+def _dedup_set(dim: int = 24, seed: int = 0) -> np.ndarray:
+    """Tight clusters, scattered points, chains one step under 0.94 apart (components through
+    several balls) and pairs a hair either side of 0.94, shuffled."""
+    rng = np.random.default_rng(seed)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    centres = unit(rng.normal(size=(30, dim)))
+    spread = np.repeat(np.tile([0.02, 0.07], 15), 40)[:, None]  # tight balls and looser ones
+    clusters = unit(np.repeat(centres, 40, axis=0) + spread * rng.normal(size=(1200, dim)))
+    scattered = unit(rng.normal(size=(300, dim)))
+    chains = []
+    for _ in range(6):
+        a, b = unit(rng.normal(size=(2, dim)))
+        b = unit(b - (a @ b) * a)
+        step = np.arccos(0.94) * 0.999
+        chains.append(np.cos(np.arange(12) * step)[:, None] * a + np.sin(np.arange(12) * step)[:, None] * b)
+    pairs = []
+    for eps in (-1e-9, 1e-9, -1e-8, -1e-6, 1e-6, -3e-5, 3e-5) * 20:
+        a, b = unit(rng.normal(size=(2, dim)))
+        b = unit(b - (a @ b) * a)
+        pairs += [a, (0.94 + eps) * a + np.sqrt(1 - (0.94 + eps) ** 2) * b]
+    x = np.concatenate([clusters, scattered, *chains, np.array(pairs)])
+    return (x[rng.permutation(len(x))] * rng.uniform(0.5, 2, size=(len(x), 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("threshold", [0.94, 0.8, 0.97])
+def test_dedup_equals_the_all_pairs_definition(threshold):
+    from laion_hf.index.search import _DEDUP_DIRECT_MAX, duplicates
+
+    x = _dedup_set()
+    assert len(x) > _DEDUP_DIRECT_MAX  # the ball cover path
+    want = _dedup_reference(x, threshold)
+    assert 0 < want.sum() < len(x) - 300
+    np.testing.assert_array_equal(duplicates(x, threshold), want)
+    small = x[:200]  # the direct path
+    assert len(small) <= _DEDUP_DIRECT_MAX
+    np.testing.assert_array_equal(duplicates(small, threshold), _dedup_reference(small, threshold))
+
+
+def test_filter_near_with_where_keeps_the_nearest_rows_that_match(tiny, embedder, tmp_path, capsys):
+    from laion_hf.cli import main
+
+    _, embed, index = tiny
+    meta = pq.read_table(embed / "metadata")
+    want_d, want_i = _exact(_npy(embed, "image"), embedder.encode_text(["a red thing"]), 12)
+    keep = [n for n, i in enumerate(want_i[0]) if meta["punsafe"][int(i)].as_py() < 0.5]
+    assert 0 < len(keep) < 12  # the filter removes some of the nearest rows
+    stats = filter_near(index, tmp_path / "lib", text="a red thing", k=12, where="punsafe < 0.5")
+    table = pq.read_table(tmp_path / "lib" / "part-00000.parquet")
+    assert table["key"].to_pylist() == [meta["key"][int(want_i[0][n])].as_py() for n in keep]
+    np.testing.assert_allclose(table["similarity"].to_numpy(), want_d[0][keep], rtol=1e-5)
+    assert stats["rows_kept"] == len(keep) and stats["removed_by_filter"] == 12 - len(keep)
+    assert stats["rows_kept"] + stats["removed_by_filter"] + stats["removed_by_query"] == stats["rows_in"] == 40
+    args = ["filter", str(index), "--near", "a red thing", "--k", "12", "--where", "punsafe < 0.5"]
+    assert main([*args, "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        f"kept {len(keep)} of 40 rows nearest the query (12 nearest, {12 - len(keep)} removed"
+        in capsys.readouterr().out
+    )
+    assert pq.read_table(tmp_path / "cli" / "part-00000.parquet").equals(table)
+    assert main([*args, "--sample", "0.5", "--out", str(tmp_path / "sampled")]) != 0
+    assert "--sample cannot be combined with --near" in capsys.readouterr().err
+    assert not (tmp_path / "sampled").exists()
+    with pytest.raises(Exception, match="unknown column.*'nope'"):
+        filter_near(index, tmp_path / "bad", text="a red thing", k=3, where="nope > 1")
+
+
+def test_filter_near_keeps_laion_similarity_beside_the_query_similarity(tmp_path):
+    """LAION metadata has a ``similarity`` column (the caption-image score): the query's score is
+    written beside it as ``query_similarity`` (two columns of one name cannot be read back)."""
+    import pyarrow as pa
+
+    src = write_embed_folder(tmp_path / "emb", parts=1, rows=30, dim=8)
+    meta = pq.read_table(src / "metadata" / "metadata_0.parquet")
+    laion = np.linspace(0.2, 0.4, 30)
+    pq.write_table(meta.append_column("similarity", pa.array(laion)), src / "metadata" / "metadata_0.parquet")
+    build_index(src, tmp_path / "idx")
+    q = np.load(src / "img_emb" / "img_emb_0.npy")[20].astype(np.float32)
+    filter_near(tmp_path / "idx", tmp_path / "near", embedding=q.tolist(), k=8, where="similarity >= 0.3")
+    got = pq.read_table(tmp_path / "near" / "part-00000.parquet")
+    assert got.column_names[-2:] == ["similarity", "query_similarity"]
+    assert all(v >= 0.3 for v in got["similarity"].to_pylist())  # --where reads LAION's column
+    want_d, want_i = _exact(_npy(src, "image"), q[None] / np.linalg.norm(q), 8)
+    keep = [n for n, i in enumerate(want_i[0]) if laion[i] >= 0.3]
+    assert 0 < len(keep) < 8
+    assert got["key"].to_pylist() == [f"0_{want_i[0][n]}" for n in keep]
+    np.testing.assert_allclose(got["query_similarity"].to_numpy(), want_d[0][keep], rtol=1e-4)

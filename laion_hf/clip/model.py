@@ -10,11 +10,12 @@ the tiny ``laion-hf-tiny`` config registered by this package).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import open_clip
@@ -23,7 +24,16 @@ from torchvision.transforms import Normalize, ToTensor
 
 from laion_hf.errors import ModelError
 
-__all__ = ["ClipEmbedder", "TINY_MODEL", "encode_text_prefix", "resolve_device", "resolve_precision", "resolve_weights"]
+__all__ = [
+    "ClipEmbedder",
+    "RandomInitFilter",
+    "TINY_MODEL",
+    "encode_text_prefix",
+    "quiet_random_init",
+    "resolve_device",
+    "resolve_precision",
+    "resolve_weights",
+]
 
 #: name of the tiny random-init config shipped for tests and the demo (~3.5 M parameters)
 TINY_MODEL = "laion-hf-tiny"
@@ -282,11 +292,26 @@ def encode_text_prefix(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
-class _RandomInitFilter(logging.Filter):
+class RandomInitFilter(logging.Filter):
     """Hide open_clip's "initialized randomly" warning when random init is what was asked for."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_random_init(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, open_clip's "initialized randomly" warning is hidden (when ``enabled``:
+    random init is what the caller asked for); every other log record passes."""
+    quiet = RandomInitFilter() if enabled else None
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
 
 
 class ClipEmbedder:
@@ -323,22 +348,13 @@ class ClipEmbedder:
         self.model_name = model
         self.pretrained = pretrained
         self.weights_source = resolved.source
+        random_init = resolved.pretrained is None and "local-dir:" not in resolved.model_name
         try:
-            quiet = (
-                _RandomInitFilter() if resolved.pretrained is None and "local-dir:" not in resolved.model_name else None
-            )
-            root = logging.getLogger()
-            if quiet:
-                root.addFilter(quiet)
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                        resolved.model_name, pretrained=resolved.pretrained, **resolved.kwargs
-                    )
-            finally:
-                if quiet:
-                    root.removeFilter(quiet)
+            with quiet_random_init(random_init), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                    resolved.model_name, pretrained=resolved.pretrained, **resolved.kwargs
+                )
         except ModelError:
             raise
         except Exception as e:  # open_clip raises RuntimeError/ValueError/FileNotFoundError/KeyError

@@ -197,3 +197,23 @@ def test_text_prefix_forward_falls_back_when_nothing_is_padding(tiny):
     tokens = tiny.tokenizer([long])
     with torch.inference_mode():
         assert torch.equal(encode_text_prefix(tiny.model, tokens), tiny.model.encode_text(tokens))
+
+
+def test_quiet_random_init_hides_only_that_warning_and_only_inside(caplog):
+    import logging
+
+    from laion_hf.clip.model import quiet_random_init
+
+    root = logging.getLogger()
+    with caplog.at_level(logging.WARNING):
+        with quiet_random_init():
+            root.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
+            root.warning("something else")
+        with quiet_random_init(enabled=False):
+            root.warning("kept: initialized randomly")
+        root.warning("after: initialized randomly")
+    assert [r.getMessage() for r in caplog.records] == [
+        "something else",
+        "kept: initialized randomly",
+        "after: initialized randomly",
+    ]

@@ -4,4 +4,5 @@ import sys
 
 from laion_hf.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in spawned worker processes (laion-hf reproduce --parallel)
+    sys.exit(main())

@@ -50,10 +50,26 @@ def _register_synth(sub) -> None:
     p.add_argument(
         "--noise", type=A.unit_interval, default=0.3, help="with --world: fraction of noisy captions (default 0.3)"
     )
+    p.add_argument(
+        "--eval-sets",
+        metavar="DIR",
+        help="with --world: also write the world's held-out zero-shot benchmark into DIR (CLIP_benchmark "
+        "layout: one classification set per attribute and a retrieval set, images disjoint from the metadata's)",
+    )
+    p.add_argument(
+        "--eval-images",
+        type=A.positive_int,
+        default=500,
+        help="with --eval-sets: held-out images per set (default 500)",
+    )
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
+    if args.eval_sets and not args.world:
+        from laion_hf.errors import EvalError
+
+        raise EvalError("--eval-sets needs --world (the held-out sets are images of the world)")
     paths = synthesize(
         args.rows,
         args.out,
@@ -65,6 +81,12 @@ def _run_synth(args) -> int:
         noise=args.noise,
     )
     print(f"wrote {args.rows:,} rows in {len(paths)} file(s) to {args.out}")
+    if args.eval_sets:
+        from laion_hf.eval.worldbench import write_world_benchmark
+
+        sets = write_world_benchmark(args.eval_sets, args.eval_images)
+        print(f"wrote {len(sets)} held-out evaluation sets ({', '.join(sets)}) of {args.eval_images:,} images to "
+              f"{args.eval_sets}")  # fmt: skip
     return 0
 
 

@@ -18,20 +18,22 @@ def register(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--work", default="laion-hf-reproduce", help="work folder (data, bench, runs, results)")
-    p.add_argument("--pool", type=int, default=2048, help="world pairs scored by the teacher")
+    p.add_argument("--pool", type=int, default=4096, help="world pairs scored by the teacher")
     p.add_argument("--noise", type=float, default=0.5, help="fraction of noisy pairs in the world")
-    p.add_argument("--scales", type=int, nargs="+", default=[128, 256, 512, 1024, 2048], help="samples seen")
+    p.add_argument("--scales", type=int, nargs="+", default=[1024, 1728, 2912, 4864, 8192], help="samples seen")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (at most half a run)")
     p.add_argument("--student", default="laion-hf-world", help="open_clip config trained from scratch")
     p.add_argument("--teacher", default="laion-hf-world",
                    help="the filtering CLIP: a model with weights, or a laion-hf train checkpoint")  # fmt: skip
     p.add_argument("--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)")
     p.add_argument("--threshold", type=float, default=None, help="similarity cut (default: the teacher's)")
     p.add_argument("--image-side", type=int, default=80, help="long side of the rendered images")
-    p.add_argument("--eval-images", type=int, default=200, help="held-out images per benchmark set")
+    p.add_argument("--eval-images", type=int, default=500, help="held-out images per benchmark set")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
+    p.add_argument("--parallel", type=int, default=2, help="training runs at a time (processes, 1 thread each)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run)
 
@@ -41,10 +43,10 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = ReproduceConfig(
         work=args.work, pool=args.pool, noise=args.noise, scales=tuple(args.scales), seeds=tuple(args.seeds),
-        batch_size=args.batch_size, lr=args.lr, student=args.student, teacher=args.teacher,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, student=args.student, teacher=args.teacher,
         teacher_pretrained=args.teacher_pretrained,
         threshold=args.threshold, image_side=args.image_side, eval_images=args.eval_images,
-        workers=args.workers, device=args.device,
+        workers=args.workers, parallel=args.parallel, device=args.device,
     )  # fmt: skip
     s = reproduce(cfg, emit=lambda m: print(m, flush=True))
     print("\nsamples_seen  unfiltered_err (spread)  filtered_err (spread)  gap  filtered beats spread")

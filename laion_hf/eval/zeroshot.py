@@ -18,7 +18,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from laion_hf.errors import EvalError, ModelError
@@ -167,12 +166,28 @@ def _progress(total: int | None, enabled: bool, desc: str) -> Any:
 
 
 # ---------------------------------------------------------------- tasks
+def encode_texts(embedder: Any, texts: Sequence[str]) -> torch.Tensor:
+    """``(len(texts), D)`` L2-normalised text embeddings on the device. Each distinct token
+    sequence is encoded once (texts that tokenise alike get bit-identical embeddings, so they
+    tie exactly), in batches of similar length (the embedder runs only up to the last
+    end-of-text token of a batch)."""
+    if not texts:
+        return torch.zeros((0, embedder.embed_dim), dtype=torch.float32, device=embedder.device)
+    tokens = embedder.tokenizer(list(texts))
+    unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+    order = torch.argsort(unique.argmax(dim=-1), stable=True)  # end-of-text position ~ length
+    out = torch.empty((len(unique), embedder.embed_dim), dtype=torch.float32, device=embedder.device)
+    bs = embedder.batch_size
+    for i in range(0, len(order), bs):
+        idx = order[i : i + bs]
+        out[idx.to(embedder.device)] = embedder.encode_token_batch(unique[idx])
+    return out[inverse.to(embedder.device)]
+
+
 def text_classifier(embedder: Any, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """The ``(D, C)`` zero-shot classifier of ``classnames`` with ``templates``. One forward
-    pass per class, as CLIP_benchmark: classes whose texts tokenise alike get bit-identical
-    classifiers (so they tie exactly, whatever the batch composition)."""
-    parts = [embedder.encode_text([t.format(c=c) for t in templates]) for c in classnames]
-    emb = torch.from_numpy(np.concatenate(parts)).to(embedder.device)
+    """The ``(D, C)`` zero-shot classifier of ``classnames`` with ``templates`` (built once per
+    evaluation; classes whose texts tokenise alike get bit-identical classifiers)."""
+    emb = encode_texts(embedder, [t.format(c=c) for c in classnames for t in templates])
     return classifier_from_text_embeddings(emb, len(classnames))
 
 
@@ -221,7 +236,7 @@ def zeroshot_retrieval(
             bar.update(len(batch))
     if not images:
         raise EvalError(f"{dataset.source}: the dataset has no samples")
-    text_emb = torch.from_numpy(embedder.encode_text(captions))
+    text_emb = encode_texts(embedder, captions).cpu()
     return retrieval_metrics(torch.cat(images), text_emb, owner, recall_k, ties=ties)
 
 

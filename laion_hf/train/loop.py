@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from laion_hf.clip.model import _RandomInitFilter
+from laion_hf.clip.model import quiet_random_init
 from laion_hf.errors import EvalError, ModelError
 
 __all__ = ["LATEST", "TrainConfig", "read_log", "train"]
@@ -85,16 +84,12 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, Any, Any, 
     from laion_hf.loader import make_dataloader
 
     register_tiny_config()
-    quiet = _RandomInitFilter()
-    logging.getLogger().addFilter(quiet)  # random init is what a run without --pretrained asks for
-    try:
-        with torch.random.fork_rng(devices=[]):
+    try:  # random init is what a run without --pretrained asks for: no warning about it
+        with quiet_random_init(not cfg.pretrained), torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, device=device)
     except Exception as e:  # open_clip raises RuntimeError/ValueError/KeyError for bad names
         raise ModelError(f"cannot build open_clip model {cfg.model!r}: {e}") from e
-    finally:
-        logging.getLogger().removeFilter(quiet)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN

@@ -167,3 +167,53 @@ def test_gpu_auto_uses_cuda_autocast_pinned_memory_and_matches_cpu(tiny, h):
     gpu = h.as_matrix(with_clip(table, e)["image_embedding"])
     cpu = h.as_matrix(with_clip(table, tiny)["image_embedding"])
     assert ((gpu * cpu).sum(1)).min() > 0.99
+
+
+def test_text_prefix_forward_equals_the_full_forward_without_running_the_padding(tiny, monkeypatch):
+    from laion_hf.clip.model import encode_text_prefix
+
+    tokens = tiny.tokenizer(["a", "a red square on a blue background", "", "a red square on a blue background"])
+    with torch.inference_mode():
+        full = tiny.model.encode_text(tokens)
+        seen = []
+        block = tiny.model.transformer.forward
+        monkeypatch.setattr(tiny.model.transformer, "forward", lambda x, **kw: seen.append(x.shape) or block(x, **kw))
+        monkeypatch.setattr(tiny.model, "encode_text", lambda *a, **k: pytest.fail("fell back to the full forward"))
+        short = encode_text_prefix(tiny.model, tokens)
+    n = int(tokens.argmax(dim=-1).max()) + 1
+    assert n < tokens.shape[1] and seen == [torch.Size([4, n, seen[0][-1]])]  # only the prefix ran
+    assert torch.allclose(short, full, atol=1e-5, rtol=1e-5)
+    assert torch.equal(short[1], short[3])
+    # through the embedder: normalised, same as normalising the full forward
+    monkeypatch.undo()
+    got = tiny.encode_token_batch(tokens)
+    assert torch.allclose(got, torch.nn.functional.normalize(full, dim=-1), atol=1e-6)
+
+
+def test_text_prefix_forward_falls_back_when_nothing_is_padding(tiny):
+    from laion_hf.clip.model import encode_text_prefix
+
+    long = " ".join(["word"] * 200)  # truncated by the tokenizer: the end-of-text token is last
+    tokens = tiny.tokenizer([long])
+    with torch.inference_mode():
+        assert torch.equal(encode_text_prefix(tiny.model, tokens), tiny.model.encode_text(tokens))
+
+
+def test_quiet_random_init_hides_only_that_warning_and_only_inside(caplog):
+    import logging
+
+    from laion_hf.clip.model import quiet_random_init
+
+    root = logging.getLogger()
+    with caplog.at_level(logging.WARNING):
+        with quiet_random_init():
+            root.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
+            root.warning("something else")
+        with quiet_random_init(enabled=False):
+            root.warning("kept: initialized randomly")
+        root.warning("after: initialized randomly")
+    assert [r.getMessage() for r in caplog.records] == [
+        "something else",
+        "kept: initialized randomly",
+        "after: initialized randomly",
+    ]

@@ -142,3 +142,17 @@ def test_tie_modes_agree_without_ties_and_topk_follows_torch():
     assert classification_metrics(tied, tgt, ties="topk")["acc1"] == int((pick == tgt).sum()) / 3
     with pytest.raises(EvalError, match="ties='first'"):
         classification_metrics(logits, target, ties="first")
+
+
+def test_text_embeddings_encode_each_distinct_text_once_in_order(tiny, monkeypatch):
+    from laion_hf.eval.zeroshot import encode_texts
+
+    texts = ["red", "a long caption about a purple square in the middle", "Red", "a square", "red"]
+    calls = []
+    encode = tiny.encode_token_batch
+    monkeypatch.setattr(tiny, "encode_token_batch", lambda t: calls.append(len(t)) or encode(t))
+    got = encode_texts(tiny, texts)
+    assert sum(calls) == 3  # "red"/"Red"/"red" tokenise alike: encoded once
+    assert torch.equal(got[0], got[2]) and torch.equal(got[0], got[4])
+    assert torch.allclose(got, _encode_texts(tiny, texts), atol=1e-5)  # same rows, same order as one by one
+    assert encode_texts(tiny, []).shape == (0, tiny.embed_dim)

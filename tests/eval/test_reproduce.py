@@ -80,3 +80,26 @@ def test_world_benchmark_layout(tmp_path):
         num_workers=1,
     )
     assert 0 <= got["metrics"]["text_retrieval_recall@1"] <= got["metrics"]["text_retrieval_recall@5"] <= 1
+
+
+def _fake_run(cfg, variant, seed, samples, bench):
+    """A stand-in for a training run (module level: pickled into the worker processes)."""
+    import os
+
+    return {"variant": variant, "seed": seed, "samples_seen": samples, "err": 1.0 / samples, "pid": os.getpid()}
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_all_runs_once_each_in_order_in_parallel_processes(tmp_path, parallel):
+    import os
+
+    from laion_hf.reproduce import ReproduceConfig, _run_all
+
+    cfg = ReproduceConfig(work=str(tmp_path), scales=(64, 128, 256), seeds=(0, 1), parallel=parallel)
+    lines = []
+    rows = _run_all(cfg, [], lines.append, 0.0, run=_fake_run)
+    want = [(n, s, v) for n in (64, 128, 256) for s in (0, 1) for v in ("unfiltered", "filtered")]
+    assert [(r["samples_seen"], r["seed"], r["variant"]) for r in rows] == want
+    assert len(lines) == 12 and all("err" in m for m in lines)
+    pids = {r["pid"] for r in rows}
+    assert (pids == {os.getpid()}) if parallel == 1 else (os.getpid() not in pids)

@@ -13,6 +13,7 @@ from laion_hf.cli import main
 from laion_hf.synth import LAYOUTS, WORLD_COLUMNS
 from laion_hf.testing.image_server import ImageServer
 from laion_hf.world import render, world_rows
+from laion_hf.world.attributes import ZERO_SHOT_LABELS, attributes
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,26 @@ def test_synth_without_world_keeps_the_embedded_sample(tmp_path):
     table = pq.read_table(tmp_path)
     assert "matched" not in table.column_names
     assert not any("/world/" in u for u in table.column("URL").to_pylist())
+
+
+def test_synth_world_writes_the_held_out_eval_sets(tmp_path, capsys):
+    from laion_hf.eval import load_eval_dataset
+
+    out, sets = tmp_path / "meta", tmp_path / "bench"
+    argv = ["synth", "--world", "--rows", "30", "--out", str(out), "--eval-sets", str(sets), "--eval-images", "12"]
+    assert main(argv) == 0
+    assert "held-out evaluation sets" in capsys.readouterr().out
+    colour = load_eval_dataset(str(sets / "colour"))
+    got = list(colour.samples())
+    assert colour.task == "zeroshot_classification" and len(got) == 12
+    want = [ZERO_SHOT_LABELS["colour"][attributes(s.key).colour] for s in got]
+    assert [colour.classnames[s.label] for s in got] == want  # the ground truth as labels
+    assert not {s.key for s in got} & {r["world_key"] for r in load_laion(str(out))}  # held out
+    retrieval = load_eval_dataset(str(sets / "retrieval"))
+    assert retrieval.task == "zeroshot_retrieval" and all(len(s.captions) > 1 for s in retrieval.samples())
+
+
+def test_synth_eval_sets_need_world(tmp_path, capsys):
+    assert main(["synth", "--rows", "5", "--out", str(tmp_path / "m"), "--eval-sets", str(tmp_path / "b")]) == 1
+    assert "--eval-sets needs --world" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

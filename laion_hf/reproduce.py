@@ -37,16 +37,23 @@ VARIANTS = ("unfiltered", "filtered")
 
 @dataclass
 class ReproduceConfig:
-    """Sizes of the miniature study (the defaults: 5 scales from 1024 to 8192 samples seen, a
-    ratio of ~1.7, batch 32, lr 2e-3 (5e-3 left some seeds stuck at chance on colour); two runs
-    at a time, one thread each: about 10 minutes on 2 busy CPU cores).
+    """Sizes of the miniature study. The defaults: a pool of 4096 world pairs, 30 % of them noisy
+    (the world's and the demo's LAION-like level; at 50 % the unfiltered student learnt nothing
+    within the budget), 5 scales from 1536 to 12288 samples seen (ratio ~1.68), batch 32, lr 2e-3
+    with a 10-step warm-up and a cosine decay per run (1e-3, 4e-3, batch 16 or 64, the tiny ViT
+    student and 128 px renders did not make colour learning less seed-dependent in 4096-sample
+    probes), 2 seeds; two runs at a time, one thread each: 704 s measured on 2 CPU cores shared
+    with another benchmark (load ~4.5). Measured with these defaults: the filtered variant is
+    better in each seed at every scale, but seed 1 learns colour late in both variants (and not
+    at all unfiltered), so the gap does not exceed the seed spread and the unfiltered fit has
+    R² 0.79: the issue's targets are not met yet.
     ``parallel``: training runs at a time (separate processes; 1 runs them in this process)."""
 
     work: str
     pool: int = 4096
-    noise: float = 0.5
+    noise: float = 0.3
     world_seed: int = 0
-    scales: Sequence[int] = (1024, 1728, 2912, 4864, 8192)
+    scales: Sequence[int] = (1536, 2592, 4352, 7296, 12288)
     seeds: Sequence[int] = (0, 1)
     batch_size: int = 32
     lr: float = 2e-3

@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
     p.add_argument("--scales", type=int, nargs="+", default=[1536, 2592, 4352, 7296, 12288], help="samples seen")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (at most half a run)")
     p.add_argument("--student", default="laion-hf-world", help="open_clip config trained from scratch")
     p.add_argument("--teacher", default="laion-hf-world",

@@ -37,19 +37,26 @@ VARIANTS = ("unfiltered", "filtered")
 
 @dataclass
 class ReproduceConfig:
-    """Sizes of the miniature study (the defaults: 5 scales from 1024 to 8192 samples seen, a
-    ratio of ~1.7, batch 32, lr 2e-3 (5e-3 left some seeds stuck at chance on colour); two runs
-    at a time, one thread each: about 10 minutes on 2 busy CPU cores).
+    """Sizes of the miniature study. The defaults: a pool of 4096 world pairs, 30 % of them noisy
+    (the world's and the demo's LAION-like level; at 50 % the unfiltered student learnt nothing
+    within the budget), 5 scales from 1536 to 12288 samples seen (ratio ~1.68), batch 32, lr 1e-3
+    with a 10-step warm-up and a cosine decay per run, 2 seeds; two runs at a time, one thread
+    each. lr 2e-3 froze some seeds on the noisy pool (colour at chance up to 12288 samples; 1e-3
+    and 6e-4 unfroze them); batch 16 or 64, lr 4e-3, the tiny ViT student and 128 px renders did
+    not make colour learning less seed-dependent in 4096-sample probes. Measured with these
+    defaults (423 s on 2 CPU cores): R² 0.92 (unfiltered) and 0.91 (filtered); the filtered
+    variant is better on average at every scale but not beyond the seed spread (seed 1 learns
+    colour late in both variants), so the issue's first target is not met yet.
     ``parallel``: training runs at a time (separate processes; 1 runs them in this process)."""
 
     work: str
     pool: int = 4096
-    noise: float = 0.5
+    noise: float = 0.3
     world_seed: int = 0
-    scales: Sequence[int] = (1024, 1728, 2912, 4864, 8192)
+    scales: Sequence[int] = (1536, 2592, 4352, 7296, 12288)
     seeds: Sequence[int] = (0, 1)
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 10
     student: str = "laion-hf-world"
     teacher: str = "laion-hf-world"

@@ -36,6 +36,11 @@ def add_load_arguments(p) -> None:
     p.add_argument("--sample", type=A.fraction, help="keep this fraction of rows, chosen by a hash of the key")
     p.add_argument("--columns", help="comma-separated output columns (default: all)")
     p.add_argument("--release", help="release name (default: detected from the columns)")
+    add_on_error_argument(p)
+
+
+def add_on_error_argument(p: argparse.ArgumentParser) -> None:
+    """``--on-error`` of the verbs that read metadata (read back with :func:`on_error_from_args`)."""
     p.add_argument(
         "--on-error",
         choices=["raise", "skip", "warn"],

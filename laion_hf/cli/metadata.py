@@ -10,6 +10,7 @@ from laion_hf.cli._options import (
     add_engine_arguments,
     add_load_arguments,
     add_near_arguments,
+    add_on_error_argument,
     engine_call,
     load_kwargs_from_args,
     near_kwargs_from_args,
@@ -103,12 +104,7 @@ def _register_stats(sub) -> None:
     p.add_argument("--preset", action="append", help="preset name (repeatable)")
     p.add_argument("--plot", metavar="PNG", help="draw the histograms into this PNG file")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.add_argument(
-        "--on-error",
-        choices=["raise", "skip", "warn"],
-        default="raise",
-        help="what to do with an unreadable file: raise (default) or skip it (warn: deprecated spelling of skip)",
-    )
+    add_on_error_argument(p)
     p.set_defaults(func=_run_stats)
 
 

@@ -320,7 +320,7 @@ def _write_report(report: Any, clip_model: str, folders: list[str]) -> dict[str,
     """Score the filter and write the contact sheet into ``folders``; returns the summary."""
     result = report.result()
     png = report.sheet(
-        f"{clip_model}: clip_similarity >= {result['threshold']:.3f} keeps "
+        f"{clip_model}: clip_similarity >= {result['threshold']:.4f} keeps "
         f"{result['kept']:,} of {result['scored']:,} pairs; precision {result['precision']:.1%}, "
         f"recall {result['recall']:.1%} (green: caption matches the image, red: noisy)"
     )

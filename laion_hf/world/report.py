@@ -78,7 +78,7 @@ class FilterReport:
 def format_report(r: dict[str, Any]) -> str:
     """Two lines for the demo: what the filter kept and how it agrees with the ground truth."""
     return (
-        f"   clip_similarity >= {r['threshold']:.3f} keeps {r['kept']:,} of {r['scored']:,} pairs "
+        f"   clip_similarity >= {r['threshold']:.4f} keeps {r['kept']:,} of {r['scored']:,} pairs "
         f"({r['matched']:,} match their image, {r['noisy']:,} are noisy)\n"
         f"   vs ground truth: precision {r['precision']:.1%} (kept pairs that match), recall {r['recall']:.1%} "
         f"(matched pairs kept), noisy removed {r['removed_of_noisy']:.1%}, AUC {r['auc']:.3f}"

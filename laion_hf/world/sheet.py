@@ -51,7 +51,7 @@ def _cell(p: Pair, side: int) -> Image.Image:
     cell = Image.new("RGB", (side + 8, side + 66), "white")
     cell.paste(_thumb(p.image, side), (4, 4))
     draw = ImageDraw.Draw(cell)
-    sim = "n/a" if p.similarity is None else f"{p.similarity:.3f}"
+    sim = "n/a" if p.similarity is None else f"{p.similarity:.4f}"
     truth = {True: ("matched", _GREEN), False: ("noisy", _RED), None: ("", _GREY)}[p.matched]
     draw.text((4, side + 7), f"sim {sim}", fill=_INK, font=_font(12))
     draw.text((side - 56, side + 7), truth[0], fill=truth[1], font=_font(12))

@@ -98,7 +98,7 @@ def _build(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, Any, Any, 
     decay = [q for n, q in model.named_parameters() if q.ndim >= 2 and "logit_scale" not in n]
     rest = [q for n, q in model.named_parameters() if q.ndim < 2 or "logit_scale" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.wd}, {"params": rest, "weight_decay": 0.0}],
-                            lr=cfg.lr)  # fmt: skip
+                            lr=cfg.lr, fused=device.type in ("cpu", "cuda"))  # fmt: skip
     loader = make_dataloader(_source(cfg), batch_size=cfg.batch_size, num_workers=cfg.workers,
                              pin_memory=device.type == "cuda", image_size=size, mean=mean, std=std,
                              tokenizer=tokenizer, buffer_size=cfg.buffer_size, seed=cfg.seed,

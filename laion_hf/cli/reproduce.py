@@ -7,7 +7,12 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    """Add the ``reproduce`` verb to ``laion-hf``."""
+    """Add the ``reproduce`` verb to ``laion-hf`` (its defaults are :class:`ReproduceConfig`'s)."""
+    from dataclasses import fields
+
+    from laion_hf.reproduce import ReproduceConfig
+
+    d = {f.name: f.default for f in fields(ReproduceConfig)}
     p = sub.add_parser(
         "reproduce",
         help="filter -> train -> zero-shot eval -> scaling law, in miniature on the embedded world",
@@ -18,23 +23,27 @@ def register(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--work", default="laion-hf-reproduce", help="work folder (data, bench, runs, results)")
-    p.add_argument("--pool", type=int, default=4096, help="world pairs scored by the teacher")
-    p.add_argument("--noise", type=float, default=0.3, help="fraction of noisy pairs in the world")
-    p.add_argument("--scales", type=int, nargs="+", default=[1536, 2592, 4352, 7296, 12288], help="samples seen")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (at most half a run)")
-    p.add_argument("--student", default="laion-hf-world", help="open_clip config trained from scratch")
-    p.add_argument("--teacher", default="laion-hf-world",
+    p.add_argument("--pool", type=int, default=d["pool"], help="world pairs scored by the teacher")
+    p.add_argument("--noise", type=float, default=d["noise"], help="fraction of noisy pairs in the world")
+    p.add_argument("--scales", type=int, nargs="+", default=list(d["scales"]), help="samples seen")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=list(d["seeds"]), help="training seeds (model init and data order)"
+    )
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="samples per step")
+    p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--warmup", type=int, default=d["warmup"], help="linear warm-up steps (at most half a run)")
+    p.add_argument("--student", default=d["student"], help="open_clip config trained from scratch")
+    p.add_argument("--teacher", default=d["teacher"],
                    help="the filtering CLIP: a model with weights, or a laion-hf train checkpoint")  # fmt: skip
     p.add_argument("--teacher-pretrained", default=None, help="the teacher's weights file (default: shipped)")
     p.add_argument("--threshold", type=float, default=None, help="similarity cut (default: the teacher's)")
-    p.add_argument("--image-side", type=int, default=80, help="long side of the rendered images")
-    p.add_argument("--eval-images", type=int, default=500, help="held-out images per benchmark set")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
-    p.add_argument("--parallel", type=int, default=2, help="training runs at a time (processes, 1 thread each)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--image-side", type=int, default=d["image_side"], help="long side of the rendered images")
+    p.add_argument("--eval-images", type=int, default=d["eval_images"], help="held-out images per benchmark set")
+    p.add_argument("--workers", type=int, default=d["workers"], help="DataLoader workers per run")
+    p.add_argument(
+        "--parallel", type=int, default=d["parallel"], help="training runs at a time (processes, 1 thread each)"
+    )
+    p.add_argument("--device", default=d["device"], help="auto: the first GPU, else the CPU")
     p.set_defaults(func=_run)
 
 

@@ -4,6 +4,8 @@ results table marks a variant as better only beyond the seed spread."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -69,8 +71,10 @@ def test_world_benchmark_layout(tmp_path):
     samples = list(colour.samples())
     assert len(samples) == 24
     assert all(colour.classnames[s.label] == ZERO_SHOT_LABELS["colour"][attributes(s.key).colour] for s in samples)
+    assert sorted(Counter(s.label for s in samples).values()) == [3] * 8  # balanced: 24 / 8 colours
     position = list(load_eval_dataset(str(sets["position"])).samples())
-    assert 0 < len(position) < 24 and all(attributes(s.key).count == 1 for s in position)
+    assert len(position) == 24 and all(attributes(s.key).count == 1 for s in position)
+    assert sorted(Counter(s.label for s in position).values()) == [4, 5, 5, 5, 5]
     retrieval = list(load_eval_dataset(str(sets["retrieval"])).samples())
     assert all(len(s.captions) == 4 for s in retrieval)
     got = evaluate(
@@ -80,6 +84,48 @@ def test_world_benchmark_layout(tmp_path):
         num_workers=1,
     )
     assert 0 <= got["metrics"]["text_retrieval_recall@1"] <= got["metrics"]["text_retrieval_recall@5"] <= 1
+
+
+def test_balanced_sets_take_the_first_keys_of_each_class_and_unbalanced_the_first_keys(tmp_path, monkeypatch):
+    from laion_hf.eval import load_eval_dataset
+    from laion_hf.eval.worldbench import HELD_OUT_SEED, balanced_keys, write_world_benchmark
+    from laion_hf.world.attributes import attributes, world_key
+
+    keys = balanced_keys("count", 30)
+    assert Counter(attributes(k).count for k in keys) == {1: 10, 2: 10, 3: 10}
+    stream = [world_key(HELD_OUT_SEED, i) for i in range(400)]
+    for c in (1, 2, 3):  # in key order: the first 10 of each class, no key skipped that was needed
+        assert [k for k in keys if attributes(k).count == c] == [k for k in stream if attributes(k).count == c][:10]
+    assert sorted(stream.index(k) for k in keys) == [stream.index(k) for k in keys]
+    skewed = Counter(attributes(k).count for k in stream[:30])
+    assert max(skewed.values()) > 10  # the world itself is skewed (60/25/15 %): balancing did something
+    sets = write_world_benchmark(
+        tmp_path / "b", 30, max_side=32, attributes=("count",), retrieval=False, balanced=False
+    )
+    assert [s.key for s in load_eval_dataset(str(sets["count"])).samples()] == stream[:30]
+    from laion_hf.eval import worldbench
+
+    monkeypatch.setattr(worldbench, "_classes", lambda a: ([1, 2, 3, 4], ["a", "b", "c", "d"]))  # 4 never drawn
+    with pytest.raises(EvalError, match="'count' has classes too rare for 8 balanced images"):
+        balanced_keys("count", 8)
+
+
+def test_reproduce_defaults_are_one_set_and_the_student_is_a_shipped_config():
+    import open_clip
+
+    from laion_hf.cli import build_parser
+    from laion_hf.clip.model import register_tiny_config, shipped_weights
+    from laion_hf.reproduce import ReproduceConfig
+
+    cfg = ReproduceConfig(work="w")
+    args = build_parser().parse_args(["reproduce"])
+    for name in ("pool", "noise", "batch_size", "lr", "warmup", "student", "teacher", "image_side", "eval_images"):
+        assert getattr(args, name) == getattr(cfg, name), name
+    assert tuple(args.scales) == tuple(cfg.scales) and tuple(args.seeds) == tuple(cfg.seeds)
+    assert len(cfg.scales) >= 5 and len(cfg.seeds) >= 2 and list(cfg.scales) == sorted(cfg.scales)
+    register_tiny_config()
+    assert cfg.student in open_clip.list_models() and shipped_weights(cfg.student) is None  # trained from scratch
+    assert open_clip.get_model_config(cfg.student)["vision_cfg"]["image_size"] == 32
 
 
 def _fake_run(cfg, variant, seed, samples, bench):

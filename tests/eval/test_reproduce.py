@@ -149,3 +149,49 @@ def test_all_runs_once_each_in_order_in_parallel_processes(tmp_path, parallel):
     assert len(lines) == 12 and all("err" in m for m in lines)
     pids = {r["pid"] for r in rows}
     assert (pids == {os.getpid()}) if parallel == 1 else (os.getpid() not in pids)
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_writes_the_table_fits_and_plot_and_resumes(tmp_path, capsys, monkeypatch):
+    """The real loop at toy size: the teacher filters the pool, a student trains per (scale, seed,
+    variant), the table's means and gaps come from runs.csv, and a rerun trains nothing."""
+    import csv
+    import json
+
+    from laion_hf.cli import main
+
+    work = tmp_path / "w"
+    argv = ["reproduce", "--work", str(work), "--pool", "256", "--scales", "64", "96", "128", "--seeds", "0", "1",
+            "--eval-images", "24", "--parallel", "1", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "filtered beats unfiltered by more than the seed spread at every scale:" in out
+    summary = json.loads((work / "fits.json").read_text())
+    subsets = summary["subsets"]
+    assert subsets["unfiltered"]["rows"] == 256 and 0 < subsets["filtered"]["rows"] < 256
+    assert subsets["filtered"]["matched_fraction"] > subsets["unfiltered"]["matched_fraction"] + 0.2  # the teacher
+    runs = list(csv.DictReader((work / "runs.csv").open()))
+    assert len(runs) == 3 * 2 * 2 and {r["variant"] for r in runs} == {"unfiltered", "filtered"}
+    table = list(csv.DictReader((work / "results.csv").open()))
+    assert [int(r["samples_seen"]) for r in table] == [64, 96, 128]
+    for line in table:
+        for v in ("unfiltered", "filtered"):
+            errs = [float(r["err"]) for r in runs if r["variant"] == v and r["samples_seen"] == line["samples_seen"]]
+            assert float(line[f"{v}_err"]) == pytest.approx(np.mean(errs))
+            assert float(line[f"{v}_spread"]) == pytest.approx(max(errs) - min(errs))
+        gap = float(line["unfiltered_err"]) - float(line["filtered_err"])
+        wins = gap > max(float(line["unfiltered_spread"]), float(line["filtered_spread"]))
+        assert line["filtered_wins"] == str(wins)
+    for v in ("unfiltered", "filtered"):
+        fit = summary["fits"][v]
+        assert len(fit["power_law"]["residuals"]) == 3 and "r2_log" in fit["loglog"]
+    assert (work / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    import laion_hf.train
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(laion_hf.train, "train", no_training)
+    assert main(argv) == 0
+    assert json.loads((work / "fits.json").read_text())["table"] == summary["table"]

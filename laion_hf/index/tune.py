@@ -110,7 +110,8 @@ def latency_ms(index: Any, queries: np.ndarray, params: dict, k: int = K) -> tup
 
 def _candidates(index: Any) -> tuple[str | None, list[int]]:
     if index.family == "hnsw":
-        return "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+        # 1M rows needed 1024; bigger indexes may need more (the latency budget still ends the sweep)
+        return "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
     if index.family == "ivf":
         import faiss
 

@@ -12,7 +12,9 @@
    for ``a`` and ``c``), with R² and residuals, beside the two-parameter fit ``log err = log a - b
    log N``; a CSV table, a JSON summary and a log-log plot are written.
 
-Every step is resumable: rerunning skips finished subsets, runs and evaluations.
+Every step is resumable: rerunning skips finished subsets, runs and evaluations. The work
+folder records the settings the numbers depend on and refuses others (more scales or seeds
+may be added).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from laion_hf._util.atomic import atomic_write_json
 from laion_hf.errors import EvalError
 
-__all__ = ["VARIANTS", "ReproduceConfig", "fit_loglog", "fit_power_law", "reproduce"]
+__all__ = ["SETTINGS", "VARIANTS", "ReproduceConfig", "check_settings", "fit_loglog", "fit_power_law", "reproduce"]
 
 VARIANTS = ("unfiltered", "filtered")
 
@@ -76,6 +78,31 @@ class ReproduceConfig:
 
 
 Emit = Callable[[str], None]
+
+#: what a study's numbers depend on; scales and seeds may grow, and where or how fast it runs
+#: (workers, threads, parallel, device) may change, in a work folder that already holds runs
+SETTINGS = ("pool", "noise", "world_seed", "batch_size", "lr", "warmup", "student", "teacher",
+            "teacher_pretrained", "threshold", "image_side", "eval_images", "eval_attributes", "extra")  # fmt: skip
+
+
+def check_settings(cfg: ReproduceConfig) -> None:
+    """Record ``cfg``'s :data:`SETTINGS` in ``work/settings.json``, or refuse a work folder whose
+    subsets, benchmark or runs were made with other settings (resuming would mix them)."""
+    work = Path(cfg.work)
+    path = work / "settings.json"
+    mine = json.loads(json.dumps({k: getattr(cfg, k) for k in SETTINGS}))  # tuples as lists, as stored
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [k for k in SETTINGS if old.get(k) != mine[k]]
+        if diff:
+            said = ", ".join(f"{k} {old.get(k)!r} there, {mine[k]!r} now" for k in diff)
+            raise EvalError(f"{work} holds a study made with other settings ({said}); "
+                            "use another --work folder or the same settings to resume")  # fmt: skip
+        return
+    if any((work / p).exists() for p in ("data/subsets.json", "bench/done.json", "runs")):
+        raise EvalError(f"{work} holds a study without a settings record (from an older laion-hf); "
+                        "use another --work folder")  # fmt: skip
+    atomic_write_json(path, mine, indent=1)
 
 
 # ---------------------------------------------------------------- 1. subsets
@@ -332,6 +359,7 @@ def reproduce(cfg: ReproduceConfig, emit: Emit | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     work = Path(cfg.work)
     work.mkdir(parents=True, exist_ok=True)
+    check_settings(cfg)
     subsets = build_subsets(cfg, emit)
     bench = _bench(cfg, emit)
     rows = _run_all(cfg, bench, emit, t0)

@@ -19,7 +19,8 @@ def register(sub: Any) -> None:
         description="From the world's noisy metadata, build an unfiltered and a teacher-filtered subset, "
         "train a student open_clip model on each at several budgets of samples seen (equal for both) and "
         "seeds, evaluate zero-shot on held-out world sets (CLIP_benchmark layout), fit err(N) = a*N^-b + c "
-        "per variant, and write WORK/results.csv, runs.csv, fits.json and scaling.png. Rerunning resumes.",
+        "per variant, and write WORK/results.csv, runs.csv, fits.json and scaling.png. Rerunning resumes "
+        "(with the same settings; more --scales or --seeds may be added).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--work", default="laion-hf-reproduce", help="work folder (data, bench, runs, results)")

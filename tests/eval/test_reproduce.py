@@ -195,3 +195,17 @@ def test_reproduce_end_to_end_writes_the_table_fits_and_plot_and_resumes(tmp_pat
     monkeypatch.setattr(laion_hf.train, "train", no_training)
     assert main(argv) == 0
     assert json.loads((work / "fits.json").read_text())["table"] == summary["table"]
+    capsys.readouterr()
+    assert main([*argv, "--noise", "0.4", "--lr", "0.01"]) == 1  # other settings: refused, nothing mixed
+    err = capsys.readouterr().err
+    assert "noise 0.5 there, 0.4 now" in err and "lr 0.002 there, 0.01 now" in err and "another --work" in err
+    assert json.loads((work / "fits.json").read_text())["table"] == summary["table"]
+
+
+def test_a_work_folder_from_before_the_settings_record_is_refused(tmp_path, capsys):
+    from laion_hf.cli import main
+
+    (tmp_path / "old" / "runs" / "filtered_n64_s0").mkdir(parents=True)
+    assert main(["reproduce", "--work", str(tmp_path / "old")]) == 1
+    assert "without a settings record" in capsys.readouterr().err
+    assert not (tmp_path / "old" / "settings.json").exists() and not (tmp_path / "old" / "data").exists()

@@ -145,11 +145,27 @@ def _resume(path: Path, cfg: TrainConfig, model: Any, opt: Any, sched: Any, load
     if ckpt.get("model_name") != cfg.model:
         raise EvalError(f"{path} holds a {ckpt.get('model_name')!r} model, not {cfg.model!r}; "
                         "use another output folder or the same --model")  # fmt: skip
+    _check_same_run(path, json.loads(ckpt.get("config") or "{}"), cfg)
     model.load_state_dict(ckpt["state_dict"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     loader.load_state_dict(ckpt["loader"])
     return _State(ckpt["step"], ckpt["epoch"], ckpt["samples_seen"], ckpt.get("last_eval", -1))
+
+
+#: what a run's numbers depend on: a resume with other values would mix two runs (the length,
+#: evaluation, saving, logging and where it runs may change)
+RUN_SETTINGS = ("data", "model", "pretrained", "data_config", "batch_size", "samples_per_epoch", "buffer_size",
+                "lr", "wd", "warmup", "seed", "loader")  # fmt: skip
+
+
+def _check_same_run(path: Path, old: dict[str, Any], cfg: TrainConfig) -> None:
+    new = json.loads(json.dumps(asdict(cfg)))
+    diff = [k for k in RUN_SETTINGS if k in old and old[k] != new[k]]
+    if diff:
+        said = ", ".join(f"{k} {old[k]!r} there, {new[k]!r} now" for k in diff)
+        raise EvalError(f"{path} is a run with other settings ({said}); use another output folder, "
+                        "or the same settings to resume")  # fmt: skip
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

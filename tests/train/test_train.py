@@ -153,3 +153,20 @@ def test_train_eval_kill_resume(published, colour_bench, tmp_path):
     standalone = evaluate(str(run / "checkpoints" / "latest.pt"), str(colour_bench), device="cpu")
     assert standalone["model"] == "laion-hf-tiny"
     assert standalone["metrics"] == pytest.approx(final["eval"]["colour"])
+
+
+def test_a_resume_with_other_settings_is_refused_and_a_longer_run_resumes(published, tmp_path):
+    from laion_hf.errors import EvalError
+    from laion_hf.train import TrainConfig, train
+
+    def cfg(**kw):
+        base = dict(data=str(published), out=str(tmp_path / "run"), batch_size=16, workers=0, steps=2, lr=1e-3,
+                    save_every=1, device="cpu", threads=1, buffer_size=50)  # fmt: skip
+        return TrainConfig(**{**base, **kw})
+
+    assert train(cfg())["step"] == 2
+    with pytest.raises(EvalError, match=r"other settings \(batch_size 16 there, 24 now, lr 0.001 there, 0.002 now\)"):
+        train(cfg(lr=2e-3, batch_size=24))
+    assert max(losses(tmp_path / "run")) == 2  # nothing was trained or logged by the refused run
+    got = train(cfg(steps=3, log_every=1))  # a longer run of the same settings continues
+    assert got["step"] == 3 and sorted(losses(tmp_path / "run")) == [1, 2, 3]

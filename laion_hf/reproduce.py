@@ -44,8 +44,9 @@ class ReproduceConfig:
     - a pool of 4096 world pairs, half of them noisy: LAION's own CLIP filter kept well under half
       of Common Crawl's pairs, and at 30 % noise the filtered lead stayed inside the seed spread;
     - the student ``laion-hf-world-32``, the teacher's architecture at 32 px: the image tower's
-      random stem decides how early a seed learns object colour, and at 32 px (with fused AdamW)
-      a run is ~2.5x cheaper, so the smallest scale can start past the seeds' slowest start;
+      random stem decides how early a seed learns object colour, and at 32 px a sample costs half
+      of one at 64 px (``benchmarks/train.py``: 612 vs 306 samples/s), so the study can start at
+      3072 samples (other seeds can still be slower: see the README);
     - 5 scales from 3072 to 24576 samples seen (ratio ~1.68), 2 seeds, batch 32, lr 2e-3 with a
       60-step warm-up and a cosine decay per run (lr 1e-3 learnt colour later on every seed; 3e-3
       froze some seeds at chance);

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from laion_hf._util.atomic import atomic_write_json
+from laion_hf._util.settings import settings_changes
 from laion_hf.errors import EvalError
 
 __all__ = ["SETTINGS", "VARIANTS", "ReproduceConfig", "check_settings", "fit_loglog", "fit_power_law", "reproduce"]
@@ -93,10 +94,8 @@ def check_settings(cfg: ReproduceConfig) -> None:
     path = work / "settings.json"
     mine = json.loads(json.dumps({k: getattr(cfg, k) for k in SETTINGS}))  # tuples as lists, as stored
     if path.exists():
-        old = json.loads(path.read_text())
-        diff = [k for k in SETTINGS if old.get(k) != mine[k]]
-        if diff:
-            said = ", ".join(f"{k} {old.get(k)!r} there, {mine[k]!r} now" for k in diff)
+        said = settings_changes(json.loads(path.read_text()), mine, SETTINGS)
+        if said:
             raise EvalError(f"{work} holds a study made with other settings ({said}); "
                             "use another --work folder or the same settings to resume")  # fmt: skip
         return

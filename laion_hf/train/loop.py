@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from laion_hf._util.settings import settings_changes
 from laion_hf.clip.model import quiet_random_init
 from laion_hf.errors import EvalError, ModelError
 
@@ -160,10 +161,8 @@ RUN_SETTINGS = ("data", "model", "pretrained", "data_config", "batch_size", "sam
 
 
 def _check_same_run(path: Path, old: dict[str, Any], cfg: TrainConfig) -> None:
-    new = json.loads(json.dumps(asdict(cfg)))
-    diff = [k for k in RUN_SETTINGS if k in old and old[k] != new[k]]
-    if diff:
-        said = ", ".join(f"{k} {old[k]!r} there, {new[k]!r} now" for k in diff)
+    said = settings_changes(old, json.loads(json.dumps(asdict(cfg))), RUN_SETTINGS, missing_ok=True)
+    if said:
         raise EvalError(f"{path} is a run with other settings ({said}); use another output folder, "
                         "or the same settings to resume")  # fmt: skip
 

@@ -61,14 +61,16 @@ def balanced_keys(attribute: str, n: int, seed: int = HELD_OUT_SEED) -> list[str
     values, _ = _classes(attribute)
     quota = {v: n // len(values) + (i < n % len(values)) for i, v in enumerate(values)}
     keys: list[str] = []
-    for i in range(200 * max(n, 1)):
+    for i in range(200 * n):
         if len(keys) == n:
-            return keys
+            break
         k = world_key(seed, i)
         v = getattr(attributes(k), attribute)
         if quota.get(v, 0) > 0:
             quota[v] -= 1
             keys.append(k)
+    if len(keys) == n:
+        return keys
     raise EvalError(f"world benchmark: {attribute!r} has classes too rare for {n} balanced images")
 
 

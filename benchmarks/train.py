@@ -33,6 +33,7 @@ def make_shards(root: Path, n: int, side: int) -> Path:
     """``n`` matched world pairs rendered at ``side`` px, as laion-hf parquet shards."""
     import pyarrow as pa
 
+    from laion_hf.schema import IMAGE_STRUCT
     from laion_hf.shards import write_shards
     from laion_hf.world import render, world_rows
 
@@ -41,9 +42,8 @@ def make_shards(root: Path, n: int, side: int) -> Path:
         return out
     rows = world_rows(n, seed=12345, noise=0.0)
     images = [render(k, side) for k in rows["key"].to_pylist()]
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({"key": rows["key"], "caption": rows["caption"], "status": ["success"] * n,
-                      "image": pa.array([{"bytes": b, "path": None} for b in images], image_type)})  # fmt: skip
+                      "image": pa.array([{"bytes": b, "path": None} for b in images], IMAGE_STRUCT)})  # fmt: skip
     write_shards(table, out, max_shard_rows=1024, progress=False, overwrite=True)
     (out / "_SUCCESS").write_text("")
     return out

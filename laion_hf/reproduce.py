@@ -124,14 +124,14 @@ def _pool_table(cfg: ReproduceConfig) -> Any:
 
     from laion_hf.clip.stream import embed_table
     from laion_hf.eval.zeroshot import load_model
+    from laion_hf.schema import IMAGE_STRUCT
     from laion_hf.world import render, world_rows
 
     rows = world_rows(cfg.pool, seed=cfg.world_seed, noise=cfg.noise)
     keys = rows["key"].to_pylist()
     with ThreadPoolExecutor(2) as pool:
         images = list(pool.map(lambda k: render(k, cfg.image_side), keys))
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = rows.append_column("image", pa.array([{"bytes": b, "path": None} for b in images], image_type))
+    table = rows.append_column("image", pa.array([{"bytes": b, "path": None} for b in images], IMAGE_STRUCT))
     table = table.append_column("status", pa.array(["success"] * len(keys)))
     teacher = load_model(cfg.teacher, cfg.teacher_pretrained, device=cfg.device, precision="fp32", batch_size=256)
     if teacher.weights_source == "random init":

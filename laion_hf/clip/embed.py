@@ -31,6 +31,7 @@ import pyarrow as pa
 from laion_hf._util.atomic import atomic_write, atomic_write_json
 from laion_hf._util.workers import map_orders, raise_failures
 from laion_hf.errors import ShardError
+from laion_hf.schema import IMAGE_STRUCT
 from laion_hf.sources import open_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif")
-_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def resolve_inputs(sources: Sequence[str]) -> list[str]:
@@ -91,7 +91,7 @@ def _tar_tables(path: str, batch_rows: int) -> Iterator[pa.Table]:
             {
                 "key": pa.array([r["key"] for r in rows], pa.string()),
                 "caption": pa.array([r["caption"] for r in rows], pa.string()),
-                "image": pa.array([{"bytes": r["image"], "path": None} for r in rows], _IMAGE_TYPE),
+                "image": pa.array([{"bytes": r["image"], "path": None} for r in rows], IMAGE_STRUCT),
                 "status": pa.array(["success"] * len(rows), pa.string()),
             }
         )

@@ -10,9 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from laion_hf.schema import IMAGE_STRUCT
 from laion_hf.testing.image_server import make_image
-
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 50, spread: float = 0.6) -> np.ndarray:
@@ -68,7 +67,7 @@ def image_shards(folder: str | os.PathLike, images: int, per_shard: int, seed: i
             "caption": [f"a picture number {i} of a {('red', 'green', 'blue')[i % 3]} thing" for i in idx],
             "url": [f"https://example.com/{i}.jpg" for i in idx],
             "image": pa.array([{"bytes": make_image(48 + 8 * (i % 5), 40 + 8 * (i % 4), "jpg", seed=seed + i),
-                                "path": None} for i in idx], IMAGE_TYPE),
+                                "path": None} for i in idx], IMAGE_STRUCT),
             "status": ["success"] * len(idx),
             "punsafe": [0.9 if i % 3 == 0 else 0.1 for i in idx],
         })  # fmt: skip
